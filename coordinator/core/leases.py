@@ -1,0 +1,111 @@
+"""The in-flight table: msg_id -> delivery, holder, deadline, attempt."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+from coordinator.core.model import SettleStatus
+
+RECENT_IDS_REMEMBERED = 100_000
+"""How many finished or revoked msg_ids are remembered, to answer ALREADY_SETTLED or STALE."""
+
+R = TypeVar("R")
+H = TypeVar("H")
+
+
+class Lease(Generic[R, H]):
+    """One delivery of one record to one holder (a worker stream or a Pull caller)."""
+
+    __slots__ = ("attempt", "deadline", "holder", "msg_id", "record")
+
+    def __init__(self, msg_id: int, record: R, holder: H, deadline: float, attempt: int) -> None:
+        self.msg_id = msg_id
+        self.record = record
+        self.holder = holder
+        self.deadline = deadline
+        self.attempt = attempt
+
+    def __repr__(self) -> str:
+        return f"Lease(msg_id={self.msg_id}, attempt={self.attempt}, deadline={self.deadline:.3f})"
+
+
+class LeaseTable(Generic[R, H]):
+    """Issues msg_ids and tracks every lease until it is settled, lapses or is revoked.
+
+    msg_ids start at 1, increase and are never reused within one table (one
+    sidecar process has one table). Ids that left the table are remembered,
+    boundedly, with the reason they left, so that a late settlement gets a
+    precise answer.
+
+    Not thread-safe: owned by the ledger's owner.
+    """
+
+    def __init__(self, *, remember: int = RECENT_IDS_REMEMBERED) -> None:
+        if remember < 0:
+            raise ValueError("remember must not be negative")
+        self._ids = itertools.count(1)
+        self._active: dict[int, Lease[R, H]] = {}
+        self._expiry: list[tuple[float, int]] = []
+        self._recent: OrderedDict[int, SettleStatus] = OrderedDict()
+        self._remember = remember
+        self._issued = 0
+
+    def grant(self, record: R, holder: H, deadline: float, attempt: int) -> Lease[R, H]:
+        msg_id = next(self._ids)
+        self._issued = msg_id
+        lease = Lease(msg_id, record, holder, deadline, attempt)
+        self._active[msg_id] = lease
+        heapq.heappush(self._expiry, (deadline, msg_id))
+        return lease
+
+    def get(self, msg_id: int) -> Lease[R, H] | None:
+        return self._active.get(msg_id)
+
+    def release(self, lease: Lease[R, H], why: SettleStatus) -> None:
+        """Removes ``lease``; later settlements of its msg_id are answered ``why``."""
+        del self._active[lease.msg_id]
+        recent = self._recent
+        recent[lease.msg_id] = why
+        if len(recent) > self._remember:
+            recent.popitem(last=False)
+
+    def extend(self, lease: Lease[R, H], deadline: float) -> None:
+        lease.deadline = deadline
+        heapq.heappush(self._expiry, (deadline, lease.msg_id))
+
+    def recall(self, msg_id: int) -> SettleStatus:
+        """The answer for a msg_id that holds no lease."""
+        return self._recent.get(msg_id, SettleStatus.UNKNOWN)
+
+    def lapsed(self, now: float) -> list[Lease[R, H]]:
+        """The active leases whose deadline is at or before ``now``, earliest first."""
+        out: list[Lease[R, H]] = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            deadline, msg_id = heapq.heappop(heap)
+            lease = self._active.get(msg_id)
+            if lease is not None and lease.deadline == deadline:
+                out.append(lease)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline still in the heap (may belong to a released lease)."""
+        heap = self._expiry
+        while heap:
+            deadline, msg_id = heap[0]
+            lease = self._active.get(msg_id)
+            if lease is not None and lease.deadline == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    @property
+    def issued(self) -> int:
+        """The highest msg_id issued so far (0 before the first)."""
+        return self._issued
+
+    def __len__(self) -> int:
+        return len(self._active)

@@ -1,0 +1,439 @@
+"""The coordinator's state: pending records, leases, holders and commit points.
+
+The ledger is pure bookkeeping. It never talks to Kafka or gRPC: the runtime
+feeds it fetched records, settlements and the time, and reads back what to
+deliver, what to commit and which partitions to pause or resume.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from coordinator.core.flow import Credits, GateChange, PauseGate
+from coordinator.core.leases import RECENT_IDS_REMEMBERED, LeaseTable
+from coordinator.core.leases import Lease as _Lease
+from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.offsets import PartitionOffsets
+from coordinator.core.policy import Action, Decision, RetryPolicy
+
+PULL_HOLDER_MAX_IN_FLIGHT = 100_000
+"""Outstanding deliveries allowed per Pull caller; leases lapse if it never acknowledges."""
+
+
+class State(enum.Enum):
+    READY = "ready"
+    """Waiting in the ready queue for a holder."""
+    LEASED = "leased"
+    DELAYED = "delayed"
+    """Waiting for its retry delay to pass."""
+    PARKED = "parked"
+    """Its partition is being revoked: it stays pending but is not delivered."""
+    HANDOFF = "handoff"
+    """Given to the dead-letter path; pending until that path confirms."""
+    DONE = "done"
+    """Finished, or dropped with its revoked partition."""
+
+
+class PartitionState:
+    """One assignment of one partition to this sidecar.
+
+    Every assignment creates a new object with a new generation; revoking marks
+    it revoked, so anything still holding it can tell that it is stale.
+    """
+
+    __slots__ = (
+        "commit_sent",
+        "committed",
+        "gate",
+        "generation",
+        "in_flight",
+        "offsets",
+        "records",
+        "revoked",
+        "revoking",
+        "tp",
+    )
+
+    def __init__(self, tp: TopicPartition, generation: int, committed: int | None, cap: int):
+        self.tp = tp
+        self.generation = generation
+        self.offsets = PartitionOffsets()
+        self.records: dict[int, Record] = {}
+        self.gate = PauseGate(cap)
+        self.in_flight = 0
+        self.revoking = False
+        self.revoked = False
+        self.committed = committed
+        """The last offset the broker confirmed for the group, if known."""
+        self.commit_sent: int | None = committed
+        """The last offset handed to the committer for this generation."""
+
+
+class Record:
+    """One fetched record, pending until finished. ``payload`` is opaque to the core."""
+
+    __slots__ = ("attempt", "fetched_at", "lease", "offset", "part", "payload", "size", "state")
+
+    def __init__(self, part: PartitionState, offset: int, size: int, payload: object, now: float):
+        self.part = part
+        self.offset = offset
+        self.size = size
+        self.payload = payload
+        self.fetched_at = now
+        self.attempt = 0
+        self.lease: Lease | None = None
+        self.state = State.READY
+
+
+class Holder:
+    """A worker stream or a Pull caller, with its credits and its leases."""
+
+    __slots__ = ("credits", "leases", "name", "pull", "worker_id")
+
+    def __init__(self, name: str, worker_id: str, credits: Credits, pull: bool) -> None:
+        self.name = name
+        self.worker_id = worker_id
+        self.credits = credits
+        self.leases: dict[int, Lease] = {}
+        self.pull = pull
+
+
+Lease = _Lease[Record, Holder]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTimes:
+    """Lease durations, seconds."""
+
+    default: float = 30.0
+    maximum: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default <= self.maximum:
+            raise ValueError("leases need 0 < default <= maximum")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPoint:
+    tp: TopicPartition
+    generation: int
+    offset: int
+
+
+class Ledger:
+    """Pending records per partition, leases per holder, and the commit points.
+
+    Owned by one thread (the runtime's event loop); no method blocks.
+    """
+
+    def __init__(
+        self,
+        *,
+        leases: LeaseTimes | None = None,
+        policy: RetryPolicy | None = None,
+        max_pending_per_partition: int = 10_000,
+        remember: int = RECENT_IDS_REMEMBERED,
+    ) -> None:
+        self.lease_times = leases or LeaseTimes()
+        self.policy = policy or RetryPolicy()
+        self._cap = max_pending_per_partition
+        PauseGate(max_pending_per_partition)  # validates the cap now, not at the first assign
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.holders: dict[str, Holder] = {}
+        self._table: LeaseTable[Record, Holder] = LeaseTable(remember=remember)
+        self._ready: deque[Record] = deque()
+        self.ready_count = 0
+        self._delayed: list[tuple[float, int, Record]] = []
+        self._seq = itertools.count()
+        self._generations = itertools.count(1)
+        self._gate_changes: list[tuple[TopicPartition, GateChange]] = []
+        self._handoffs: list[tuple[Record, str]] = []
+
+    # -- partitions -------------------------------------------------------
+
+    def assign(self, tp: TopicPartition, committed: int | None = None) -> PartitionState:
+        """Starts a new generation for ``tp``; ``committed`` is the group's offset, if known."""
+        old = self.partitions.get(tp)
+        if old is not None:
+            self._drop(old)
+        part = PartitionState(tp, next(self._generations), committed, self._cap)
+        self.partitions[tp] = part
+        return part
+
+    def begin_revoke(self, tps: Iterable[TopicPartition]) -> dict[str, list[int]]:
+        """Stops dispatching from ``tps``; returns, per holder, its msg_ids on them."""
+        notify: dict[str, list[int]] = {}
+        for tp in tps:
+            part = self.partitions.get(tp)
+            if part is None or part.revoking:
+                continue
+            part.revoking = True
+            for rec in part.records.values():
+                if rec.state is State.LEASED and rec.lease is not None:
+                    notify.setdefault(rec.lease.holder.name, []).append(rec.lease.msg_id)
+        return notify
+
+    def in_flight(self, tps: Iterable[TopicPartition]) -> int:
+        """Leased records on ``tps``: what a revoke waits for."""
+        return sum(p.in_flight for tp in tps if (p := self.partitions.get(tp)) is not None)
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> list[CommitPoint]:
+        """Ends the generation of ``tps`` and returns what the final commit should carry.
+
+        Leases still outstanding are released as STALE; the records they and
+        the buffered ones hold are dropped (they were not committed, so the
+        next owner fetches them again).
+        """
+        final: list[CommitPoint] = []
+        for tp in tps:
+            part = self.partitions.pop(tp, None)
+            if part is None:
+                continue
+            offset = part.offsets.commit_offset
+            if offset is not None and offset != part.committed:
+                final.append(CommitPoint(tp, part.generation, offset))
+            self._drop(part)
+        return final
+
+    def _drop(self, part: PartitionState) -> None:
+        part.revoking = part.revoked = True
+        for rec in part.records.values():
+            if rec.state is State.LEASED and rec.lease is not None:
+                self._unlease(rec.lease, SettleStatus.STALE)
+            elif rec.state is State.READY:
+                self.ready_count -= 1
+            rec.state = State.DONE
+        part.records.clear()
+
+    # -- records ----------------------------------------------------------
+
+    def add(self, tp: TopicPartition, offset: int, size: int, payload: object, now: float) -> bool:
+        """Records a fetched record; False (and ignored) if ``tp`` is not assigned here."""
+        part = self.partitions.get(tp)
+        if part is None or part.revoking:
+            return False
+        part.offsets.fetched(offset)
+        rec = Record(part, offset, size, payload, now)
+        part.records[offset] = rec
+        self._ready.append(rec)
+        self.ready_count += 1
+        change = part.gate.update(len(part.records))
+        if change is not None:
+            self._gate_changes.append((tp, change))
+        return True
+
+    def take_gate_changes(self) -> list[tuple[TopicPartition, GateChange]]:
+        """Pause/resume changes since the last call, oldest first."""
+        changes, self._gate_changes = self._gate_changes, []
+        return changes
+
+    def take_handoffs(self) -> list[tuple[Record, str]]:
+        """Records given up on (dead-letter) since the last call, with the reason."""
+        out, self._handoffs = self._handoffs, []
+        return out
+
+    def finish_handoff(self, rec: Record) -> None:
+        """The dead-letter path has durably taken ``rec``: it is finished."""
+        if rec.state is State.HANDOFF:
+            self._finish(rec)
+
+    # -- holders ----------------------------------------------------------
+
+    def open_holder(
+        self, name: str, worker_id: str, max_messages: int, max_bytes: int = 0, *, pull: bool = False
+    ) -> Holder:
+        if name in self.holders:
+            raise ValueError(f"holder {name!r} is already open")
+        holder = Holder(name, worker_id, Credits(max_messages, max_bytes), pull)
+        self.holders[name] = holder
+        return holder
+
+    def pull_holder(self, worker_id: str) -> Holder:
+        name = f"pull:{worker_id}"
+        holder = self.holders.get(name)
+        if holder is None:
+            holder = self.open_holder(name, worker_id, PULL_HOLDER_MAX_IN_FLIGHT, pull=True)
+        return holder
+
+    def close_holder(self, name: str, now: float) -> int:
+        """Closes a holder; each of its leases is redelivered at once. Returns how many."""
+        holder = self.holders.pop(name, None)
+        if holder is None:
+            return 0
+        leases = list(holder.leases.values())
+        for lease in leases:
+            self._lapse(lease, "its stream closed", now)
+        return len(leases)
+
+    def lease(self, holder: Holder, now: float, limit: int) -> list[Lease]:
+        """Leases ready records to ``holder``, within its credits and ``limit``."""
+        out: list[Lease] = []
+        ready, credits, table = self._ready, holder.credits, self._table
+        deadline = now + self.lease_times.default
+        while ready and len(out) < limit:
+            rec = ready[0]
+            if rec.state is not State.READY:  # dropped with its partition, or requeued elsewhere
+                ready.popleft()
+                continue
+            part = rec.part
+            if part.revoking:
+                ready.popleft()
+                self.ready_count -= 1
+                rec.state = State.PARKED
+                continue
+            if not credits.allows(rec.size):
+                break
+            ready.popleft()
+            self.ready_count -= 1
+            rec.attempt += 1
+            lease = table.grant(rec, holder, deadline, rec.attempt)
+            rec.lease = lease
+            rec.state = State.LEASED
+            credits.take(rec.size)
+            holder.leases[lease.msg_id] = lease
+            part.in_flight += 1
+            out.append(lease)
+        return out
+
+    # -- settlements --------------------------------------------------------
+
+    def settle(
+        self,
+        holder: Holder | None,
+        msg_id: int,
+        outcome: Outcome | None,
+        delay: float | None,
+        now: float,
+    ) -> SettleStatus:
+        """Applies one settlement.
+
+        Args:
+            holder: the stream settling, or None for Acknowledge (which may
+                settle Pull leases only).
+            outcome: None for an unspecified or unknown outcome (INVALID).
+            delay: RETRY only, seconds; None for the default.
+        """
+        lease = self._table.get(msg_id)
+        if lease is None:
+            return self._table.recall(msg_id)
+        if holder is None:
+            if not lease.holder.pull:
+                return SettleStatus.NOT_OWNER
+        elif lease.holder is not holder:
+            return SettleStatus.NOT_OWNER
+        if outcome is None:
+            return SettleStatus.INVALID
+        rec = lease.record
+        self._unlease(lease, SettleStatus.ALREADY_SETTLED)
+        self._apply(rec, self.policy.on_settle(outcome, lease.attempt, delay), now)
+        return SettleStatus.OK
+
+    def extend(self, holder: Holder, msg_id: int, extension: float | None, now: float) -> SettleStatus:
+        """Moves a lease's deadline to now + ``extension`` (capped at the maximum lease)."""
+        lease = self._table.get(msg_id)
+        if lease is None:
+            return self._table.recall(msg_id)
+        if lease.holder is not holder:
+            return SettleStatus.NOT_OWNER
+        times = self.lease_times
+        span = times.default if extension is None else min(max(extension, 0.0), times.maximum)
+        self._table.extend(lease, now + span)
+        return SettleStatus.OK
+
+    def tick(self, now: float) -> int:
+        """Redelivers lapsed leases and due retries; returns the number of lapsed leases."""
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, rec = heapq.heappop(delayed)
+            if rec.state is State.DELAYED:
+                self._requeue(rec, front=False)
+        lapsed = self._table.lapsed(now)
+        for lease in lapsed:
+            self._lapse(lease, "its lease expired", now)
+        return len(lapsed)
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`tick` next has work: the earliest lease deadline or retry due time."""
+        times = [t for t in (self._table.next_deadline(),) if t is not None]
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        return min(times) if times else None
+
+    # -- commits ----------------------------------------------------------
+
+    def commit_points(self) -> list[CommitPoint]:
+        """Partitions whose commit offset moved since it was last handed out."""
+        out: list[CommitPoint] = []
+        for part in self.partitions.values():
+            if part.revoking:
+                continue
+            offset = part.offsets.commit_offset
+            if offset is not None and offset != part.commit_sent:
+                part.commit_sent = offset
+                out.append(CommitPoint(part.tp, part.generation, offset))
+        return out
+
+    def committed(self, point: CommitPoint, ok: bool) -> None:
+        """The broker's answer to a commit; ignored if the generation has moved on."""
+        part = self.partitions.get(point.tp)
+        if part is None or part.generation != point.generation:
+            return
+        if ok:
+            part.committed = point.offset
+        elif part.commit_sent == point.offset:
+            part.commit_sent = part.committed  # hand it out again at the next commit
+
+    # -- internals ----------------------------------------------------------
+
+    def _unlease(self, lease: Lease, why: SettleStatus) -> None:
+        self._table.release(lease, why)
+        holder = lease.holder
+        del holder.leases[lease.msg_id]
+        rec = lease.record
+        holder.credits.give(rec.size)
+        rec.part.in_flight -= 1
+        rec.lease = None
+
+    def _lapse(self, lease: Lease, why: str, now: float) -> None:
+        rec = lease.record
+        self._unlease(lease, SettleStatus.ALREADY_SETTLED)
+        self._apply(rec, self.policy.on_lapse(lease.attempt, why), now)
+
+    def _apply(self, rec: Record, decision: Decision, now: float) -> None:
+        if decision.action is Action.FINISH:
+            self._finish(rec)
+        elif decision.action is Action.DEAD_LETTER:
+            rec.state = State.HANDOFF
+            self._handoffs.append((rec, decision.reason))
+        elif decision.delay > 0:
+            rec.state = State.DELAYED
+            heapq.heappush(self._delayed, (now + decision.delay, next(self._seq), rec))
+        else:
+            self._requeue(rec, front=True)
+
+    def _requeue(self, rec: Record, *, front: bool) -> None:
+        if rec.part.revoking:
+            rec.state = State.PARKED
+            return
+        rec.state = State.READY
+        self.ready_count += 1
+        if front:
+            self._ready.appendleft(rec)  # it holds the low-water mark back: serve it first
+        else:
+            self._ready.append(rec)
+
+    def _finish(self, rec: Record) -> None:
+        part = rec.part
+        rec.state = State.DONE
+        if part.revoked:
+            return
+        part.offsets.finished(rec.offset)
+        del part.records[rec.offset]
+        change = part.gate.update(len(part.records))
+        if change is not None:
+            self._gate_changes.append((part.tp, change))

@@ -1,0 +1,66 @@
+"""What happens to a record after a settlement or a lapsed lease."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from coordinator.core.model import Outcome
+
+
+class Action(enum.Enum):
+    FINISH = "finish"
+    """The record is done; it no longer holds the commit back."""
+    REDELIVER = "redeliver"
+    """Deliver the record again, after ``Decision.delay`` seconds."""
+    DEAD_LETTER = "dead_letter"
+    """Give up on the record and hand it to the dead-letter path."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    delay: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Delivery attempts and delays.
+
+    Attributes:
+        default_delay: seconds to wait on RETRY without a delay.
+        max_delay: the cap on a requested delay, seconds.
+        max_attempts: deliveries allowed before the record is dead-lettered;
+            None for no limit.
+    """
+
+    default_delay: float = 1.0
+    max_delay: float = 900.0
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.default_delay < 0 or self.max_delay < 0:
+            raise ValueError("retry delays must not be negative")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+
+    def on_settle(self, outcome: Outcome, attempt: int, delay: float | None) -> Decision:
+        """Decides the next step for a record whose delivery ``attempt`` was settled."""
+        if outcome is Outcome.RETRY:
+            wait = self.default_delay if delay is None else min(max(delay, 0.0), self.max_delay)
+            return self._again(attempt, wait, "worker asked for a retry")
+        if outcome is Outcome.DEAD_LETTER:
+            return Decision(Action.DEAD_LETTER, reason="worker dead-lettered it")
+        return Decision(Action.FINISH)
+
+    def on_lapse(self, attempt: int, why: str) -> Decision:
+        """Decides the next step for a delivery whose lease lapsed or whose stream broke."""
+        return self._again(attempt, 0.0, why)
+
+    def _again(self, attempt: int, delay: float, why: str) -> Decision:
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return Decision(
+                Action.DEAD_LETTER, reason=f"{why}; {attempt} of {self.max_attempts} attempts used"
+            )
+        return Decision(Action.REDELIVER, delay=delay, reason=why)

@@ -1,0 +1,374 @@
+"""The confluent-kafka edge: one consumer, on one thread, driven by commands.
+
+Everything that touches the ``Consumer`` runs on the fetcher's own thread:
+``consume()``, commits, pause/resume, the rebalance callbacks and ``close()``.
+Other threads reach it only through :meth:`Fetcher.submit`. Kafka errors are
+translated here into log lines, health changes and project errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from coordinator.core.ledger import CommitPoint
+from coordinator.core.model import TopicPartition
+
+log = logging.getLogger("coordinator.kafka")
+rebalance_log = logging.getLogger("coordinator.rebalance")
+commit_log = logging.getLogger("coordinator.commit")
+
+POLL_TIMEOUT = 0.1
+"""Seconds one ``consume()`` call may wait; bounds how late a command is served."""
+PROBE_INTERVAL = 2.0
+"""Seconds between reachability probes while the broker is unreachable."""
+PROBE_TIMEOUT = 2.0
+"""Seconds one metadata probe may take."""
+COMMITTED_TIMEOUT = 10.0
+"""Seconds to wait for the group's committed offsets when partitions are assigned."""
+SYNC_COMMIT_TIMEOUT = 10.0
+"""Librdkafka bounds a synchronous commit by its own timeouts; this bounds our wait for it."""
+BROKER_DOWN_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+"""Client error codes that mean the broker cannot be reached."""
+
+
+class FetchSink(Protocol):
+    """Where the fetcher sends what it learns. Every method is called on the fetcher thread."""
+
+    def on_records(self, records: list[Message]) -> None: ...
+
+    def on_assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
+        """(partition, generation, committed offset or None) for each new partition."""
+
+    def on_revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
+        """Blocks (boundedly) until the partitions are released; returns the final commit."""
+        ...
+
+    def on_committed(self, points: list[CommitPoint], ok: bool) -> None: ...
+
+    def on_health(self, serving: bool, reason: str) -> None: ...
+
+    def on_stopped(self, error: BaseException | None) -> None:
+        """The consumer is closed; ``error`` says why if it was not asked to stop."""
+
+
+@dataclass
+class Commit:
+    points: list[CommitPoint]
+    sync: bool = False
+    done: Future[bool] | None = None
+
+
+@dataclass
+class Pause:
+    points: list[tuple[TopicPartition, int]]
+    """(partition, generation) pairs; a stale generation is ignored."""
+    resume: bool = False
+
+
+@dataclass
+class StopFetching:
+    """Pause everything now and everything assigned later; keep polling."""
+
+
+@dataclass
+class _Call:
+    fn: Callable[[Consumer], Any]
+    done: Future[Any] = field(default_factory=Future)
+
+
+Command = Commit | Pause | StopFetching | _Call
+
+
+class Fetcher:
+    """Runs one confluent-kafka consumer on a dedicated thread.
+
+    Lifecycle: :meth:`start` once; :meth:`close` (idempotent) asks the thread to
+    close the consumer, which leaves the group; :meth:`join` waits for it.
+    ``submit`` is thread-safe; everything else is internal to the thread.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: Sequence[str],
+        sink: FetchSink,
+        *,
+        batch_size: int = 500,
+    ) -> None:
+        self._config = dict(config)
+        self._topics = list(topics)
+        self._sink = sink
+        self._batch_size = batch_size
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lowwater-fetcher", daemon=True)
+        self._generations = itertools.count(1)
+        # Owned by the fetcher thread:
+        self._assigned: dict[TopicPartition, int] = {}
+        self._stopped_fetching = False
+        self._serving: bool | None = None
+        """None until the first probe has answered."""
+        self._next_probe = 0.0
+        self._outstanding: dict[tuple[TopicPartition, int], CommitPoint] = {}
+        self.error: BaseException | None = None
+
+    # -- any thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, command: Command) -> None:
+        self._commands.put(command)
+
+    def call(self, fn: Callable[[Consumer], Any]) -> Future[Any]:
+        """Runs ``fn(consumer)`` on the fetcher thread; the future holds its result."""
+        call = _Call(fn)
+        self._commands.put(call)
+        return call.done
+
+    def close(self) -> None:
+        self._closing.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- fetcher thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        config = dict(self._config)
+        config["error_cb"] = self._on_error
+        config["on_commit"] = self._on_commit
+        consumer = Consumer(config)
+        try:
+            consumer.subscribe(
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self._probe(consumer)
+            while not self._closing.is_set():
+                self._serve_commands(consumer)
+                if not self._serving and time.monotonic() >= self._next_probe:
+                    self._probe(consumer)
+                records = consumer.consume(self._batch_size, POLL_TIMEOUT)
+                if records:
+                    self._deliver(records)
+            self._serve_commands(consumer)
+        except Exception as exc:  # reported to the runtime through on_stopped
+            self.error = exc
+            log.exception("the consumer thread failed")
+        finally:
+            self._close(consumer)
+            self._sink.on_stopped(self.error)
+
+    def _deliver(self, records: list[Message]) -> None:
+        good: list[Message] = []
+        for msg in records:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            else:
+                self._report_error(err)
+        if good:
+            self._set_serving(True, "records arrived")
+            self._sink.on_records(good)
+
+    def _serve_commands(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, Commit):
+                self._commit(consumer, command)
+            elif isinstance(command, Pause):
+                self._pause(consumer, command)
+            elif isinstance(command, StopFetching):
+                self._stopped_fetching = True
+                self._pause_all(consumer)
+            else:
+                try:
+                    command.done.set_result(command.fn(consumer))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
+                    command.done.set_exception(exc)
+
+    def _current(self, points: list[CommitPoint]) -> list[CommitPoint]:
+        """Drops points whose generation is no longer the partition's current one."""
+        keep = [p for p in points if self._assigned.get(p.tp) == p.generation]
+        if len(keep) != len(points):
+            commit_log.info("dropped %d commit(s) of revoked generations", len(points) - len(keep))
+        return keep
+
+    def _commit(self, consumer: Consumer, command: Commit) -> None:
+        points = self._current(command.points)
+        ok = self._commit_points(consumer, points, command.sync) if points else True
+        if command.done is not None:
+            command.done.set_result(ok)
+
+    def _commit_points(self, consumer: Consumer, points: list[CommitPoint], sync: bool) -> bool:
+        offsets = [KafkaTopicPartition(p.tp.topic, p.tp.partition, p.offset) for p in points]
+        if not sync:
+            for p in points:
+                self._outstanding[(p.tp, p.offset)] = p
+            try:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                self._commit_failed(points, exc)
+                return False
+            return True
+        try:
+            result = consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self._commit_failed(points, exc)
+            return False
+        failed = {(tp.topic, tp.partition) for tp in result or [] if tp.error is not None}
+        ok_points = [p for p in points if (p.tp.topic, p.tp.partition) not in failed]
+        if ok_points:
+            self._sink.on_committed(ok_points, True)
+        if failed:
+            self._commit_failed([p for p in points if p not in ok_points], None)
+        commit_log.debug("committed synchronously: %s", _describe(points))
+        return not failed
+
+    def _commit_failed(self, points: list[CommitPoint], exc: BaseException | None) -> None:
+        commit_log.warning("commit of %s failed: %s", _describe(points), exc or "partition error")
+        for p in points:
+            self._outstanding.pop((p.tp, p.offset), None)
+        self._sink.on_committed(points, False)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
+        ok: list[CommitPoint] = []
+        bad: list[CommitPoint] = []
+        for tp in partitions:
+            point = self._outstanding.pop((TopicPartition(tp.topic, tp.partition), tp.offset), None)
+            if point is None:
+                continue  # a synchronous commit, already reported
+            (bad if err is not None or tp.error is not None else ok).append(point)
+        if ok:
+            self._sink.on_committed(ok, True)
+        if bad:
+            commit_log.warning("commit of %s failed: %s", _describe(bad), err)
+            self._sink.on_committed(bad, False)
+
+    def _pause(self, consumer: Consumer, command: Pause) -> None:
+        tps = [
+            KafkaTopicPartition(tp.topic, tp.partition)
+            for tp, gen in command.points
+            if self._assigned.get(tp) == gen
+        ]
+        if not tps or (self._stopped_fetching and command.resume):
+            return
+        try:
+            (consumer.resume if command.resume else consumer.pause)(tps)
+        except KafkaException as exc:
+            log.warning("%s failed: %s", "resume" if command.resume else "pause", exc)
+
+    def _pause_all(self, consumer: Consumer) -> None:
+        tps = [KafkaTopicPartition(tp.topic, tp.partition) for tp in self._assigned]
+        if tps:
+            consumer.pause(tps)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        committed: dict[TopicPartition, int | None] = {}
+        try:
+            for found in consumer.committed(partitions, timeout=COMMITTED_TIMEOUT):
+                key = TopicPartition(found.topic, found.partition)
+                ok = found.offset >= 0 and found.error is None
+                committed[key] = found.offset if ok else None
+        except KafkaException as exc:
+            rebalance_log.warning("could not read committed offsets: %s", exc)
+        parts: list[tuple[TopicPartition, int, int | None]] = []
+        for ktp in partitions:
+            tp = TopicPartition(ktp.topic, ktp.partition)
+            gen = next(self._generations)
+            self._assigned[tp] = gen
+            parts.append((tp, gen, committed.get(tp)))
+        rebalance_log.info("assigned %s", ", ".join(f"{t}[{p}]" for (t, p), _, _ in parts))
+        self._sink.on_assigned(parts)
+        consumer.assign(partitions)
+        if self._stopped_fetching:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)  # a re-assigned partition may keep an old pause
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._release(consumer, partitions, lost=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._release(consumer, partitions, lost=True)
+
+    def _release(self, consumer: Consumer, partitions: list[KafkaTopicPartition], lost: bool) -> None:
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        tps = [tp for tp in tps if tp in self._assigned]
+        what = "lost" if lost else "revoking"
+        rebalance_log.info("%s %s", what, ", ".join(f"{t}[{p}]" for t, p in tps) or "nothing")
+        if tps:
+            final = self._sink.on_revoke(tps, lost)
+            if final and not lost:
+                self._commit_points(consumer, self._current(final), sync=True)
+            for tp in tps:
+                del self._assigned[tp]
+        if lost:
+            consumer.unassign()
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._report_error(err)
+
+    def _report_error(self, err: KafkaError) -> None:
+        if err.code() in BROKER_DOWN_CODES:
+            self._set_serving(False, f"broker unreachable: {err.str()}")
+            self._next_probe = time.monotonic() + PROBE_INTERVAL
+        elif err.fatal():
+            log.error("fatal Kafka error: %s", err.str())
+            raise KafkaException(err)
+        else:
+            log.warning("Kafka error: %s", err.str())
+
+    def _probe(self, consumer: Consumer) -> None:
+        try:
+            consumer.list_topics(timeout=PROBE_TIMEOUT)
+        except KafkaException as exc:
+            self._next_probe = time.monotonic() + PROBE_INTERVAL
+            self._set_serving(False, f"cannot reach the broker: {exc}")
+            return
+        self._set_serving(True, "broker reachable")
+
+    def _set_serving(self, serving: bool, reason: str) -> None:
+        """Reports health on each change (the first report included), not on every probe."""
+        if serving is self._serving:
+            return
+        self._serving = serving
+        if serving:
+            log.info("health: SERVING (%s)", reason)
+        else:
+            log.warning("health: NOT_SERVING (%s); retrying every %.0fs", reason, PROBE_INTERVAL)
+        self._sink.on_health(serving, reason)
+
+    def _close(self, consumer: Consumer) -> None:
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer failed: %s", exc)
+        rebalance_log.info("consumer closed")
+
+
+def _describe(points: list[CommitPoint]) -> str:
+    return ", ".join(f"{p.tp.topic}[{p.tp.partition}]@{p.offset}" for p in points)
+
+
+__all__ = ["Commit", "FetchSink", "Fetcher", "Pause", "StopFetching"]
