@@ -156,12 +156,21 @@ class Ledger:
 
     # -- partitions -------------------------------------------------------
 
-    def assign(self, tp: TopicPartition, committed: int | None = None) -> PartitionState:
-        """Starts a new generation for ``tp``; ``committed`` is the group's offset, if known."""
+    def assign(
+        self, tp: TopicPartition, committed: int | None = None, generation: int | None = None
+    ) -> PartitionState:
+        """Starts a new generation for ``tp``.
+
+        Args:
+            committed: the group's committed offset, if known.
+            generation: the caller's generation number (the fetcher's, so that
+                it can check commits against it); by default the ledger's own.
+        """
         old = self.partitions.get(tp)
         if old is not None:
             self._drop(old)
-        part = PartitionState(tp, next(self._generations), committed, self._cap)
+        gen = next(self._generations) if generation is None else generation
+        part = PartitionState(tp, gen, committed, self._cap)
         self.partitions[tp] = part
         return part
 
@@ -363,6 +372,11 @@ class Ledger:
         if self._delayed:
             times.append(self._delayed[0][0])
         return min(times) if times else None
+
+    @property
+    def leased(self) -> int:
+        """Leases outstanding across all holders."""
+        return len(self._table)
 
     # -- commits ----------------------------------------------------------
 

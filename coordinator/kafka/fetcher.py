@@ -66,7 +66,7 @@ class FetchSink(Protocol):
 class Commit:
     points: list[CommitPoint]
     sync: bool = False
-    done: Future[bool] | None = None
+    done: Future[Any] | None = None
 
 
 @dataclass

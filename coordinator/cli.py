@@ -1,0 +1,284 @@
+"""The ``lowwater`` command. ``lowwater serve`` runs the sidecar; other subcommands plug into
+:data:`SUBCOMMANDS`.
+
+Exit codes: 0 on success; 2 on bad usage or a bad setting, with a one-line message on stderr
+(``lowwater: invalid setting 'lease': ...``); otherwise what the subcommand returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import metadata
+from typing import TYPE_CHECKING, Final, NoReturn, TextIO
+
+from coordinator.config import (
+    CONFIG_ENV_VAR,
+    ConfigError,
+    Problem,
+    Settings,
+    default_text,
+    flag_for,
+    is_sensitive_property,
+    resolve_settings,
+    unknown_environment_variables,
+)
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
+__all__ = [
+    "SUBCOMMANDS",
+    "Subcommand",
+    "add_settings_arguments",
+    "build_parser",
+    "configure_logging",
+    "load_settings",
+    "main",
+    "settings_from_args",
+]
+
+EXIT_OK: Final = 0
+"""Exit code of a clean run."""
+EXIT_USAGE: Final = 2
+"""Exit code of bad usage or a bad setting (argparse's own)."""
+DISTRIBUTION: Final = "lowwater-sidecar"
+"""The distribution whose version ``--version`` prints."""
+LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+"""One line per record; the logger name is the concern (``coordinator.acks``, ...)."""
+OTHER_LOGGERS_LEVEL: Final = logging.WARNING
+"""Least severe level logged by libraries other than ``coordinator.*``."""
+
+config_log = logging.getLogger("coordinator.config")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error in one line and exits 2 (argparse prints the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# --- settings from the command line -------------------------------------------------------------
+
+_METAVARS: Final[Mapping[str, str]] = {
+    "bootstrap_servers": "HOST:PORT[,...]",
+    "group": "GROUP",
+    "listen": "ADDRESS",
+    "max_attempts": "N|unlimited",
+    "log_level": "LEVEL",
+}
+
+
+def _help(name: str, field: FieldInfo) -> str:
+    text = " ".join((field.description or "").split()).replace("`", "").replace("%", "%%")
+    default = default_text(name)
+    if name == "topics":
+        return f"{text} (repeatable; required)"
+    return f"{text} ({'required' if default == 'required' else f'default: {default}'})"
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per setting. Flags not given stay absent from the namespace.
+
+    Flag values are kept as strings and validated with the other sources, so a bad flag is
+    reported like any bad setting.
+    """
+    group = parser.add_argument_group(
+        "settings",
+        "Flags beat the --config file, which beats LOWWATER_* environment variables,"
+        " which beat the defaults. See docs/configuration.md.",
+    )
+    group.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"TOML file of settings; unknown keys are errors (default: ${CONFIG_ENV_VAR})",
+    )
+    suppress = argparse.SUPPRESS
+    for name, field in Settings.model_fields.items():
+        flag, help_text = flag_for(name), _help(name, field)
+        if name == "topics":
+            group.add_argument(
+                flag, dest=name, default=suppress, action="append", metavar="TOPIC", help=help_text
+            )
+        elif name == "kafka":
+            group.add_argument(
+                flag,
+                dest=name,
+                default=suppress,
+                action="append",
+                metavar="KEY=VALUE",
+                help="librdkafka consumer property, passed through unchanged (repeatable)",
+            )
+        elif field.annotation is bool:
+            group.add_argument(
+                flag,
+                dest=name,
+                default=suppress,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            metavar = _METAVARS.get(name, "DURATION" if field.annotation is timedelta else "N")
+            group.add_argument(flag, dest=name, default=suppress, metavar=metavar, help=help_text)
+
+
+def _kafka_pairs(items: Sequence[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            shown = "a property" if is_sensitive_property(item) else repr(item)
+            raise ConfigError(Problem("kafka", f"expected KEY=VALUE, got {shown}", "--kafka"))
+        pairs[key.strip()] = value
+    return pairs
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Resolve the settings from parsed :func:`add_settings_arguments` flags and ``environ``.
+
+    ``--topic`` values may also be comma-separated. The file is ``--config``, else
+    ``$LOWWATER_CONFIG``, else none.
+
+    Raises:
+        ConfigError: naming the bad setting.
+    """
+    given = vars(args)
+    flags: dict[str, object] = {
+        name: given[name] for name in Settings.model_fields if name in given
+    }
+    if "topics" in flags:
+        flags["topics"] = [t.strip() for item in given["topics"] for t in item.split(",")]
+    if "kafka" in flags:
+        flags["kafka"] = _kafka_pairs(given["kafka"])
+    config_file = given.get("config") or environ.get(CONFIG_ENV_VAR) or None
+    return resolve_settings(flags=flags, config_file=config_file, environ=environ)
+
+
+def load_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings for ``lowwater serve ARGV`` (``argv`` excludes ``serve``) in ``environ``.
+
+    Args:
+        argv: the serve arguments, e.g. ``["--group", "g", "--topic", "t"]``.
+        environ: the environment; None for :data:`os.environ`.
+
+    Raises:
+        ConfigError: a setting is missing or bad; the error names it.
+        SystemExit: the arguments do not parse (unknown flag, flag without its value): code 2.
+    """
+    parser = _Parser(prog="lowwater serve")
+    add_settings_arguments(parser)
+    args = parser.parse_args(list(argv))
+    return settings_from_args(args, os.environ if environ is None else environ)
+
+
+# --- logging ------------------------------------------------------------------------------------
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """lowwater's own handler on the root logger; :func:`configure_logging` replaces it."""
+
+
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """Log one line per record to ``stream`` (stderr): time, level, logger name, message.
+
+    ``coordinator.*`` loggers log at ``level``; other libraries at WARNING and above (or
+    ``level`` if that is higher). Calling it again replaces the previous configuration.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
+    handler = _Handler(sys.stderr if stream is None else stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    number = logging.getLevelNamesMapping()[level]
+    root.setLevel(max(number, OTHER_LOGGERS_LEVEL))
+    logging.getLogger("coordinator").setLevel(number)
+
+
+# --- subcommands --------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, os.environ)
+    configure_logging(settings.log_level)
+    for name in unknown_environment_variables(os.environ):
+        config_log.warning("ignoring environment variable %s: no such setting", name)
+    config_log.debug("settings: %r", settings)
+    # Imported here so that the CLI, and its tests, work without the runtime's dependencies.
+    from coordinator.runtime.sidecar import serve  # type: ignore[import-not-found,unused-ignore]
+
+    code: int = serve(settings)
+    return code
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``lowwater`` subcommand.
+
+    Attributes:
+        name: the word on the command line.
+        help: one line for ``lowwater --help``.
+        add_arguments: adds the subcommand's arguments to its parser.
+        run: runs it and returns the exit code; a :class:`ConfigError` it raises exits 2.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
+    Subcommand(
+        "serve",
+        "run the sidecar: consume Kafka, stream records to workers, commit the low-water mark",
+        add_settings_arguments,
+        _serve,
+    ),
+)
+"""Every subcommand, in ``--help`` order. Add ``demo``, ``status``... here."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lowwater`` parser with every subcommand of :data:`SUBCOMMANDS`."""
+    parser = _Parser(
+        prog="lowwater",
+        description="lowwater: a Kafka consumer sidecar that commits the lowest finished offset.",
+    )
+    parser.add_argument("--version", action="version", version=f"lowwater {_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lowwater ARGV`` (default: ``sys.argv[1:]``) and return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"lowwater: {exc}", file=sys.stderr)
+        return EXIT_USAGE

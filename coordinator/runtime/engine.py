@@ -1,0 +1,377 @@
+"""The engine: the ledger's owner on the event loop, and the timers around it.
+
+Every method runs on the event loop thread. The fetcher thread reaches the
+engine only through the bridge in :mod:`coordinator.runtime.sidecar`; gRPC
+servicers call it directly (they run on the same loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coordinator.core.flow import GateChange
+from coordinator.core.ledger import CommitPoint, Holder, Lease, Ledger
+from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.kafka.fetcher import Commit, Pause
+
+acks_log = logging.getLogger("coordinator.acks")
+flow_log = logging.getLogger("coordinator.flow")
+rebalance_log = logging.getLogger("coordinator.rebalance")
+dlq_log = logging.getLogger("coordinator.deadletter")
+
+TIMER_RESOLUTION = 0.05
+"""Seconds between timer ticks: lease expiry and retry due times are this precise."""
+DELIVERY_BATCH = 500
+"""Most deliveries put into one stream message."""
+PULL_MAX_MESSAGES = 1000
+"""Cap on ``PullRequest.max_messages``."""
+
+
+class CommandSink(Protocol):
+    def submit(self, command: Commit | Pause) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Revoking:
+    partitions: list[TopicPartition]
+    msg_ids: list[int]
+    deadline: float
+    """Seconds from now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    deadline: float
+    """Seconds from now."""
+
+
+Notice = Revoking | Draining
+
+
+class Session:
+    """One worker stream as the engine sees it. Owned by the event loop."""
+
+    __slots__ = ("holder", "notices", "rejected", "wake")
+
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+        self.wake = asyncio.Event()
+        """Set when the stream's writer may have something to send."""
+        self.notices: list[Notice] = []
+        self.rejected: list[tuple[int, SettleStatus]] = []
+        """Settlements not accepted, to report on the stream."""
+
+    def take_notices(self) -> list[Notice]:
+        notices, self.notices = self.notices, []
+        return notices
+
+    @property
+    def stream_id(self) -> str:
+        return self.holder.name
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionView:
+    tp: TopicPartition
+    generation: int
+    committed: int | None
+    commit_offset: int | None
+    lowest_pending: int | None
+    pending: int
+    in_flight: int
+    oldest_age: float
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HolderView:
+    name: str
+    worker_id: str
+    in_flight: int
+    max_messages: int
+    in_flight_bytes: int
+    max_bytes: int
+    msg_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    partitions: list[PartitionView]
+    holders: list[HolderView]
+    buffered: int
+
+
+Settlement = tuple[int, Outcome | None, float | None]
+"""(msg_id, outcome or None when unspecified, retry delay in seconds or None)."""
+
+
+class Engine:
+    """Owns the :class:`Ledger` on the event loop and drives its timers and commits.
+
+    Lifecycle: :meth:`run` is the timer task (cancel it to stop);
+    :meth:`drain` stops deliveries and waits for outstanding leases.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        commands: CommandSink,
+        *,
+        commit_interval: float = 1.0,
+        rebalance_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ledger = ledger
+        self._commands = commands
+        self._commit_interval = commit_interval
+        self._rebalance_timeout = rebalance_timeout
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._stream_ids = itertools.count(1)
+        self._changed = asyncio.Event()
+        """Set whenever leases are released: what revoke and drain wait on."""
+        self._ready = asyncio.Event()
+        """Set whenever records may be ready: what Pull waits on."""
+        self._draining = False
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("fetched", "ignored", "delivered", "settled", "rejected", "lapsed", "dead_lettered"), 0
+        )
+
+    # -- from the fetcher (via the bridge) ------------------------------------
+
+    def intake(self, records: list[Any]) -> None:
+        """Adds fetched confluent-kafka messages to the ledger."""
+        now = self._clock()
+        add = self.ledger.add
+        ignored = 0
+        for msg in records:
+            value = msg.value()
+            key = msg.key()
+            size = (len(value) if value else 0) + (len(key) if key else 0)
+            if not add(TopicPartition(msg.topic(), msg.partition()), msg.offset(), size, msg, now):
+                ignored += 1
+        self.counters["fetched"] += len(records) - ignored
+        self.counters["ignored"] += ignored
+        self._after_change()
+
+    def assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
+        for tp, generation, committed in parts:
+            self.ledger.assign(tp, committed, generation)
+
+    async def revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
+        """Stops dispatch from ``tps``, waits boundedly for their leases, releases them."""
+        notify = self.ledger.begin_revoke(tps)
+        timeout = 0.0 if lost or self._draining else self._rebalance_timeout
+        for name, msg_ids in notify.items():
+            session = self._sessions.get(name)
+            if session is not None:
+                session.notices.append(Revoking(list(tps), msg_ids, timeout))
+                session.wake.set()
+        waited = await self._wait(lambda: self.ledger.in_flight(tps) == 0, timeout)
+        if not waited:
+            rebalance_log.warning(
+                "revoke: %d lease(s) still out after %.1fs; their records go to the next owner",
+                self.ledger.in_flight(tps), timeout,
+            )
+        final = self.ledger.revoke(tps)
+        self._after_change()
+        return [] if lost else final
+
+    def committed(self, points: list[CommitPoint], ok: bool) -> None:
+        for point in points:
+            self.ledger.committed(point, ok)
+
+    # -- from the servicers -------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def open_session(self, worker_id: str, max_messages: int, max_bytes: int) -> Session:
+        """Registers a worker stream. Raises ValueError for bad limits."""
+        name = f"stream-{next(self._stream_ids)}"
+        session = Session(self.ledger.open_holder(name, worker_id, max_messages, max_bytes))
+        self._sessions[name] = session
+        session.wake.set()
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Ends a worker stream; its leases are redelivered at once. Idempotent."""
+        if self._sessions.pop(session.stream_id, None) is None:
+            return
+        redelivered = self.ledger.close_holder(session.stream_id, self._clock())
+        if redelivered:
+            acks_log.info("%s closed with %d lease(s); redelivering them",
+                          session.stream_id, redelivered)
+        self._after_change()
+
+    def set_flow(self, session: Session, max_messages: int, max_bytes: int) -> None:
+        session.holder.credits.resize(max_messages, max_bytes)
+        session.wake.set()
+
+    def lease(self, holder: Holder, limit: int = DELIVERY_BATCH) -> list[Lease]:
+        if self._draining:
+            return []
+        leases = self.ledger.lease(holder, self._clock(), limit)
+        self.counters["delivered"] += len(leases)
+        return leases
+
+    def settle(self, holder: Holder | None, settlements: Iterable[Settlement]) -> list[
+        tuple[int, SettleStatus]
+    ]:
+        """Applies settlements; returns the (msg_id, status) of each one not accepted."""
+        now = self._clock()
+        settle = self.ledger.settle
+        rejected: list[tuple[int, SettleStatus]] = []
+        count = 0
+        for msg_id, outcome, delay in settlements:
+            count += 1
+            status = settle(holder, msg_id, outcome, delay, now)
+            if status is not SettleStatus.OK:
+                rejected.append((msg_id, status))
+        self.counters["settled"] += count - len(rejected)
+        if rejected:
+            self.counters["rejected"] += len(rejected)
+            acks_log.info("rejected %d of %d settlement(s): %s", len(rejected), count,
+                          ", ".join(f"{m}={s.name}" for m, s in rejected[:10]))
+        self._after_change()
+        return rejected
+
+    def extend(self, holder: Holder, msg_ids: Iterable[int], extension: float | None) -> list[
+        tuple[int, SettleStatus]
+    ]:
+        now = self._clock()
+        out = [(m, self.ledger.extend(holder, m, extension, now)) for m in msg_ids]
+        return [(m, s) for m, s in out if s is not SettleStatus.OK]
+
+    async def pull(self, worker_id: str, max_messages: int, wait: float) -> list[Lease]:
+        holder = self.ledger.pull_holder(worker_id)
+        limit = min(max(max_messages, 1), PULL_MAX_MESSAGES)
+        deadline = self._clock() + wait
+        while True:
+            self._ready.clear()
+            leases = self.lease(holder, limit)
+            remaining = deadline - self._clock()
+            if leases or remaining <= 0 or self._draining:
+                return leases
+            try:
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    def status(self) -> StatusView:
+        now = self._clock()
+        parts = []
+        for part in self.ledger.partitions.values():
+            lowest = part.offsets.lowest_pending
+            oldest = part.records[lowest].fetched_at if lowest is not None else now
+            parts.append(PartitionView(
+                part.tp, part.generation, part.committed, part.offsets.commit_offset, lowest,
+                len(part.records), part.in_flight, now - oldest, part.gate.paused,
+            ))
+        holders = [
+            HolderView(h.name, h.worker_id, h.credits.messages, h.credits.max_messages,
+                       h.credits.bytes, h.credits.max_bytes, sorted(h.leases)[:100])
+            for h in self.ledger.holders.values()
+        ]
+        return StatusView(sorted(parts, key=lambda p: p.tp), holders, self.ledger.ready_count)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """The timer task: lease expiry, due retries and periodic commits."""
+        next_commit = self._clock() + self._commit_interval
+        while True:
+            await asyncio.sleep(TIMER_RESOLUTION)
+            now = self._clock()
+            lapsed = self.ledger.tick(now)
+            if lapsed:
+                self.counters["lapsed"] += lapsed
+                acks_log.info("%d lease(s) expired; redelivering", lapsed)
+            self._after_change()
+            if now >= next_commit:
+                next_commit = now + self._commit_interval
+                self.commit()
+
+    def commit(self) -> None:
+        """Hands every advanced commit point to the fetcher, asynchronously."""
+        points = self.ledger.commit_points()
+        if points:
+            self._commands.submit(Commit(points))
+
+    async def drain(self, timeout: float) -> bool:
+        """Stops all deliveries, tells the workers, waits for every lease to be settled."""
+        self._draining = True
+        for session in self._sessions.values():
+            session.notices.append(Draining(timeout))
+            session.wake.set()
+        self._ready.set()
+        done = await self._wait(lambda: self.ledger.leased == 0, timeout)
+        if not done:
+            acks_log.warning("drain: %d lease(s) still out after %.1fs",
+                             self.ledger.leased, timeout)
+        return done
+
+    async def final_commit(self) -> bool:
+        """Commits every advanced partition synchronously; True when the broker took it."""
+        points = self.ledger.commit_points()
+        if not points:
+            return True
+        done: Future[Any] = Future()
+        self._commands.submit(Commit(points, sync=True, done=done))
+        return bool(await asyncio.wrap_future(done))
+
+    # -- internals ------------------------------------------------------------
+
+    def _after_change(self) -> None:
+        """Applies gate changes and handoffs, and wakes whoever may now have work."""
+        ledger = self.ledger
+        changes = ledger.take_gate_changes()
+        if changes:
+            self._apply_gates(changes)
+        handoffs = ledger.take_handoffs()
+        for rec, reason in handoffs:
+            # Dead-letter topics come later; until then a dead letter is dropped, loudly.
+            dlq_log.warning("dead-lettering %s[%d]@%d (%s): no dead-letter topic yet; dropped",
+                            rec.part.tp.topic, rec.part.tp.partition, rec.offset, reason)
+            ledger.finish_handoff(rec)
+        self.counters["dead_lettered"] += len(handoffs)
+        self._changed.set()
+        if ledger.ready_count:
+            self._ready.set()
+            for session in self._sessions.values():
+                if session.holder.credits.messages < session.holder.credits.max_messages:
+                    session.wake.set()
+
+    def _apply_gates(self, changes: list[tuple[TopicPartition, GateChange]]) -> None:
+        last = dict(changes)  # a partition that paused and resumed in one batch ends resumed
+        parts = self.ledger.partitions
+        for change in GateChange:
+            points = [(tp, parts[tp].generation) for tp, c in last.items()
+                      if c is change and tp in parts]
+            if points:
+                flow_log.info("%s %s", "pausing (pending cap reached)" if change is GateChange.PAUSE
+                              else "resuming (below the resume mark)", points)
+                self._commands.submit(Pause(points, resume=change is GateChange.RESUME))
+
+    async def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        deadline = self._clock() + timeout
+        while not done():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, TIMER_RESOLUTION * 4))
+            except TimeoutError:
+                pass
+        return True
+
+

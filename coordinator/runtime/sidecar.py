@@ -1,0 +1,229 @@
+"""Wires the sidecar together: the fetcher thread, the engine and the gRPC server.
+
+This module is the one place with threads, queues and the event loop. The
+fetcher thread owns the Kafka consumer; the event loop owns the engine (and
+through it the ledger) and serves gRPC. They meet in :class:`Bridge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+
+from coordinator.config import Settings
+from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
+from coordinator.core.model import TopicPartition
+from coordinator.core.policy import RetryPolicy
+from coordinator.kafka.fetcher import Fetcher, StopFetching
+from coordinator.runtime.engine import Engine
+from coordinator.service.admin import AdminService
+from coordinator.service.coordinator import CoordinatorService
+
+log = logging.getLogger("coordinator.sidecar")
+
+REVOKE_GRACE = 5.0
+"""Seconds the consumer thread waits beyond ``rebalance_timeout`` for the engine's revoke."""
+CLOSE_TIMEOUT = 30.0
+"""Seconds to wait for the consumer to close and leave the group."""
+SERVER_GRACE = 1.0
+"""Seconds open RPCs get when the gRPC server stops."""
+SERVICES = (
+    coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+class Bridge:
+    """The fetcher's sink: forwards what the consumer thread learns to the event loop.
+
+    Methods are called on the fetcher thread and never touch the engine directly.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sidecar: Sidecar) -> None:
+        self._loop = loop
+        self._sidecar = sidecar
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def on_records(self, records: list[Any]) -> None:
+        self._post(self._sidecar.engine.intake, records)
+
+    def on_assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
+        self._post(self._sidecar.engine.assigned, parts)
+
+    def on_revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
+        settings = self._sidecar.settings
+        wait = settings.rebalance_timeout.total_seconds() + REVOKE_GRACE
+        future = asyncio.run_coroutine_threadsafe(self._sidecar.engine.revoke(tps, lost), self._loop)
+        try:
+            return future.result(wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.error("revoke did not finish within %.1fs; committing nothing", wait)
+            return []
+
+    def on_committed(self, points: list[CommitPoint], ok: bool) -> None:
+        self._post(self._sidecar.engine.committed, points, ok)
+
+    def on_health(self, serving: bool, reason: str) -> None:
+        self._post(self._sidecar.broker_health, serving)
+
+    def on_stopped(self, error: BaseException | None) -> None:
+        self._post(self._sidecar.fetcher_stopped, error)
+
+
+class Sidecar:
+    """One lowwater sidecar process.
+
+    Lifecycle: ``await start()`` binds the server and starts consuming;
+    ``await close()`` runs the drain sequence and is idempotent; ``closed`` is
+    set when it is over. Not thread-safe: use it from its event loop.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger = Ledger(
+            leases=LeaseTimes(settings.lease.total_seconds(), settings.max_lease.total_seconds()),
+            policy=RetryPolicy(
+                settings.default_retry_delay.total_seconds(),
+                settings.max_retry_delay.total_seconds(),
+                settings.max_attempts,
+            ),
+            max_pending_per_partition=settings.max_pending_per_partition,
+        )
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server()
+        self.port: int | None = None
+        """The bound TCP port, once started (None for a unix socket)."""
+        self.closed = asyncio.Event()
+        self._timers: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._broker_up = False
+
+    async def start(self) -> None:
+        """Binds the gRPC server and starts the consumer thread. Call once."""
+        settings = self.settings
+        self.fetcher = Fetcher(
+            settings.consumer_config(), settings.topics, Bridge(asyncio.get_running_loop(), self),
+            batch_size=settings.fetch_batch_size,
+        )
+        self.engine = Engine(
+            self.ledger, self.fetcher,
+            commit_interval=settings.commit_interval.total_seconds(),
+            rebalance_timeout=settings.rebalance_timeout.total_seconds(),
+        )
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorService(self.engine, lease=settings.lease.total_seconds(),
+                               max_lease=settings.max_lease.total_seconds()),
+            self.server,
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminService(self.engine, group=settings.group, health=self.health_name), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        await self._set_health(False)
+        port = self.server.add_insecure_port(_bind_address(settings.listen))
+        self.port = None if settings.listen.startswith("unix:") else port
+        await self.server.start()
+        log.info("serving on %s", settings.listen if self.port is None
+                 else f"{settings.listen.rpartition(':')[0]}:{self.port}")
+        self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
+        self.fetcher.start()
+
+    def health_name(self) -> str:
+        return "SERVING" if self._serving() else "NOT_SERVING"
+
+    def _serving(self) -> bool:
+        return self._broker_up and not self.engine.draining
+
+    def broker_health(self, up: bool) -> None:
+        self._broker_up = up
+        asyncio.ensure_future(self._set_health(self._serving()))
+
+    def fetcher_stopped(self, error: BaseException | None) -> None:
+        if error is not None and self._closing is None:
+            log.error("the consumer stopped unexpectedly (%s); shutting down", error)
+            self.request_close()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving \
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICES):
+            await self.health.set(name, status)
+
+    def request_close(self) -> asyncio.Task[None]:
+        """Starts :meth:`close` (from a signal handler, say); later calls return the same task."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(), name="lowwater-close")
+        return self._closing
+
+    async def close(self) -> None:
+        """Runs the drain sequence once; a second call waits for the first."""
+        await asyncio.shield(self.request_close())
+
+    async def _close(self) -> None:
+        """The drain sequence of the contract: stop, NOT_SERVING, drain, commit, leave, exit."""
+        settings = self.settings
+        log.info("shutting down: draining for up to %s", settings.drain_timeout)
+        self.fetcher.submit(StopFetching())
+        await self.health.enter_graceful_shutdown()
+        await self.engine.drain(settings.drain_timeout.total_seconds())
+        try:
+            ok = await asyncio.wait_for(self.engine.final_commit(), CLOSE_TIMEOUT)
+            log.info("final commit %s", "done" if ok else "FAILED")
+        except TimeoutError:
+            log.error("final commit timed out after %.0fs", CLOSE_TIMEOUT)
+        self.fetcher.close()
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.fetcher.join, CLOSE_TIMEOUT):
+            log.error("the consumer did not close within %.0fs", CLOSE_TIMEOUT)
+        if self._timers is not None:
+            self._timers.cancel()
+        await self.server.stop(SERVER_GRACE)
+        if settings.listen.startswith("unix:"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_socket_path(settings.listen))
+        log.info("shut down")
+        self.closed.set()
+
+
+def _socket_path(listen: str) -> str:
+    path = listen.removeprefix("unix:")
+    return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
+def _bind_address(listen: str) -> str:
+    if listen.startswith("unix:"):
+        path = _socket_path(listen)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket from a previous run
+        return f"unix:{path}"
+    return listen
+
+
+async def _serve(settings: Settings) -> int:
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sidecar.request_close)
+    await sidecar.closed.wait()
+    return 1 if sidecar.fetcher.error is not None else 0
+
+
+def serve(settings: Settings) -> int:
+    """Runs the sidecar until SIGTERM or SIGINT; returns the process exit code."""
+    return asyncio.run(_serve(settings))

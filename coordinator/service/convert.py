@@ -1,0 +1,103 @@
+"""Protobuf <-> core conversion. Protobuf never enters ``coordinator.core``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+from google.protobuf.duration_pb2 import Duration
+from lowwater.v1 import admin_pb2
+from lowwater.v1 import coordinator_pb2 as pb
+
+from coordinator.core.ledger import Lease
+from coordinator.core.model import Outcome, SettleStatus
+from coordinator.runtime.engine import Settlement, StatusView
+
+OUTCOMES: dict[int, Outcome] = {
+    pb.OUTCOME_ACK: Outcome.ACK,
+    pb.OUTCOME_RETRY: Outcome.RETRY,
+    pb.OUTCOME_DEAD_LETTER: Outcome.DEAD_LETTER,
+    pb.OUTCOME_DROP: Outcome.DROP,
+    pb.OUTCOME_ALREADY_PROCESSED: Outcome.ALREADY_PROCESSED,
+}
+STATUSES: dict[SettleStatus, pb.SettleStatus.ValueType] = {
+    SettleStatus.OK: pb.SETTLE_STATUS_OK,
+    SettleStatus.UNKNOWN: pb.SETTLE_STATUS_UNKNOWN,
+    SettleStatus.STALE: pb.SETTLE_STATUS_STALE,
+    SettleStatus.ALREADY_SETTLED: pb.SETTLE_STATUS_ALREADY_SETTLED,
+    SettleStatus.NOT_OWNER: pb.SETTLE_STATUS_NOT_OWNER,
+    SettleStatus.INVALID: pb.SETTLE_STATUS_INVALID,
+}
+
+
+def settlements(items: Iterable[pb.Settlement]) -> Iterator[Settlement]:
+    """Core settlements from protobuf ones; an unknown outcome becomes None (INVALID)."""
+    outcomes = OUTCOMES
+    for s in items:
+        delay = s.retry_delay.ToTimedelta().total_seconds() if s.HasField("retry_delay") else None
+        yield s.msg_id, outcomes.get(s.outcome), delay
+
+
+def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
+    """Appends a Delivery per lease to a repeated field (``resp.deliveries``)."""
+    add = target.add  # type: ignore[attr-defined]
+    wall = time.time() - time.monotonic()
+    for lease in leases:
+        msg = lease.record.payload
+        ts_type, ts = msg.timestamp()  # type: ignore[attr-defined]
+        d = add(
+            msg_id=lease.msg_id,
+            topic=msg.topic(),  # type: ignore[attr-defined]
+            partition=msg.partition(),  # type: ignore[attr-defined]
+            offset=msg.offset(),  # type: ignore[attr-defined]
+            value=msg.value() or b"",  # type: ignore[attr-defined]
+            timestamp_ms=ts if ts_type != TIMESTAMP_NOT_AVAILABLE else 0,
+            attempt=lease.attempt,
+            lease_deadline_ms=int((lease.deadline + wall) * 1000),
+        )
+        key = msg.key()  # type: ignore[attr-defined]
+        if key is not None:
+            d.key = key
+        headers = msg.headers()  # type: ignore[attr-defined]
+        if headers:
+            d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+
+
+def duration(seconds: float) -> Duration:
+    out = Duration()
+    out.FromTimedelta(timedelta(seconds=seconds))
+    return out
+
+
+def results(rejected: list[tuple[int, SettleStatus]]) -> list[pb.SettleResult]:
+    return [pb.SettleResult(msg_id=m, status=STATUSES[s]) for m, s in rejected]
+
+
+def status_response(view: StatusView, group: str, health: str) -> admin_pb2.GetStatusResponse:
+    resp = admin_pb2.GetStatusResponse(group=group, health=health, buffered_count=view.buffered)
+    for p in view.partitions:
+        resp.partitions.add(
+            topic=p.tp.topic,
+            partition=p.tp.partition,
+            generation=p.generation,
+            committed_offset=-1 if p.committed is None else p.committed,
+            commit_offset=-1 if p.commit_offset is None else p.commit_offset,
+            lowest_pending_offset=-1 if p.lowest_pending is None else p.lowest_pending,
+            pending_count=p.pending,
+            in_flight_count=p.in_flight,
+            oldest_pending_age=duration(p.oldest_age),
+            paused=p.paused,
+        )
+    for h in view.holders:
+        resp.workers.add(
+            stream_id=h.name,
+            worker_id=h.worker_id,
+            in_flight_count=h.in_flight,
+            max_in_flight_messages=h.max_messages,
+            in_flight_bytes=h.in_flight_bytes,
+            max_in_flight_bytes=h.max_bytes,
+            leased_msg_ids=h.msg_ids,
+        )
+    return resp

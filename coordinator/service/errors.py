@@ -1,0 +1,32 @@
+"""Project errors -> gRPC status codes with ``google.rpc.Status`` details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+def invalid_argument(field: str, description: str) -> grpc.Status:
+    """INVALID_ARGUMENT naming the offending request field (a ``BadRequest`` detail)."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            ]
+        )
+    )
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=f"{field}: {description}", details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+def unavailable(reason: str) -> grpc.Status:
+    """UNAVAILABLE with the reason as ``ErrorInfo``; clients retry with backoff."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason="DRAINING", domain="lowwater"))
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=reason, details=[detail])
+    return rpc_status.to_status(status)
