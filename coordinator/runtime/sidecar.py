@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 
 from coordinator.config import Settings
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
@@ -28,6 +27,7 @@ from coordinator.kafka.fetcher import Fetcher, StopFetching
 from coordinator.runtime.engine import Engine
 from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
+from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator.sidecar")
 

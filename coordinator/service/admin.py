@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-from lowwater.v1 import admin_pb2, admin_pb2_grpc
 
 from coordinator.runtime.engine import Engine
 from coordinator.service import convert
+from lowwater.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

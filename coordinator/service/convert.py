@@ -8,12 +8,12 @@ from datetime import timedelta
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from google.protobuf.duration_pb2 import Duration
-from lowwater.v1 import admin_pb2
-from lowwater.v1 import coordinator_pb2 as pb
 
 from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus
 from coordinator.runtime.engine import Settlement, StatusView
+from lowwater.v1 import admin_pb2
+from lowwater.v1 import coordinator_pb2 as pb
 
 OUTCOMES: dict[int, Outcome] = {
     pb.OUTCOME_ACK: Outcome.ACK,

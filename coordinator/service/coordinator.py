@@ -7,12 +7,12 @@ import logging
 from typing import Any
 
 import grpc
-from lowwater.v1 import coordinator_pb2 as pb
-from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
 
 from coordinator.runtime.engine import DELIVERY_BATCH, Draining, Engine, Revoking, Session
 from coordinator.service import convert
 from coordinator.service.errors import invalid_argument, unavailable
+from lowwater.v1 import coordinator_pb2 as pb
+from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
 
 log = logging.getLogger("coordinator.streams")
 

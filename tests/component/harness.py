@@ -1,0 +1,136 @@
+"""An engine behind real gRPC servicers on 127.0.0.1:0, fed by fake records.
+
+Nothing in gRPC is faked: the servicers run on a real ``grpc.aio`` server and
+the tests talk to it through real channels. Only the Kafka side is replaced:
+records are :class:`FakeMessage` objects with confluent-kafka's accessors, and
+commands meant for the consumer thread are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
+from coordinator.core.model import TopicPartition
+from coordinator.core.policy import RetryPolicy
+from coordinator.kafka.fetcher import Commit, Pause
+from coordinator.runtime.engine import Engine
+from coordinator.service.admin import AdminService
+from coordinator.service.coordinator import CoordinatorService
+from lowwater.v1 import admin_pb2_grpc, coordinator_pb2_grpc
+
+
+@dataclass
+class FakeMessage:
+    """A fetched record with the accessors of ``confluent_kafka.Message``."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _value: bytes = b"v"
+    _key: bytes | None = None
+    _headers: list[tuple[str, bytes]] | None = None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, 1_700_000_000_000
+
+    def error(self) -> None:
+        return None
+
+
+@dataclass
+class RecordingSink:
+    """Stands in for the fetcher: records commits and pauses; answers sync commits."""
+
+    commits: list[Commit] = field(default_factory=list)
+    pauses: list[Pause] = field(default_factory=list)
+
+    def submit(self, command: Commit | Pause) -> None:
+        if isinstance(command, Commit):
+            self.commits.append(command)
+            if command.done is not None:
+                command.done.set_result(True)
+        else:
+            self.pauses.append(command)
+
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """The latest offset handed out per partition."""
+        out: dict[TopicPartition, int] = {}
+        for command in self.commits:
+            for point in command.points:
+                out[point.tp] = point.offset
+        return out
+
+
+@dataclass
+class Harness:
+    engine: Engine
+    sink: RecordingSink
+    channel: grpc.aio.Channel
+    coordinator: coordinator_pb2_grpc.CoordinatorStub
+    admin: admin_pb2_grpc.AdminStub
+
+    def assign(self, topic: str, partitions: int, committed: int | None = None) -> None:
+        self.engine.assigned(
+            [(TopicPartition(topic, p), p + 1, committed) for p in range(partitions)])
+
+    def feed(self, topic: str, partition: int, offsets: list[int], **kw: Any) -> None:
+        self.engine.intake([FakeMessage(topic, partition, o, **kw) for o in offsets])
+
+    def commit_points(self) -> list[CommitPoint]:
+        return self.engine.ledger.commit_points()
+
+
+@asynccontextmanager
+async def harness(
+    *, lease: float = 30.0, max_pending: int = 10_000, rebalance_timeout: float = 2.0,
+    max_attempts: int | None = None,
+) -> AsyncIterator[Harness]:
+    ledger = Ledger(
+        leases=LeaseTimes(lease, max(lease, 60.0)),
+        policy=RetryPolicy(0.05, 60.0, max_attempts),
+        max_pending_per_partition=max_pending,
+    )
+    sink = RecordingSink()
+    engine = Engine(ledger, sink, commit_interval=3600, rebalance_timeout=rebalance_timeout)
+    server = grpc.aio.server()
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorService(engine, lease=lease, max_lease=max(lease, 60.0)), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminService(engine, group="g", health=lambda: "SERVING"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    timers = asyncio.create_task(engine.run())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Harness(engine, sink, channel, coordinator_pb2_grpc.CoordinatorStub(channel),
+                      admin_pb2_grpc.AdminStub(channel))
+    finally:
+        timers.cancel()
+        await channel.close()
+        await server.stop(None)
