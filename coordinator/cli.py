@@ -58,7 +58,7 @@ config_log = logging.getLogger("coordinator.config")
 
 
 class _Parser(argparse.ArgumentParser):
-    """Reports a usage error in one line and exits 2 (argparse prints the whole usage)."""
+    """Reports a usage error in one line and exits 2 (plain argparse prints the usage first)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -212,10 +212,9 @@ def _serve(args: argparse.Namespace) -> int:
         config_log.warning("ignoring environment variable %s: no such setting", name)
     config_log.debug("settings: %r", settings)
     # Imported here so that the CLI, and its tests, work without the runtime's dependencies.
-    from coordinator.runtime.sidecar import serve  # type: ignore[import-not-found,unused-ignore]
+    from coordinator.runtime.sidecar import serve
 
-    code: int = serve(settings)
-    return code
+    return serve(settings)
 
 
 @dataclass(frozen=True)

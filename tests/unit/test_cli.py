@@ -1,0 +1,339 @@
+"""The ``lowwater`` command line: flags, precedence, exit codes, logging; in-process and as a user."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from datetime import timedelta
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from coordinator import cli
+from coordinator.config import ConfigError, Settings, flag_for
+
+REQUIRED_ARGS = ["--bootstrap-servers", "kafka:9092", "--group", "g", "--topic", "t"]
+LOWWATER_BIN = Path(sys.executable).parent / "lowwater"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main()`` reads ``os.environ``: keep this machine's ``LOWWATER_*`` out of it."""
+    for name in list(os.environ):
+        if name.startswith("LOWWATER_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root, ours = logging.getLogger(), logging.getLogger("coordinator")
+    handlers, root_level, our_level = list(root.handlers), root.level, ours.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(root_level)
+    ours.setLevel(our_level)
+
+
+@pytest.fixture
+def fake_sidecar(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """Stand in for ``coordinator.runtime.sidecar`` (written elsewhere); records what it got."""
+    served: list[Settings] = []
+    module = types.ModuleType("coordinator.runtime.sidecar")
+
+    def serve(settings: Settings) -> int:
+        served.append(settings)
+        return 0
+
+    module.serve = serve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "coordinator.runtime.sidecar", module)
+    return served
+
+
+# --- load_settings ------------------------------------------------------------------------------
+
+
+def test_flags() -> None:
+    settings = cli.load_settings(
+        [
+            *REQUIRED_ARGS,
+            "--topic",
+            "u,v",
+            "--listen",
+            "unix:///tmp/lw.sock",
+            "--lease",
+            "45s",
+            "--max-attempts",
+            "unlimited",
+            "--fetch-batch-size",
+            "100",
+            "--kafka",
+            "fetch.wait.max.ms=50",
+            "--kafka",
+            "client.id=a=b",
+            "--log-level",
+            "debug",
+        ],
+        environ={},
+    )
+    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.group == "g"
+    assert settings.topics == ("t", "u", "v")
+    assert settings.listen == "unix:///tmp/lw.sock"
+    assert settings.lease == timedelta(seconds=45)
+    assert settings.max_attempts is None
+    assert settings.fetch_batch_size == 100
+    assert dict(settings.kafka) == {"fetch.wait.max.ms": "50", "client.id": "a=b"}
+    assert settings.log_level == "DEBUG"
+
+
+def test_every_setting_has_a_flag() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_settings_arguments(parser)
+    help_text = parser.format_help()
+    for name in Settings.model_fields:
+        assert flag_for(name) in help_text
+
+
+def test_precedence_flag_file_environment_default(tmp_path: Path) -> None:
+    config = tmp_path / "lowwater.toml"
+    config.write_text('lease = "2s"\nmax_lease = "2m"\ndrain_timeout = "2s"\n')
+    environ = {
+        "LOWWATER_LEASE": "3s",
+        "LOWWATER_MAX_LEASE": "3m",
+        "LOWWATER_DRAIN_TIMEOUT": "3s",
+        "LOWWATER_COMMIT_INTERVAL": "3s",
+    }
+    argv = [*REQUIRED_ARGS, "--config", str(config), "--lease", "1s", "--commit-interval", "1s"]
+    settings = cli.load_settings(argv, environ)
+    assert settings.lease == timedelta(seconds=1)  # flag > file > env
+    assert settings.commit_interval == timedelta(seconds=1)  # flag > env
+    assert settings.max_lease == timedelta(minutes=2)  # file > env
+    assert settings.drain_timeout == timedelta(seconds=2)  # file > env
+    assert cli.load_settings(REQUIRED_ARGS, environ).lease == timedelta(seconds=3)  # env > default
+    assert cli.load_settings(REQUIRED_ARGS, {}).lease == timedelta(seconds=30)  # the default
+
+
+def test_no_flag_beats_a_true_in_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "lowwater.toml"
+    config.write_text('allow_remote_listen = true\nlisten = "0.0.0.0:50051"\n')
+    argv = [*REQUIRED_ARGS, "--config", str(config)]
+    assert cli.load_settings(argv, {}).allow_remote_listen is True
+    with pytest.raises(ConfigError) as info:
+        cli.load_settings([*argv, "--no-allow-remote-listen"], {})
+    assert info.value.setting == "listen"
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "lowwater.toml"
+    config.write_text('group = "from-file"\n')
+    other = tmp_path / "other.toml"
+    other.write_text('group = "from-other"\n')
+    args = ["--bootstrap-servers", "k:1", "--topic", "t"]
+    assert cli.load_settings(args, {"LOWWATER_CONFIG": str(config)}).group == "from-file"
+    with_flag = cli.load_settings([*args, "--config", str(other)], {"LOWWATER_CONFIG": str(config)})
+    assert with_flag.group == "from-other"
+
+
+@pytest.mark.parametrize("pair", ["fetch.wait.max.ms", "=5", " =5"])
+def test_kafka_flag_needs_key_equals_value(pair: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cli.load_settings([*REQUIRED_ARGS, "--kafka", pair], {})
+    assert info.value.setting == "kafka"
+    assert "KEY=VALUE" in str(info.value)
+
+
+def test_kafka_flag_keeps_secrets_out_of_messages() -> None:
+    with pytest.raises(ConfigError) as info:
+        cli.load_settings([*REQUIRED_ARGS, "--kafka", "sasl.password:hunter2"], {})
+    assert "hunter2" not in str(info.value)
+
+
+def test_unparseable_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.load_settings([*REQUIRED_ARGS, "--lease"], {})
+    assert info.value.code == 2
+    assert "--lease" in capsys.readouterr().err
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [
+        (["--group", "g"], "bootstrap_servers"),
+        ([*REQUIRED_ARGS, "--lease", "0s"], "lease"),
+        ([*REQUIRED_ARGS, "--lease", "soon"], "lease"),
+        ([*REQUIRED_ARGS, "--lease", "20m"], "max_lease"),
+        ([*REQUIRED_ARGS, "--listen", "0.0.0.0:50051"], "listen"),
+        ([*REQUIRED_ARGS, "--topic", "t"], "topics"),
+        ([*REQUIRED_ARGS, "--fetch-batch-size", "0"], "fetch_batch_size"),
+        ([*REQUIRED_ARGS, "--log-level", "loud"], "log_level"),
+        ([*REQUIRED_ARGS, "--kafka", "group.id=other"], "kafka.group.id"),
+        ([*REQUIRED_ARGS, "--kafka", "enable.auto.commit=true"], "kafka.enable.auto.commit"),
+        ([*REQUIRED_ARGS, "--config", "/nonexistent/lowwater.toml"], "config"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_setting(
+    args: list[str], setting: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", *args]) == 2
+    assert one_line_error(capsys).startswith(f"lowwater: invalid setting '{setting}': ")
+
+
+def test_reserved_kafka_key_message_says_what_to_use(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", *REQUIRED_ARGS, "--kafka", "bootstrap.servers=x:1"]) == 2
+    assert "use the 'bootstrap_servers' setting (--bootstrap-servers)" in capsys.readouterr().err
+
+
+def test_unknown_toml_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "lowwater.toml"
+    config.write_text('max_leese = "1m"\n')
+    assert cli.main(["serve", *REQUIRED_ARGS, "--config", str(config)]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("lowwater: invalid setting 'max_leese': unknown setting")
+    assert "did you mean 'max_lease'?" in err
+
+
+def test_bad_environment_variable_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOWWATER_MAX_ATTEMPTS", "0")
+    assert cli.main(["serve", *REQUIRED_ARGS]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("lowwater: invalid setting 'max_attempts': ")
+    assert err.endswith("(from LOWWATER_MAX_ATTEMPTS)\n")
+
+
+@pytest.mark.parametrize("argv", [[], ["serve", "--bogus"], ["bogus"], ["serve", "--lease"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert "error:" in one_line_error(capsys)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"lowwater {metadata.version('lowwater-sidecar')}\n"
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "serve" in capsys.readouterr().out
+    assert cli.main(["serve", "--help"]) == 0
+    assert "--bootstrap-servers" in capsys.readouterr().out
+
+
+def test_subcommands_are_registered() -> None:
+    names = [command.name for command in cli.SUBCOMMANDS]
+    assert "serve" in names
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_runs_the_sidecar_with_the_settings(
+    fake_sidecar: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOWWATER_DRAIN_TIMEOUT", "5s")
+    assert cli.main(["serve", *REQUIRED_ARGS, "--log-level", "DEBUG"]) == 0
+    [settings] = fake_sidecar
+    assert settings.topics == ("t",)
+    assert settings.drain_timeout == timedelta(seconds=5)
+    assert logging.getLogger("coordinator.acks").isEnabledFor(logging.DEBUG)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_returns_the_sidecar_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("coordinator.runtime.sidecar")
+    module.serve = lambda settings: 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "coordinator.runtime.sidecar", module)
+    assert cli.main(["serve", *REQUIRED_ARGS]) == 3
+
+
+@pytest.mark.usefixtures("restore_logging", "fake_sidecar")
+def test_serve_warns_about_unknown_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOWWATER_LEESE", "5s")
+    assert cli.main(["serve", *REQUIRED_ARGS]) == 0
+    assert "WARNING coordinator.config: ignoring environment variable LOWWATER_LEESE" in (
+        capsys.readouterr().err
+    )
+
+
+# --- logging ------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_logging_is_one_line_per_record_with_the_logger_name() -> None:
+    stream = io.StringIO()
+    cli.configure_logging("INFO", stream)
+    cli.configure_logging("INFO", stream)  # replaces, does not add a second handler
+    logging.getLogger("coordinator.commit").info("committed %d", 7)
+    logging.getLogger("coordinator.flow").debug("hidden at INFO")
+    logging.getLogger("some.library").info("hidden below WARNING")
+    logging.getLogger("some.library").warning("shown")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(" INFO    coordinator.commit: committed 7")
+    assert lines[1].endswith(" WARNING some.library: shown")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_log_level_error_quiets_everything_below() -> None:
+    stream = io.StringIO()
+    cli.configure_logging("ERROR", stream)
+    logging.getLogger("coordinator.rebalance").warning("hidden")
+    logging.getLogger("other").warning("hidden too")
+    assert stream.getvalue() == ""
+
+
+# --- as a user runs it --------------------------------------------------------------------------
+
+
+def test_console_script_exits_2_naming_the_missing_setting(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOWWATER_")}
+    result = subprocess.run(
+        [str(LOWWATER_BIN), "serve", "--group", "g"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("lowwater: invalid setting 'bootstrap_servers': not set")
+    assert "'topics'" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOC_EXAMPLES = re.findall(r"^\$ lowwater (.*)\n(lowwater: .*)$", DOC.read_text(), re.MULTILINE)
+
+
+@pytest.mark.parametrize(("command", "message"), DOC_EXAMPLES)
+def test_docs_console_examples_are_current(
+    command: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(shlex.split(command)) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_docs_have_console_examples() -> None:
+    assert len(DOC_EXAMPLES) >= 4

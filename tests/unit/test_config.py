@@ -1,0 +1,574 @@
+"""Settings: durations, validation, the sources and their precedence, and the reference doc."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from coordinator.config import (
+    RESERVED_KAFKA_KEYS,
+    ConfigError,
+    Settings,
+    format_duration,
+    parse_duration,
+    resolve_settings,
+    settings_reference,
+    unknown_environment_variables,
+)
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+REQUIRED = {"bootstrap_servers": "kafka:9092", "group": "g", "topics": ["t"]}
+
+
+def resolve(
+    flags: Mapping[str, object] | None = None,
+    toml: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    tmp_path: Path | None = None,
+) -> Settings:
+    config_file = None
+    if toml is not None:
+        assert tmp_path is not None
+        config_file = tmp_path / "lowwater.toml"
+        config_file.write_text(toml)
+    return resolve_settings(flags=flags, config_file=config_file, environ=environ)
+
+
+def config_error(**flags: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        resolve_settings(flags={**REQUIRED, **flags})
+    return info.value
+
+
+# --- durations ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("500ms", timedelta(milliseconds=500)),
+        ("30s", timedelta(seconds=30)),
+        ("5m", timedelta(minutes=5)),
+        ("1h", timedelta(hours=1)),
+        ("1h30m", timedelta(minutes=90)),
+        ("1m30.5s", timedelta(seconds=90.5)),
+        ("2.5s", timedelta(seconds=2.5)),
+        (".5s", timedelta(milliseconds=500)),
+        ("250us", timedelta(microseconds=250)),
+        ("30", timedelta(seconds=30)),
+        ("0.25", timedelta(milliseconds=250)),
+        (" 7s ", timedelta(seconds=7)),
+        ("0s", timedelta(0)),
+    ],
+)
+def test_parse_duration_accepts(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "s",
+        "abc",
+        "5sec",
+        "5 s",
+        "5S",
+        "-5s",
+        "1h-5m",
+        "5d",
+        "1e3s",
+        "PT30S",
+        "nan",
+        "inf",
+        "5.s.s",
+    ],
+)
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_parse_duration_refuses_overflow() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse_duration("99999999999999999h")
+
+
+@given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=100_000)))
+def test_formatted_durations_parse_back(value: timedelta) -> None:
+    text = format_duration(value)
+    assert re.fullmatch(r"(\d+(h|m|s|ms|us))+", text)
+    assert parse_duration(text) == value
+
+
+@given(st.integers(min_value=0, max_value=10**9), st.sampled_from(["h", "m", "s", "ms", "us"]))
+def test_a_single_term_is_its_number_of_units(count: int, unit: str) -> None:
+    size = {
+        "h": timedelta(hours=1),
+        "m": timedelta(minutes=1),
+        "s": timedelta(seconds=1),
+        "ms": timedelta(milliseconds=1),
+        "us": timedelta(microseconds=1),
+    }[unit]
+    assert parse_duration(f"{count}{unit}") == count * size
+
+
+def test_format_duration() -> None:
+    assert format_duration(timedelta(0)) == "0s"
+    assert format_duration(timedelta(minutes=10)) == "10m"
+    assert format_duration(timedelta(hours=1, seconds=1.5)) == "1h1s500ms"
+    with pytest.raises(ValueError, match="negative"):
+        format_duration(timedelta(seconds=-1))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(45, timedelta(seconds=45)), (0.5, timedelta(milliseconds=500)), ("1m", timedelta(minutes=1))],
+)
+def test_durations_accept_numbers_of_seconds(value: object, expected: timedelta) -> None:
+    assert resolve_settings(flags={**REQUIRED, "lease": value}).lease == expected
+
+
+@pytest.mark.parametrize(
+    "setting", ["lease", "max_lease", "commit_interval", "rebalance_timeout", "drain_timeout"]
+)
+@pytest.mark.parametrize("value", ["0s", 0, -1, "junk", True])
+def test_positive_durations_refuse_zero_negative_and_junk(setting: str, value: object) -> None:
+    error = config_error(**{setting: value})
+    assert error.setting == setting
+
+
+def test_retry_delays_may_be_zero() -> None:
+    settings = resolve_settings(
+        flags={**REQUIRED, "default_retry_delay": "0s", "max_retry_delay": 0}
+    )
+    assert settings.default_retry_delay == settings.max_retry_delay == timedelta(0)
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = Settings.model_validate(REQUIRED)
+    assert settings.topics == ("t",)
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.allow_remote_listen is False
+    assert settings.lease == timedelta(seconds=30)
+    assert settings.max_lease == timedelta(minutes=10)
+    assert settings.default_retry_delay == timedelta(seconds=1)
+    assert settings.max_retry_delay == timedelta(minutes=15)
+    assert settings.max_attempts is None
+    assert settings.commit_interval == timedelta(seconds=1)
+    assert settings.max_pending_per_partition == 10_000
+    assert settings.fetch_batch_size == 500
+    assert settings.rebalance_timeout == timedelta(seconds=10)
+    assert settings.drain_timeout == timedelta(seconds=30)
+    assert settings.log_level == "INFO"
+    assert dict(settings.kafka) == {}
+
+
+def test_every_field_is_documented() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"{name} has no docstring"
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.model_validate({**REQUIRED, "kafka": {"fetch.wait.max.ms": 50}})
+    with pytest.raises(ValidationError):
+        settings.lease = timedelta(seconds=1)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings.kafka["fetch.wait.max.ms"] = 1  # type: ignore[index]
+    assert isinstance(settings.topics, tuple)
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings.model_validate({**REQUIRED, "leese": "5s"})
+
+
+def test_max_lease_must_cover_lease() -> None:
+    assert config_error(lease="20m").setting == "max_lease"
+    assert "must be >= lease (20m)" in str(config_error(lease="20m"))
+    assert config_error(lease="1m", max_lease="30s").setting == "max_lease"
+    settings = resolve_settings(flags={**REQUIRED, "lease": "1m", "max_lease": "1m"})
+    assert settings.max_lease == settings.lease
+
+
+def test_max_retry_delay_must_cover_default_retry_delay() -> None:
+    error = config_error(default_retry_delay="1m", max_retry_delay="30s")
+    assert error.setting == "max_retry_delay"
+
+
+def test_rebalance_timeout_must_stay_below_max_poll_interval() -> None:
+    assert config_error(rebalance_timeout="5m").setting == "rebalance_timeout"
+    error = config_error(rebalance_timeout="10s", kafka={"max.poll.interval.ms": "10000"})
+    assert error.setting == "rebalance_timeout"
+    settings = resolve_settings(
+        flags={**REQUIRED, "rebalance_timeout": "6m", "kafka": {"max.poll.interval.ms": 600_000}}
+    )
+    assert settings.rebalance_timeout == timedelta(minutes=6)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("unlimited", None), ("None", None), ("3", 3), (1, 1), (None, None)]
+)
+def test_max_attempts(value: object, expected: int | None) -> None:
+    assert resolve_settings(flags={**REQUIRED, "max_attempts": value}).max_attempts == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("max_attempts", 0),
+        ("max_attempts", True),
+        ("max_attempts", "many"),
+        ("max_pending_per_partition", 0),
+        ("max_pending_per_partition", "1.5"),
+        ("fetch_batch_size", 0),
+        ("fetch_batch_size", 100_001),
+        ("fetch_batch_size", False),
+        ("log_level", "TRACE"),
+        ("allow_remote_listen", "maybe"),
+        ("allow_remote_listen", 1),
+        ("bootstrap_servers", "  "),
+        ("group", ""),
+        ("topics", []),
+        ("topics", ["a", "b", "a"]),
+        ("topics", ["has space"]),
+        ("topics", [""]),
+        ("topics", "a"),
+    ],
+)
+def test_bad_values_name_their_setting(setting: str, value: object) -> None:
+    error = config_error(**{setting: value})
+    assert error.setting == setting
+    assert str(error).startswith(f"invalid setting '{setting}': ")
+    assert "\n" not in str(error)
+
+
+def test_ranges_are_inclusive() -> None:
+    for size in (1, 100_000):
+        assert (
+            resolve_settings(flags={**REQUIRED, "fetch_batch_size": size}).fetch_batch_size == size
+        )
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert resolve_settings(flags={**REQUIRED, "log_level": "debug"}).log_level == "DEBUG"
+
+
+def test_topic_patterns_are_allowed() -> None:
+    settings = resolve_settings(flags={**REQUIRED, "topics": ["^push-.*", "sms.v1"]})
+    assert settings.topics == ("^push-.*", "sms.v1")
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:50051",
+        "127.1.2.3:0",
+        "localhost:1",
+        "LocalHost:1",
+        "[::1]:50051",
+        "unix:/tmp/lowwater.sock",
+        "unix:lowwater.sock",
+        "unix:///tmp/lowwater.sock",
+    ],
+)
+def test_loopback_and_unix_listen_addresses_are_accepted(listen: str) -> None:
+    assert resolve_settings(flags={**REQUIRED, "listen": listen}).listen == listen
+
+
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:50051", "[::]:50051", ":50051", "10.0.0.1:1", "sidecar.example:80"]
+)
+def test_remote_listen_addresses_need_allow_remote_listen(listen: str) -> None:
+    error = config_error(listen=listen)
+    assert error.setting == "listen"
+    assert "allow_remote_listen" in str(error)
+    settings = resolve_settings(flags={**REQUIRED, "listen": listen, "allow_remote_listen": "true"})
+    assert settings.listen == listen
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "50051",
+        "127.0.0.1",
+        "::1:50051",
+        "[not-ipv6]:1",
+        "unix:",
+        "unix://tmp/x.sock",
+        "127.0.0.1:70000",
+        "bad host:1",
+    ],
+)
+def test_malformed_listen_addresses_are_refused(listen: str) -> None:
+    assert config_error(listen=listen, allow_remote_listen=True).setting == "listen"
+
+
+# --- the librdkafka passthrough -----------------------------------------------------------------
+
+
+def test_consumer_config() -> None:
+    settings = Settings.model_validate(
+        {**REQUIRED, "kafka": {"fetch.wait.max.ms": 50, "enable.partition.eof": True}}
+    )
+    config = settings.consumer_config()
+    assert config == {
+        "bootstrap.servers": "kafka:9092",
+        "group.id": "g",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,
+        "enable.partition.eof": True,
+    }
+    config["extra"] = 1
+    assert "extra" not in settings.consumer_config()
+
+
+def test_auto_offset_reset_can_be_passed_through() -> None:
+    settings = Settings.model_validate({**REQUIRED, "kafka": {"auto.offset.reset": "latest"}})
+    assert settings.consumer_config()["auto.offset.reset"] == "latest"
+
+
+@pytest.mark.parametrize("key", sorted(RESERVED_KAFKA_KEYS))
+@pytest.mark.parametrize("source", ["flag", "toml", "env"])
+def test_reserved_kafka_keys_are_refused(key: str, source: str, tmp_path: Path) -> None:
+    expected_advice = {
+        "bootstrap.servers": "'bootstrap_servers'",
+        "group.id": "'group'",
+        "enable.auto.commit": "'commit_interval'",
+        "enable.auto.offset.store": "lowwater stores offsets itself",
+    }[key]
+    with pytest.raises(ConfigError) as info:
+        if source == "flag":
+            resolve(flags={**REQUIRED, "kafka": {key: "x"}})
+        elif source == "toml":
+            resolve(REQUIRED, f'[kafka]\n"{key}" = "x"\n', tmp_path=tmp_path)
+        else:
+            env = "LOWWATER_KAFKA__" + key.upper().replace(".", "_")
+            resolve(REQUIRED, environ={env: "x"})
+    assert info.value.setting == f"kafka.{key}"
+    assert expected_advice in str(info.value)
+
+
+def test_reserved_kafka_keys_are_refused_in_any_case() -> None:
+    assert config_error(kafka={"Group.Id": "x"}).setting == "kafka.Group.Id"
+
+
+def test_kafka_values_must_be_scalars_and_secrets_stay_out_of_messages(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(toml='[kafka]\n"sasl.password" = ["hunter2"]\n', flags=REQUIRED, tmp_path=tmp_path)
+    assert info.value.setting == "kafka.sasl.password"
+    assert "hunter2" not in str(info.value)
+
+
+def test_secrets_are_redacted_from_repr() -> None:
+    settings = Settings.model_validate(
+        {**REQUIRED, "kafka": {"sasl.password": "hunter2", "ssl.key.pem": "KEY", "acks": 1}}
+    )
+    assert "hunter2" not in repr(settings)
+    assert "KEY" not in str(settings)
+    assert "'acks': 1" in repr(settings)
+    assert settings.consumer_config()["sasl.password"] == "hunter2"
+
+
+def test_toml_dotted_kafka_keys_are_flattened(tmp_path: Path) -> None:
+    toml = '[kafka]\nfetch.wait.max.ms = 50\n"session.timeout.ms" = 6000\n'
+    settings = resolve(flags=REQUIRED, toml=toml, tmp_path=tmp_path)
+    assert dict(settings.kafka) == {"fetch.wait.max.ms": 50, "session.timeout.ms": 6000}
+
+
+def test_kafka_environment_names() -> None:
+    environ = {
+        "LOWWATER_KAFKA__FETCH_WAIT_MAX_MS": "50",
+        "LOWWATER_KAFKA__SSL_ENGINE__CALLBACK__DATA": "x",
+    }
+    settings = resolve_settings(flags=REQUIRED, environ=environ)
+    assert dict(settings.kafka) == {"fetch.wait.max.ms": "50", "ssl.engine_callback_data": "x"}
+
+
+# --- sources and precedence ---------------------------------------------------------------------
+
+# setting -> (flag value, TOML text, environment value, what each gives, the default)
+CASES: dict[str, tuple[object, str, str, tuple[object, object, object], object]] = {
+    "lease": (
+        "1s",
+        'lease = "2s"',
+        "3s",
+        (timedelta(seconds=1), timedelta(seconds=2), timedelta(seconds=3)),
+        timedelta(seconds=30),
+    ),
+    "fetch_batch_size": ("1", "fetch_batch_size = 2", "3", (1, 2, 3), 500),
+    "topics": (["f"], 'topics = ["file"]', "e1,e2", (("f",), ("file",), ("e1", "e2")), None),
+    "log_level": ("ERROR", 'log_level = "WARNING"', "debug", ("ERROR", "WARNING", "DEBUG"), "INFO"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(CASES))
+@pytest.mark.parametrize(
+    ("flag", "file", "env", "winner"),
+    [
+        (True, True, True, "flag"),
+        (True, True, False, "flag"),
+        (True, False, True, "flag"),
+        (False, True, True, "file"),
+        (False, False, True, "env"),
+        (False, True, False, "file"),
+        (False, False, False, "default"),
+    ],
+)
+def test_precedence(
+    setting: str, flag: bool, file: bool, env: bool, winner: str, tmp_path: Path
+) -> None:
+    flag_value, toml, env_value, (from_flag, from_file, from_env), default = CASES[setting]
+    base = {k: v for k, v in REQUIRED.items() if k != setting}
+    sources = {
+        "flags": {**base, **({setting: flag_value} if flag else {})},
+        "toml": toml if file else None,
+        "environ": {f"LOWWATER_{setting.upper()}": env_value} if env else {},
+        "tmp_path": tmp_path,
+    }
+    if default is None and winner == "default":  # required: nothing to fall back to
+        with pytest.raises(ConfigError, match=f"'{setting}': not set"):
+            resolve(**sources)  # type: ignore[arg-type]
+        return
+    settings = resolve(**sources)  # type: ignore[arg-type]
+    expected = {"flag": from_flag, "file": from_file, "env": from_env, "default": default}[winner]
+    assert getattr(settings, setting) == expected
+
+
+def test_kafka_passthrough_merges_property_by_property(tmp_path: Path) -> None:
+    toml = '[kafka]\n"fetch.wait.max.ms" = 20\n"session.timeout.ms" = 6000\n'
+    environ = {
+        "LOWWATER_KAFKA__FETCH_WAIT_MAX_MS": "30",
+        "LOWWATER_KAFKA__SESSION_TIMEOUT_MS": "7000",
+        "LOWWATER_KAFKA__CLIENT_ID": "from-env",
+    }
+    flags = {**REQUIRED, "kafka": {"fetch.wait.max.ms": "10"}}
+    settings = resolve(flags=flags, toml=toml, environ=environ, tmp_path=tmp_path)
+    assert dict(settings.kafka) == {
+        "fetch.wait.max.ms": "10",
+        "session.timeout.ms": 6000,
+        "client.id": "from-env",
+    }
+
+
+def test_the_whole_configuration_can_come_from_the_environment() -> None:
+    environ = {
+        "LOWWATER_BOOTSTRAP_SERVERS": "kafka:9092",
+        "LOWWATER_GROUP": "g",
+        "LOWWATER_TOPICS": "a, b",
+        "LOWWATER_LISTEN": "0.0.0.0:50051",
+        "LOWWATER_ALLOW_REMOTE_LISTEN": "YES",
+        "LOWWATER_MAX_ATTEMPTS": "unlimited",
+        "LOWWATER_DRAIN_TIMEOUT": "",  # empty: unset
+        "PATH": "/bin",
+    }
+    settings = resolve_settings(environ=environ)
+    assert settings.topics == ("a", "b")
+    assert settings.allow_remote_listen is True
+    assert settings.drain_timeout == timedelta(seconds=30)
+
+
+def test_missing_required_settings_are_all_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_settings(flags={"group": "g"})
+    assert [p.setting for p in info.value.problems] == ["bootstrap_servers", "topics"]
+    message = str(info.value)
+    assert "\n" not in message
+    assert "--bootstrap-servers" in message and "LOWWATER_TOPICS" in message
+
+
+def test_errors_say_where_the_value_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'lease'.*\(from --lease\)"):
+        resolve_settings(flags={**REQUIRED, "lease": "0"})
+    with pytest.raises(ConfigError, match=r"'lease'.*\(from LOWWATER_LEASE\)"):
+        resolve_settings(flags=REQUIRED, environ={"LOWWATER_LEASE": "soon"})
+    with pytest.raises(ConfigError, match=r"'lease'.*lowwater\.toml\)"):
+        resolve(flags=REQUIRED, toml="lease = -1", tmp_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"'max_lease'.*\(from default\)"):
+        resolve_settings(flags={**REQUIRED, "lease": "1h"})
+
+
+def test_unknown_toml_keys_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(
+            flags=REQUIRED, toml='leese = "5s"\ntopic = "t"\n[kafak]\nx = 1\n', tmp_path=tmp_path
+        )
+    assert [p.setting for p in info.value.problems] == ["leese", "topic", "kafak"]
+    assert "did you mean 'lease'?" in str(info.value)
+    assert "did you mean 'topics'?" in str(info.value)
+
+
+def test_kafka_in_toml_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(flags=REQUIRED, toml='kafka = "fetch.wait.max.ms=5"', tmp_path=tmp_path)
+    assert info.value.setting == "kafka"
+
+
+def test_unreadable_or_invalid_toml_names_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        resolve_settings(flags=REQUIRED, config_file=tmp_path / "missing.toml")
+    assert info.value.setting == "config"
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        resolve(flags=REQUIRED, toml="lease = ", tmp_path=tmp_path)
+    assert info.value.setting == "config"
+
+
+def test_unknown_environment_variables() -> None:
+    environ = {
+        "LOWWATER_LEASE": "1s",
+        "LOWWATER_LEESE": "1s",
+        "LOWWATER_KAFKA": "x",
+        "LOWWATER_KAFKA__CLIENT_ID": "x",
+        "LOWWATER_CONFIG": "x.toml",
+        "HOME": "/root",
+    }
+    assert unknown_environment_variables(environ) == ["LOWWATER_KAFKA", "LOWWATER_LEESE"]
+
+
+def test_config_error_needs_a_problem() -> None:
+    with pytest.raises(ValueError):
+        ConfigError()
+
+
+# --- the reference documentation ----------------------------------------------------------------
+
+BEGIN, END = "<!-- settings-table:begin -->\n", "<!-- settings-table:end -->\n"
+
+
+def test_docs_settings_table_is_current() -> None:
+    text = DOC.read_text()
+    head, rest = text.split(BEGIN)
+    table, tail = rest.split(END)
+    if os.environ.get("LOWWATER_UPDATE_DOCS") and table != settings_reference():
+        DOC.write_text(head + BEGIN + settings_reference() + END + tail)
+        table = settings_reference()
+    assert table == settings_reference(), (
+        "docs/configuration.md is out of date; rerun with LOWWATER_UPDATE_DOCS=1"
+    )
+
+
+def test_docs_example_toml_is_valid(tmp_path: Path) -> None:
+    examples = re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert examples
+    for example in examples:
+        settings = resolve(toml=example, tmp_path=tmp_path)
+        assert settings.topics
+
+
+def test_docs_mention_every_setting() -> None:
+    text = DOC.read_text()
+    for name in Settings.model_fields:
+        assert f"`{name}`" in text or name == "kafka"
