@@ -48,18 +48,31 @@ class LeaseTable(Generic[R, H]):
             raise ValueError("remember must not be negative")
         self._ids = itertools.count(1)
         self._active: dict[int, Lease[R, H]] = {}
-        self._expiry: list[tuple[float, int]] = []
+        self._expiry: list[tuple[float, int, int]] = []
+        """(deadline, first msg_id, last msg_id): one entry per batch of leases."""
         self._recent: OrderedDict[int, SettleStatus] = OrderedDict()
         self._remember = remember
         self._issued = 0
 
-    def grant(self, record: R, holder: H, deadline: float, attempt: int) -> Lease[R, H]:
+    def grant(
+        self, record: R, holder: H, deadline: float, attempt: int, *, watch: bool = True
+    ) -> Lease[R, H]:
+        """Issues a msg_id and leases ``record`` to ``holder`` until ``deadline``.
+
+        With ``watch=False`` the caller promises to :meth:`watch` the id's
+        deadline itself, typically once for a whole batch.
+        """
         msg_id = next(self._ids)
         self._issued = msg_id
         lease = Lease(msg_id, record, holder, deadline, attempt)
         self._active[msg_id] = lease
-        heapq.heappush(self._expiry, (deadline, msg_id))
+        if watch:
+            heapq.heappush(self._expiry, (deadline, msg_id, msg_id))
         return lease
+
+    def watch(self, deadline: float, first_id: int, last_id: int) -> None:
+        """Watches the deadline of the msg_ids ``first_id..last_id`` (inclusive) at once."""
+        heapq.heappush(self._expiry, (deadline, first_id, last_id))
 
     def get(self, msg_id: int) -> Lease[R, H] | None:
         return self._active.get(msg_id)
@@ -74,7 +87,7 @@ class LeaseTable(Generic[R, H]):
 
     def extend(self, lease: Lease[R, H], deadline: float) -> None:
         lease.deadline = deadline
-        heapq.heappush(self._expiry, (deadline, lease.msg_id))
+        heapq.heappush(self._expiry, (deadline, lease.msg_id, lease.msg_id))
 
     def recall(self, msg_id: int) -> SettleStatus:
         """The answer for a msg_id that holds no lease."""
@@ -82,23 +95,25 @@ class LeaseTable(Generic[R, H]):
 
     def lapsed(self, now: float) -> list[Lease[R, H]]:
         """The active leases whose deadline is at or before ``now``, earliest first."""
-        out: list[Lease[R, H]] = []
-        heap = self._expiry
+        out: dict[int, Lease[R, H]] = {}  # an id extended to the same deadline has 2 entries
+        heap, active = self._expiry, self._active
         while heap and heap[0][0] <= now:
-            deadline, msg_id = heapq.heappop(heap)
-            lease = self._active.get(msg_id)
-            if lease is not None and lease.deadline == deadline:
-                out.append(lease)
-        return out
+            deadline, first, last = heapq.heappop(heap)
+            for msg_id in range(first, last + 1):
+                lease = active.get(msg_id)
+                if lease is not None and lease.deadline == deadline:
+                    out[msg_id] = lease
+        return list(out.values())
 
     def next_deadline(self) -> float | None:
         """The earliest deadline still in the heap (may belong to a released lease)."""
-        heap = self._expiry
+        heap, active = self._expiry, self._active
         while heap:
-            deadline, msg_id = heap[0]
-            lease = self._active.get(msg_id)
-            if lease is not None and lease.deadline == deadline:
-                return deadline
+            deadline, first, last = heap[0]
+            for msg_id in range(first, last + 1):
+                lease = active.get(msg_id)
+                if lease is not None and lease.deadline == deadline:
+                    return deadline
             heapq.heappop(heap)
         return None
 

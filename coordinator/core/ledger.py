@@ -224,7 +224,14 @@ class Ledger:
     def add(self, tp: TopicPartition, offset: int, size: int, payload: object, now: float) -> bool:
         """Records a fetched record; False (and ignored) if ``tp`` is not assigned here."""
         part = self.partitions.get(tp)
-        if part is None or part.revoking:
+        if part is None:
+            return False
+        return self.add_to(part, offset, size, payload, now)
+
+    def add_to(self, part: PartitionState, offset: int, size: int, payload: object,
+               now: float) -> bool:
+        """:meth:`add` for a caller that looked the partition up once for many records."""
+        if part.revoking:
             return False
         part.offsets.fetched(offset)
         rec = Record(part, offset, size, payload, now)
@@ -233,7 +240,7 @@ class Ledger:
         self.ready_count += 1
         change = part.gate.update(len(part.records))
         if change is not None:
-            self._gate_changes.append((tp, change))
+            self._gate_changes.append((part.tp, change))
         return True
 
     def take_gate_changes(self) -> list[tuple[TopicPartition, GateChange]]:
@@ -300,13 +307,15 @@ class Ledger:
             ready.popleft()
             self.ready_count -= 1
             rec.attempt += 1
-            lease = table.grant(rec, holder, deadline, rec.attempt)
+            lease = table.grant(rec, holder, deadline, rec.attempt, watch=False)
             rec.lease = lease
             rec.state = State.LEASED
             credits.take(rec.size)
             holder.leases[lease.msg_id] = lease
             part.in_flight += 1
             out.append(lease)
+        if out:
+            table.watch(deadline, out[0].msg_id, out[-1].msg_id)
         return out
 
     # -- settlements --------------------------------------------------------

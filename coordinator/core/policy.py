@@ -24,6 +24,10 @@ class Decision:
     reason: str = ""
 
 
+FINISH = Decision(Action.FINISH)
+"""The decision for every finishing outcome (shared: decisions are immutable)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Delivery attempts and delays.
@@ -52,7 +56,7 @@ class RetryPolicy:
             return self._again(attempt, wait, "worker asked for a retry")
         if outcome is Outcome.DEAD_LETTER:
             return Decision(Action.DEAD_LETTER, reason="worker dead-lettered it")
-        return Decision(Action.FINISH)
+        return FINISH
 
     def on_lapse(self, attempt: int, why: str) -> Decision:
         """Decides the next step for a delivery whose lease lapsed or whose stream broke."""

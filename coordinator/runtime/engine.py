@@ -149,13 +149,19 @@ class Engine:
     def intake(self, records: list[Any]) -> None:
         """Adds fetched confluent-kafka messages to the ledger."""
         now = self._clock()
-        add = self.ledger.add
+        ledger = self.ledger
+        add = ledger.add_to
         ignored = 0
+        topic, partition, part = None, -1, None
         for msg in records:
+            t, p = msg.topic(), msg.partition()
+            if p != partition or t != topic:  # batches come in runs of one partition
+                topic, partition = t, p
+                part = ledger.partitions.get(TopicPartition(t, p))
             value = msg.value()
             key = msg.key()
             size = (len(value) if value else 0) + (len(key) if key else 0)
-            if not add(TopicPartition(msg.topic(), msg.partition()), msg.offset(), size, msg, now):
+            if part is None or not add(part, msg.offset(), size, msg, now):
                 ignored += 1
         self.counters["fetched"] += len(records) - ignored
         self.counters["ignored"] += ignored
@@ -243,6 +249,10 @@ class Engine:
                           ", ".join(f"{m}={s.name}" for m, s in rejected[:10]))
         self._after_change()
         return rejected
+
+    def ack(self, holder: Holder, msg_ids: Iterable[int]) -> list[tuple[int, SettleStatus]]:
+        """The packed fast path: ACK each of ``msg_ids``; returns the ones not accepted."""
+        return self.settle(holder, ((m, Outcome.ACK, None) for m in msg_ids))
 
     def extend(self, holder: Holder, msg_ids: Iterable[int], extension: float | None) -> list[
         tuple[int, SettleStatus]

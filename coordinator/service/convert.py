@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from google.protobuf.duration_pb2 import Duration
@@ -41,26 +42,32 @@ def settlements(items: Iterable[pb.Settlement]) -> Iterator[Settlement]:
 
 
 def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
-    """Appends a Delivery per lease to a repeated field (``resp.deliveries``)."""
+    """Appends a Delivery per lease to a repeated field (``resp.deliveries``).
+
+    Fields are set one by one: with the upb runtime that is about twice as
+    fast as keyword arguments, and this runs once per delivered record.
+    """
     add = target.add  # type: ignore[attr-defined]
     wall = time.time() - time.monotonic()
     for lease in leases:
-        msg = lease.record.payload
-        ts_type, ts = msg.timestamp()  # type: ignore[attr-defined]
-        d = add(
-            msg_id=lease.msg_id,
-            topic=msg.topic(),  # type: ignore[attr-defined]
-            partition=msg.partition(),  # type: ignore[attr-defined]
-            offset=msg.offset(),  # type: ignore[attr-defined]
-            value=msg.value() or b"",  # type: ignore[attr-defined]
-            timestamp_ms=ts if ts_type != TIMESTAMP_NOT_AVAILABLE else 0,
-            attempt=lease.attempt,
-            lease_deadline_ms=int((lease.deadline + wall) * 1000),
-        )
-        key = msg.key()  # type: ignore[attr-defined]
+        msg: Any = lease.record.payload
+        d = add()
+        d.msg_id = lease.msg_id
+        d.topic = msg.topic()
+        d.partition = msg.partition()
+        d.offset = msg.offset()
+        value = msg.value()
+        if value:
+            d.value = value
+        key = msg.key()
         if key is not None:
             d.key = key
-        headers = msg.headers()  # type: ignore[attr-defined]
+        ts_type, ts = msg.timestamp()
+        if ts_type != TIMESTAMP_NOT_AVAILABLE:
+            d.timestamp_ms = ts
+        d.attempt = lease.attempt
+        d.lease_deadline_ms = int((lease.deadline + wall) * 1000)
+        headers = msg.headers()
         if headers:
             d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
 

@@ -72,6 +72,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if rejected:
                         session.rejected.extend(rejected)
                         session.wake.set()
+                if req.ack_msg_ids:
+                    rejected = engine.ack(holder, req.ack_msg_ids)
+                    if rejected:
+                        session.rejected.extend(rejected)
+                        session.wake.set()
                 if req.HasField("extend"):
                     ext = req.extend
                     span = ext.extension.ToTimedelta().total_seconds() \

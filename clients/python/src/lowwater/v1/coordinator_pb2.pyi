@@ -334,6 +334,7 @@ class StreamRequest(_message.Message):
     SETTLEMENTS_FIELD_NUMBER: _builtins.int
     EXTEND_FIELD_NUMBER: _builtins.int
     FLOW_CONTROL_FIELD_NUMBER: _builtins.int
+    ACK_MSG_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___OpenStream:
         """First request only."""
@@ -346,6 +347,13 @@ class StreamRequest(_message.Message):
     def flow_control(self) -> Global___FlowControl:
         """Replaces the stream's limits."""
 
+    @_builtins.property
+    def ack_msg_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Shorthand for settlements with OUTCOME_ACK and no reason: the common
+        case, packed, so a batch of acks is cheap to send and to parse. Applied
+        after `settlements`.
+        """
+
     def __init__(
         self,
         *,
@@ -353,10 +361,11 @@ class StreamRequest(_message.Message):
         settlements: _abc.Iterable[Global___Settlement] | None = ...,
         extend: Global___LeaseExtension | None = ...,
         flow_control: Global___FlowControl | None = ...,
+        ack_msg_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["extend", b"extend", "flow_control", b"flow_control", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extend", b"extend", "flow_control", b"flow_control", "open", b"open", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_msg_ids", b"ack_msg_ids", "extend", b"extend", "flow_control", b"flow_control", "open", b"open", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
