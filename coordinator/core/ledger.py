@@ -39,6 +39,14 @@ class State(enum.Enum):
     """Finished, or dropped with its revoked partition."""
 
 
+# Module-level aliases: on Python 3.11 ``State.READY`` costs ~150 ns per access,
+# and the hot paths test a record's state several times per record.
+READY, LEASED, DELAYED, PARKED, HANDOFF, DONE = (
+    State.READY, State.LEASED, State.DELAYED, State.PARKED, State.HANDOFF, State.DONE)
+_OK, _ALREADY_SETTLED = SettleStatus.OK, SettleStatus.ALREADY_SETTLED
+_FINISH, _DEAD_LETTER = Action.FINISH, Action.DEAD_LETTER
+
+
 class PartitionState:
     """One assignment of one partition to this sidecar.
 
@@ -87,7 +95,7 @@ class Record:
         self.fetched_at = now
         self.attempt = 0
         self.lease: Lease | None = None
-        self.state = State.READY
+        self.state = READY
 
 
 class Holder:
@@ -183,7 +191,7 @@ class Ledger:
                 continue
             part.revoking = True
             for rec in part.records.values():
-                if rec.state is State.LEASED and rec.lease is not None:
+                if rec.state is LEASED and rec.lease is not None:
                     notify.setdefault(rec.lease.holder.name, []).append(rec.lease.msg_id)
         return notify
 
@@ -212,11 +220,11 @@ class Ledger:
     def _drop(self, part: PartitionState) -> None:
         part.revoking = part.revoked = True
         for rec in part.records.values():
-            if rec.state is State.LEASED and rec.lease is not None:
+            if rec.state is LEASED and rec.lease is not None:
                 self._unlease(rec.lease, SettleStatus.STALE)
-            elif rec.state is State.READY:
+            elif rec.state is READY:
                 self.ready_count -= 1
-            rec.state = State.DONE
+            rec.state = DONE
         part.records.clear()
 
     # -- records ----------------------------------------------------------
@@ -255,7 +263,7 @@ class Ledger:
 
     def finish_handoff(self, rec: Record) -> None:
         """The dead-letter path has durably taken ``rec``: it is finished."""
-        if rec.state is State.HANDOFF:
+        if rec.state is HANDOFF:
             self._finish(rec)
 
     # -- holders ----------------------------------------------------------
@@ -293,14 +301,14 @@ class Ledger:
         deadline = now + self.lease_times.default
         while ready and len(out) < limit:
             rec = ready[0]
-            if rec.state is not State.READY:  # dropped with its partition, or requeued elsewhere
+            if rec.state is not READY:  # dropped with its partition, or requeued elsewhere
                 ready.popleft()
                 continue
             part = rec.part
             if part.revoking:
                 ready.popleft()
                 self.ready_count -= 1
-                rec.state = State.PARKED
+                rec.state = PARKED
                 continue
             if not credits.allows(rec.size):
                 break
@@ -309,7 +317,7 @@ class Ledger:
             rec.attempt += 1
             lease = table.grant(rec, holder, deadline, rec.attempt, watch=False)
             rec.lease = lease
-            rec.state = State.LEASED
+            rec.state = LEASED
             credits.take(rec.size)
             holder.leases[lease.msg_id] = lease
             part.in_flight += 1
@@ -347,9 +355,9 @@ class Ledger:
         if outcome is None:
             return SettleStatus.INVALID
         rec = lease.record
-        self._unlease(lease, SettleStatus.ALREADY_SETTLED)
+        self._unlease(lease, _ALREADY_SETTLED)
         self._apply(rec, self.policy.on_settle(outcome, lease.attempt, delay), now)
-        return SettleStatus.OK
+        return _OK
 
     def extend(self, holder: Holder, msg_id: int, extension: float | None, now: float) -> SettleStatus:
         """Moves a lease's deadline to now + ``extension`` (capped at the maximum lease)."""
@@ -368,7 +376,7 @@ class Ledger:
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             _, _, rec = heapq.heappop(delayed)
-            if rec.state is State.DELAYED:
+            if rec.state is DELAYED:
                 self._requeue(rec, front=False)
         lapsed = self._table.lapsed(now)
         for lease in lapsed:
@@ -428,22 +436,22 @@ class Ledger:
         self._apply(rec, self.policy.on_lapse(lease.attempt, why), now)
 
     def _apply(self, rec: Record, decision: Decision, now: float) -> None:
-        if decision.action is Action.FINISH:
+        if decision.action is _FINISH:
             self._finish(rec)
-        elif decision.action is Action.DEAD_LETTER:
-            rec.state = State.HANDOFF
+        elif decision.action is _DEAD_LETTER:
+            rec.state = HANDOFF
             self._handoffs.append((rec, decision.reason))
         elif decision.delay > 0:
-            rec.state = State.DELAYED
+            rec.state = DELAYED
             heapq.heappush(self._delayed, (now + decision.delay, next(self._seq), rec))
         else:
             self._requeue(rec, front=True)
 
     def _requeue(self, rec: Record, *, front: bool) -> None:
         if rec.part.revoking:
-            rec.state = State.PARKED
+            rec.state = PARKED
             return
-        rec.state = State.READY
+        rec.state = READY
         self.ready_count += 1
         if front:
             self._ready.appendleft(rec)  # it holds the low-water mark back: serve it first
@@ -452,7 +460,7 @@ class Ledger:
 
     def _finish(self, rec: Record) -> None:
         part = rec.part
-        rec.state = State.DONE
+        rec.state = DONE
         if part.revoked:
             return
         part.offsets.finished(rec.offset)

@@ -24,6 +24,8 @@ class Decision:
     reason: str = ""
 
 
+_RETRY, _DEAD_LETTER = Outcome.RETRY, Outcome.DEAD_LETTER  # enum access is slow on 3.11
+
 FINISH = Decision(Action.FINISH)
 """The decision for every finishing outcome (shared: decisions are immutable)."""
 
@@ -51,10 +53,10 @@ class RetryPolicy:
 
     def on_settle(self, outcome: Outcome, attempt: int, delay: float | None) -> Decision:
         """Decides the next step for a record whose delivery ``attempt`` was settled."""
-        if outcome is Outcome.RETRY:
+        if outcome is _RETRY:
             wait = self.default_delay if delay is None else min(max(delay, 0.0), self.max_delay)
             return self._again(attempt, wait, "worker asked for a retry")
-        if outcome is Outcome.DEAD_LETTER:
+        if outcome is _DEAD_LETTER:
             return Decision(Action.DEAD_LETTER, reason="worker dead-lettered it")
         return FINISH
 

@@ -236,11 +236,12 @@ class Engine:
         now = self._clock()
         settle = self.ledger.settle
         rejected: list[tuple[int, SettleStatus]] = []
+        ok = SettleStatus.OK
         count = 0
         for msg_id, outcome, delay in settlements:
             count += 1
             status = settle(holder, msg_id, outcome, delay, now)
-            if status is not SettleStatus.OK:
+            if status is not ok:
                 rejected.append((msg_id, status))
         self.counters["settled"] += count - len(rejected)
         if rejected:
@@ -252,7 +253,8 @@ class Engine:
 
     def ack(self, holder: Holder, msg_ids: Iterable[int]) -> list[tuple[int, SettleStatus]]:
         """The packed fast path: ACK each of ``msg_ids``; returns the ones not accepted."""
-        return self.settle(holder, ((m, Outcome.ACK, None) for m in msg_ids))
+        ack = Outcome.ACK
+        return self.settle(holder, ((m, ack, None) for m in msg_ids))
 
     def extend(self, holder: Holder, msg_ids: Iterable[int], extension: float | None) -> list[
         tuple[int, SettleStatus]
