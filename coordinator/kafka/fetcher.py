@@ -27,6 +27,7 @@ from coordinator.core.model import TopicPartition
 log = logging.getLogger("coordinator.kafka")
 rebalance_log = logging.getLogger("coordinator.rebalance")
 commit_log = logging.getLogger("coordinator.commit")
+client_log = logging.getLogger("coordinator.kafka.client")
 
 POLL_TIMEOUT = 0.1
 """Seconds one ``consume()`` call may wait; bounds how late a command is served."""
@@ -150,6 +151,7 @@ class Fetcher:
         config = dict(self._config)
         config["error_cb"] = self._on_error
         config["on_commit"] = self._on_commit
+        config.setdefault("logger", client_log)  # librdkafka's own log lines, through logging
         consumer = Consumer(config)
         try:
             consumer.subscribe(

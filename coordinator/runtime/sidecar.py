@@ -43,6 +43,12 @@ SERVICES = (
 )
 
 
+class StartupError(Exception):
+    """The sidecar could not start (for example, its address is taken)."""
+
+    retriable = False
+
+
 class Bridge:
     """The fetcher's sink: forwards what the consumer thread learns to the event loop.
 
@@ -104,7 +110,8 @@ class Sidecar:
             max_pending_per_partition=settings.max_pending_per_partition,
         )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        # No SO_REUSEPORT: a second sidecar on a taken port must fail, not share it silently.
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.port: int | None = None
         """The bound TCP port, once started (None for a unix socket)."""
         self.closed = asyncio.Event()
@@ -135,7 +142,10 @@ class Sidecar:
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)
-        port = self.server.add_insecure_port(_bind_address(settings.listen))
+        try:
+            port = self.server.add_insecure_port(_bind_address(settings.listen))
+        except RuntimeError as exc:  # grpc's only signal for a taken or invalid address
+            raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
         self.port = None if settings.listen.startswith("unix:") else port
         await self.server.start()
         log.info("serving on %s", settings.listen if self.port is None
@@ -216,7 +226,11 @@ def _bind_address(listen: str) -> str:
 
 async def _serve(settings: Settings) -> int:
     sidecar = Sidecar(settings)
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sidecar.request_close)

@@ -1,0 +1,128 @@
+"""Runs ``lowwater serve`` as a real process, the way a user or Kubernetes would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.broker import pick_free_port
+
+SIDECAR_START_TIMEOUT_S = 30.0
+"""Seconds for a sidecar to bind and report SERVING."""
+SIDECAR_STOP_TIMEOUT_S = 60.0
+"""Seconds for a graceful stop (drain + commit + leave) before SIGKILL."""
+FAST_GROUP_SETTINGS = ("session.timeout.ms=6000", "heartbeat.interval.ms=500")
+"""Consumer settings that make Tansu group joins take ~3 s instead of ~23 s."""
+
+
+class SidecarProcess:
+    """One ``lowwater serve`` subprocess on a free loopback port.
+
+    ``stop()`` sends SIGTERM and waits (then SIGKILL); ``kill()`` is ``kill -9``.
+    Both signal only this process's own pid. The log is kept in ``log_path``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: list[str],
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_dir: str | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.topics = topics
+        self.extra = list(extra or [])
+        self.env = env
+        self.port = pick_free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="lowwater-", suffix=".log", dir=log_dir)[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "coordinator", "serve",
+               "--bootstrap-servers", self.bootstrap, "--group", self.group,
+               "--listen", self.target, "--log-level", "INFO"]
+        for topic in self.topics:
+            cmd += ["--topic", topic]
+        for setting in FAST_GROUP_SETTINGS:
+            cmd += ["--kafka", setting]
+        return cmd + self.extra
+
+    def start(self, *, wait_serving: bool = True) -> Self:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})},
+            )
+        if wait_serving:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sidecar not SERVING after {timeout}s:\n{self.log()}")
+                time.sleep(0.1)
+
+    def stop(self, timeout: float = SIDECAR_STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, then wait; SIGKILL after ``timeout``. Returns the exit code."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+    def kill(self) -> None:
+        """``kill -9``: no drain, no commit, no goodbye to the group."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()
