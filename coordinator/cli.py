@@ -234,12 +234,31 @@ class Subcommand:
     run: Callable[[argparse.Namespace], int]
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from coordinator import demo
+
+    demo.add_arguments(parser)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
+    from coordinator import demo
+
+    return demo.run(args)
+
+
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
     Subcommand(
         "serve",
         "run the sidecar: consume Kafka, stream records to workers, commit the low-water mark",
         add_settings_arguments,
         _serve,
+    ),
+    Subcommand(
+        "demo",
+        "run an embedded broker, a sidecar and SDK workers on SMS requests, with a live view",
+        _demo_arguments,
+        _demo,
     ),
 )
 """Every subcommand, in ``--help`` order. Add ``demo``, ``status``... here."""

