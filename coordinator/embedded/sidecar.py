@@ -56,6 +56,12 @@ class SidecarProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the sidecar has not started")
+        return self.proc.pid
+
+    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 

@@ -39,6 +39,11 @@ COMMITTED_TIMEOUT = 10.0
 """Seconds to wait for the group's committed offsets when partitions are assigned."""
 SYNC_COMMIT_TIMEOUT = 10.0
 """Librdkafka bounds a synchronous commit by its own timeouts; this bounds our wait for it."""
+HANDOFF_BATCHES = 8
+"""Fetched batches that may wait for the event loop at once; past that the fetcher waits.
+
+This bounds the memory between the consumer thread and the loop when the loop is slower
+than the broker: the pending cap then pauses partitions before more is fetched."""
 BROKER_DOWN_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 """Client error codes that mean the broker cannot be reached."""
 
@@ -122,6 +127,12 @@ class Fetcher:
         """None until the first probe has answered."""
         self._next_probe = 0.0
         self._outstanding: dict[tuple[TopicPartition, int], CommitPoint] = {}
+        self._handed = 0
+        """Records given to the sink; written by the fetcher thread only."""
+        self._ingested = 0
+        """Records the sink has taken in; written by the ingesting thread only."""
+        self._room = threading.Event()
+        self._max_backlog = HANDOFF_BATCHES * batch_size
         self.error: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------
@@ -138,8 +149,15 @@ class Fetcher:
         self._commands.put(call)
         return call.done
 
+    def ingested(self, count: int) -> None:
+        """The sink took ``count`` handed records in (call from one thread only)."""
+        self._ingested += count
+        if self._handed - self._ingested < self._max_backlog:
+            self._room.set()
+
     def close(self) -> None:
         self._closing.set()
+        self._room.set()
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -165,6 +183,13 @@ class Fetcher:
                 self._serve_commands(consumer)
                 if not self._serving and time.monotonic() >= self._next_probe:
                     self._probe(consumer)
+                if self._handed - self._ingested >= self._max_backlog:
+                    # The loop is behind: wait for it instead of fetching more. Heartbeats go
+                    # on in librdkafka's own thread; max.poll.interval.ms is minutes away.
+                    self._room.clear()
+                    if self._handed - self._ingested >= self._max_backlog:
+                        self._room.wait(POLL_TIMEOUT)
+                    continue
                 records = consumer.consume(self._batch_size, POLL_TIMEOUT)
                 if records:
                     self._deliver(records)
@@ -188,6 +213,7 @@ class Fetcher:
                 self._report_error(err)
         if good:
             self._set_serving(True, "records arrived")
+            self._handed += len(good)
             self._sink.on_records(good)
 
     def _serve_commands(self, consumer: Consumer) -> None:

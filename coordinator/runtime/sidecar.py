@@ -64,7 +64,11 @@ class Bridge:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def on_records(self, records: list[Any]) -> None:
-        self._post(self._sidecar.engine.intake, records)
+        self._post(self._intake, records)
+
+    def _intake(self, records: list[Any]) -> None:  # on the loop
+        self._sidecar.engine.intake(records)
+        self._sidecar.fetcher.ingested(len(records))
 
     def on_assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
         self._post(self._sidecar.engine.assigned, parts)
