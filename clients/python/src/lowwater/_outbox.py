@@ -1,0 +1,74 @@
+"""What a stream has to send: settlements, lease extensions and flow control, coalesced."""
+
+from __future__ import annotations
+
+from lowwater.outcomes import Outcome
+from lowwater.v1 import coordinator_pb2 as pb
+
+MAX_SETTLEMENTS_PER_REQUEST = 2000
+"""Settlement messages (non-ACK outcomes, reasons up to 1000 chars) in one StreamRequest at
+most, to stay far below message-size limits."""
+
+MAX_ACKS_PER_REQUEST = 50_000
+"""Packed ACK msg_ids in one StreamRequest at most (at most ~0.5 MB of varints)."""
+
+
+class Outbox:
+    """Queued requests of one stream, drained into as few StreamRequests as possible.
+
+    Owned by the stream's event loop; no I/O. The lists are appended to directly
+    by the session's per-message fast path, and only ever mutated in place.
+    """
+
+    __slots__ = ("acks", "extends", "flow", "others")
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+        """msg_ids to ACK without a reason: the common case, sent packed (``ack_msg_ids``)."""
+        self.others: list[tuple[int, Outcome, float | None, str]] = []
+        """Other settlements: (msg_id, outcome, retry delay in seconds or None, reason)."""
+        self.extends: dict[float | None, list[int]] = {}
+        """msg_ids to extend, by extension in seconds (None: the sidecar's default lease)."""
+        self.flow: tuple[int, int] | None = None
+        """New flow-control limits (messages, bytes) to send, if any."""
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.others or self.extends or self.flow)
+
+    def take(self) -> pb.StreamRequest | None:
+        """The next request to send, or None when nothing is queued.
+
+        One request carries every queued settlement (plain ACKs packed in
+        ``ack_msg_ids``, the others as Settlement messages, each up to its
+        cap), one group of extensions and the latest flow-control limits; call
+        again until it returns None.
+        """
+        if not self:
+            return None
+        request = pb.StreamRequest()
+        acks, others = self.acks, self.others
+        if acks:
+            if len(acks) <= MAX_ACKS_PER_REQUEST:
+                request.ack_msg_ids.extend(acks)
+                acks.clear()
+            else:
+                request.ack_msg_ids.extend(acks[:MAX_ACKS_PER_REQUEST])
+                del acks[:MAX_ACKS_PER_REQUEST]
+        if others:
+            add = request.settlements.add
+            for msg_id, outcome, delay, reason in others[:MAX_SETTLEMENTS_PER_REQUEST]:
+                settlement = add(msg_id=msg_id, outcome=outcome, reason=reason)
+                if delay is not None:
+                    settlement.retry_delay.FromNanoseconds(round(delay * 1e9))
+            del others[:MAX_SETTLEMENTS_PER_REQUEST]
+        if self.extends:
+            seconds = next(iter(self.extends))
+            request.extend.msg_ids.extend(self.extends.pop(seconds))
+            if seconds is not None:
+                request.extend.extension.FromNanoseconds(round(seconds * 1e9))
+        if self.flow:
+            max_messages, max_bytes = self.flow
+            self.flow = None
+            request.flow_control.max_in_flight_messages = max_messages
+            request.flow_control.max_in_flight_bytes = max_bytes
+        return request

@@ -1,0 +1,123 @@
+"""Validated worker settings, shared by every worker and consumer class."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from lowwater.backoff import Backoff
+
+MAX_UINT32 = 2**32 - 1
+MAX_UINT64 = 2**64 - 1
+
+DEFAULT_SHUTDOWN_TIMEOUT = timedelta(seconds=30)
+"""How long graceful shutdown waits for running handlers."""
+
+DEFAULT_MAX_LEASE_EXTENSION = timedelta(minutes=10)
+"""How long, counted from its arrival, a message's lease is extended automatically."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker needs to run, validated. Durations in seconds."""
+
+    target: str
+    max_in_flight: int
+    max_in_flight_bytes: int
+    worker_id: str
+    shutdown_timeout: float
+    max_lease_extension: float
+    retry_backoff: Backoff
+    reconnect_backoff: Backoff
+    credentials: Any
+    channel_options: tuple[tuple[str, Any], ...]
+
+
+def _duration(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {type(value).__name__}")
+    if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
+    return value.total_seconds()
+
+
+def _int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def make_settings(
+    target: object,
+    *,
+    max_in_flight: object,
+    max_in_flight_bytes: object,
+    worker_id: object,
+    shutdown_timeout: object,
+    max_lease_extension: object,
+    retry_backoff: object,
+    reconnect_backoff: object,
+    credentials: object,
+    channel_options: object,
+) -> Settings:
+    """Validates constructor arguments.
+
+    Raises:
+        TypeError: an argument has the wrong type; the message names it.
+        ValueError: an argument is out of range; the message names it.
+    """
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a str such as '127.0.0.1:50051', got {target!r}")
+    if not target.strip():
+        raise ValueError("target must not be empty")
+    if worker_id is None:
+        worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    if not isinstance(worker_id, str):
+        raise TypeError(f"worker_id must be a str or None, got {type(worker_id).__name__}")
+    if not isinstance(retry_backoff, Backoff):
+        raise TypeError(f"retry_backoff must be a Backoff, got {type(retry_backoff).__name__}")
+    if not isinstance(reconnect_backoff, Backoff):
+        raise TypeError(
+            f"reconnect_backoff must be a Backoff, got {type(reconnect_backoff).__name__}"
+        )
+    if not isinstance(channel_options, Sequence) or isinstance(channel_options, str | bytes):
+        raise TypeError("channel_options must be a sequence of (name, value) pairs")
+    options: list[tuple[str, Any]] = []
+    for option in channel_options:
+        if not (isinstance(option, tuple) and len(option) == 2 and isinstance(option[0], str)):
+            raise TypeError(f"channel_options entries must be (str, value) pairs, got {option!r}")
+        options.append(option)
+    return Settings(
+        target=target,
+        max_in_flight=_int("max_in_flight", max_in_flight, 1, MAX_UINT32),
+        max_in_flight_bytes=_int("max_in_flight_bytes", max_in_flight_bytes, 0, MAX_UINT64),
+        worker_id=worker_id,
+        shutdown_timeout=_duration("shutdown_timeout", shutdown_timeout),
+        max_lease_extension=_duration("max_lease_extension", max_lease_extension),
+        retry_backoff=retry_backoff,
+        reconnect_backoff=reconnect_backoff,
+        credentials=credentials,
+        channel_options=tuple(options),
+    )
+
+
+def channel_options(settings: Settings) -> list[tuple[str, Any]]:
+    """gRPC channel options: ours first, the user's override them."""
+    backoff = settings.reconnect_backoff
+    ours: dict[str, Any] = {
+        # Keep the channel's own reconnect timer in step with our backoff (its
+        # default grows to 120 s, which would hide a sidecar that came back).
+        "grpc.initial_reconnect_backoff_ms": max(1, int(backoff.initial.total_seconds() * 1000)),
+        "grpc.min_reconnect_backoff_ms": max(1, int(backoff.initial.total_seconds() * 1000)),
+        "grpc.max_reconnect_backoff_ms": max(1, int(backoff.maximum.total_seconds() * 1000)),
+        # A batch of deliveries can exceed the 4 MiB default; the sidecar is trusted.
+        "grpc.max_receive_message_length": -1,
+    }
+    ours.update(dict(settings.channel_options))
+    return list(ours.items())

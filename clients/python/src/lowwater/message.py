@@ -1,0 +1,220 @@
+"""The message a handler receives: one delivery of one Kafka record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from lowwater.errors import AlreadySettled
+from lowwater.outcomes import MAX_REASON_CHARS, Outcome
+
+if TYPE_CHECKING:
+    from lowwater.v1 import coordinator_pb2 as pb
+
+__all__ = ["Message"]
+
+
+class Settler(Protocol):
+    """Where a message's settlement goes: the stream that delivered it. Internal."""
+
+    def settle(self, msg: Message, outcome: Outcome, delay: float | None, reason: str) -> bool:
+        """Queues a settlement; False if it was discarded. Callable from any thread."""
+        ...
+
+    def extend(self, msg: Message, seconds: float | None) -> bool:
+        """Queues a lease extension; False if it was discarded. Callable from any thread."""
+        ...
+
+
+def _datetime_from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class Message:
+    """One delivery of one record, and the handle to settle it.
+
+    Fields are read-only views of the delivery. A message is settled exactly
+    once, by its handler's result (handler mode) or by calling one of
+    :meth:`ack`, :meth:`retry`, :meth:`dead_letter`, :meth:`drop` or
+    :meth:`already_processed` (manual mode; allowed in handler mode too, in
+    which case the handler's own result is ignored).
+
+    The settling methods never block and may be called from any thread. They
+    return True when the settlement was queued for the stream that delivered
+    the message, and False when that stream is gone: the settlement is then
+    discarded, because the sidecar redelivers every record of a broken stream.
+
+    Messages are created by the SDK (or by :func:`lowwater.testing.make_message`).
+    """
+
+    __slots__ = ("_deadline", "_delivery", "_headers", "_id", "_received", "_settled", "_settler")
+
+    _deadline: float
+    """Local (monotonic) estimate of the lease deadline; set by the session when first needed."""
+    _headers: tuple[tuple[str, bytes], ...]
+    """The headers as a tuple; set on first use."""
+
+    def __init__(self, settler: Settler, delivery: pb.Delivery, received: float) -> None:
+        self._settler = settler
+        self._delivery = delivery
+        self._id: int = delivery.msg_id
+        self._received = received
+        """When it arrived, ``time.monotonic()`` seconds."""
+        self._settled = False
+
+    # -- the record -------------------------------------------------------
+
+    @property
+    def msg_id(self) -> int:
+        """Names this delivery; a redelivery of the same record has another msg_id."""
+        return self._id
+
+    @property
+    def topic(self) -> str:
+        return self._delivery.topic
+
+    @property
+    def partition(self) -> int:
+        return self._delivery.partition
+
+    @property
+    def offset(self) -> int:
+        """The record's position in its partition."""
+        return self._delivery.offset
+
+    @property
+    def key(self) -> bytes | None:
+        """The record key; None for a null key."""
+        d = self._delivery
+        return d.key if d.HasField("key") else None
+
+    @property
+    def value(self) -> bytes:
+        return self._delivery.value
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...]:
+        """The record headers in order, as (key, value) pairs; keys may repeat."""
+        try:
+            return self._headers
+        except AttributeError:
+            headers = tuple((h.key, h.value) for h in self._delivery.headers)
+            self._headers = headers
+            return headers
+
+    @property
+    def timestamp(self) -> datetime | None:
+        """The record timestamp (UTC), or None when unknown."""
+        ms = self._delivery.timestamp_ms
+        return _datetime_from_ms(ms) if ms else None
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, incremented on every redelivery."""
+        return self._delivery.attempt
+
+    @property
+    def lease_deadline(self) -> datetime:
+        """When the lease ran out as delivered (UTC, sidecar clock).
+
+        Extensions, automatic or by :meth:`extend`, move the real deadline; this
+        value keeps the one the delivery carried.
+        """
+        return _datetime_from_ms(self._delivery.lease_deadline_ms)
+
+    @property
+    def size(self) -> int:
+        """Key plus value bytes: what counts against ``max_in_flight_bytes``."""
+        d = self._delivery
+        return len(d.value) + len(d.key)
+
+    @property
+    def settled(self) -> bool:
+        """Whether an outcome has been chosen for this message."""
+        return self._settled
+
+    def __repr__(self) -> str:
+        d = self._delivery
+        return (
+            f"Message(msg_id={self._id}, topic={d.topic!r}, partition={d.partition},"
+            f" offset={d.offset}, attempt={d.attempt})"
+        )
+
+    # -- settling ---------------------------------------------------------
+
+    def ack(self) -> bool:
+        """Done: the record is finished.
+
+        Raises:
+            AlreadySettled: the message was settled before.
+        """
+        return self._settle(Outcome.ACK, None, "")
+
+    def retry(self, delay: timedelta | None = None, reason: str = "") -> bool:
+        """Deliver the record again after ``delay`` (None: the sidecar's default).
+
+        Raises:
+            AlreadySettled: the message was settled before.
+            ValueError: ``delay`` is negative.
+        """
+        seconds = None
+        if delay is not None:
+            seconds = _seconds("delay", delay)
+        return self._settle(Outcome.RETRY, seconds, reason)
+
+    def dead_letter(self, reason: str) -> bool:
+        """Give up now and send the record to the dead-letter topic.
+
+        Raises:
+            AlreadySettled: the message was settled before.
+        """
+        return self._settle(Outcome.DEAD_LETTER, None, reason)
+
+    def drop(self, reason: str) -> bool:
+        """Give up without a dead-letter topic; the record is counted and finished.
+
+        Raises:
+            AlreadySettled: the message was settled before.
+        """
+        return self._settle(Outcome.DROP, None, reason)
+
+    def already_processed(self, reason: str = "") -> bool:
+        """An idempotent skip: the work was done before. Counts as finished.
+
+        Raises:
+            AlreadySettled: the message was settled before.
+        """
+        return self._settle(Outcome.ALREADY_PROCESSED, None, reason)
+
+    def extend(self, by: timedelta | None = None) -> bool:
+        """Asks for the lease to run until now + ``by`` (capped by the sidecar).
+
+        Workers extend leases on their own while a message is unsettled (see
+        ``max_lease_extension``); call this for an explicit, longer extension.
+
+        Args:
+            by: the new lease length from now; None means the sidecar's default lease.
+
+        Returns:
+            False if the message is settled or its stream is gone.
+        """
+        seconds = None if by is None else _seconds("by", by)
+        if self._settled:
+            return False
+        return self._settler.extend(self, seconds)
+
+    def _settle(self, outcome: Outcome, delay: float | None, reason: str) -> bool:
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        if self._settled:
+            raise AlreadySettled(f"{self!r} was already settled")
+        self._settled = True
+        return self._settler.settle(self, outcome, delay, reason[:MAX_REASON_CHARS])
+
+
+def _seconds(name: str, value: timedelta) -> float:
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {type(value).__name__}")
+    if value < timedelta(0):
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value.total_seconds()

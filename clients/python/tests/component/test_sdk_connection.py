@@ -1,0 +1,237 @@
+"""Reconnects, draining, revoking and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from lowwater import AsyncWorker, Backoff, Message
+from lowwater.testing import FakeSidecar
+
+pytestmark = pytest.mark.timeout(60)
+FAST_RECONNECT = Backoff(
+    initial=timedelta(milliseconds=10), maximum=timedelta(milliseconds=100), jitter=0.2
+)
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+WAIT = timedelta(seconds=10)
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Waits for a condition of the worker's side (checked on the event loop)."""
+    deadline = time.monotonic() + WAIT.total_seconds()
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def _wait_streams(fake: FakeSidecar, n: int) -> Coroutine[Any, Any, None]:
+    return fake.wait_until_async(
+        lambda: len(fake.streams) >= n and bool(fake.open_streams), timeout=WAIT,
+        what=f"stream #{n} open",
+    )
+
+
+def test_reconnect_after_the_sidecar_restarts(run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    started: list[int] = []
+    finished: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.append(msg.attempt)
+        if msg.attempt == 1:
+            await release.wait()
+        finished.append(msg.attempt)
+
+    async def scenario() -> FakeSidecar:
+        async with FakeSidecar() as fake:
+            ref = fake.publish(topic="t", value=b"v")
+            async with AsyncWorker(fake.target, handler, reconnect_backoff=FAST_RECONNECT):
+                await _until(lambda: started == [1])
+                await asyncio.to_thread(fake.stop, drain=False)  # the sidecar crashes
+                await asyncio.sleep(0.5)  # many reconnect attempts fail meanwhile
+                fake.start()  # same port
+                await fake.wait_until_async(
+                    lambda: fake.outcome(ref) == "ACK", timeout=WAIT, what="redelivery ACK"
+                )
+                release.set()  # the orphaned first attempt ends; its settlement is dropped
+                await _until(lambda: sorted(finished) == [1, 2])
+            return fake
+
+    with caplog.at_level(logging.DEBUG, logger="lowwater.connection"):
+        fake = run(scenario())
+    assert started == [1, 2]
+    assert len(fake.streams) == 2
+    assert [(s.attempt, s.outcome) for s in fake.settlements] == [(2, "ACK")]
+    assert fake.rejections == []
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1 and unreachable[0].levelno == logging.WARNING
+    attempts = [r for r in caplog.records if "reconnect attempt" in r.getMessage()]
+    assert len(attempts) >= 2  # several failed attempts, one warning
+    assert any("reconnected" in r.getMessage() for r in caplog.records)
+
+
+def test_orphaned_handlers_shrink_the_next_streams_limits(run: Run) -> None:
+    release = asyncio.Event()
+    running = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal running
+        if msg.attempt == 1:
+            running += 1
+            await release.wait()
+
+    async def scenario() -> FakeSidecar:
+        async with FakeSidecar() as fake:
+            for _ in range(2):
+                fake.publish(topic="t", value=b"v")
+            async with AsyncWorker(
+                fake.target, handler, max_in_flight=3, reconnect_backoff=FAST_RECONNECT
+            ):
+                await _until(lambda: running == 2)
+                await asyncio.to_thread(fake.stop, drain=False)
+                fake.start()
+                await _wait_streams(fake, 2)
+                assert fake.streams[1].max_in_flight == 1  # two handlers still run
+                await fake.wait_for_settlements_async(2)
+                release.set()
+                await fake.wait_until_async(
+                    lambda: fake.streams[1].max_in_flight == 3, timeout=WAIT,
+                    what="flow_control back to 3",
+                )
+            return fake
+
+    fake = run(scenario())
+    assert fake.streams[1].max_in_flight_declared_min == 1
+
+
+def test_draining_finishes_running_work_then_reconnects(run: Run) -> None:
+    release = asyncio.Event()
+    seen: list[tuple[bytes, int]] = []
+
+    async def handler(msg: Message) -> None:
+        seen.append((msg.value, msg.attempt))
+        if msg.value == b"slow":
+            await release.wait()
+
+    async def scenario() -> FakeSidecar:
+        async with FakeSidecar() as fake:
+            slow = fake.publish(topic="t", value=b"slow")
+            async with AsyncWorker(fake.target, handler, reconnect_backoff=FAST_RECONNECT):
+                await _until(lambda: seen == [(b"slow", 1)])
+                fake.drain(timedelta(seconds=5))
+                later = fake.publish(topic="t", value=b"later")  # not for the draining stream
+                await asyncio.sleep(0.2)
+                assert fake.open_streams and fake.open_streams[0].stream_id == "stream-1"
+                release.set()
+                await fake.wait_until_async(
+                    lambda: fake.outcome(later) == "ACK", timeout=WAIT, what="later ACK"
+                )
+            assert fake.outcome(slow) == "ACK"
+            return fake
+
+    fake = run(scenario())
+    first, second = fake.streams[:2]
+    assert second.open is False  # closed by the test's shutdown
+    assert not first.open
+    assert [(s.stream_id, s.attempt) for s in fake.settlements] == [
+        ("stream-1", 1), ("stream-2", 1)]
+    assert seen == [(b"slow", 1), (b"later", 1)]
+    assert fake.lapses == 0 and fake.rejections == []
+
+
+def test_graceful_shutdown_finishes_in_flight_handlers(run: Run) -> None:
+    started = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(0.3)
+
+    async def scenario() -> FakeSidecar:
+        async with FakeSidecar() as fake:
+            for _ in range(8):
+                fake.publish(topic="t", value=b"v")
+            worker = AsyncWorker(fake.target, handler, max_in_flight=5)
+            task = asyncio.create_task(worker.run())
+            while started < 5:
+                await asyncio.sleep(0.005)
+            began = time.monotonic()
+            await worker.shutdown()
+            assert time.monotonic() - began >= 0.2  # waited for the handlers
+            await task
+            assert not fake.open_streams
+            assert len(fake.settlements) == 5  # the five running ones, nothing new started
+            assert fake.outstanding == 0 and fake.pending == 3
+            return fake
+
+    fake = run(scenario())
+    assert {s.outcome for s in fake.settlements} == {"ACK"}
+    assert started == 5 and fake.lapses == 0
+
+
+def test_shutdown_timeout_cancels_stuck_handlers(run: Run) -> None:
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def scenario() -> None:
+        async with FakeSidecar() as fake:
+            fake.publish(topic="t", value=b"v")
+            worker = AsyncWorker(
+                fake.target, handler, shutdown_timeout=timedelta(milliseconds=200)
+            )
+            task = asyncio.create_task(worker.run())
+            await asyncio.wait_for(started.wait(), 10)
+            began = time.monotonic()
+            await worker.shutdown()
+            await task
+            assert time.monotonic() - began < 3
+            assert cancelled.is_set()
+            assert fake.settlements == [] and fake.outstanding == 0 and fake.pending == 1
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("in_time", [True, False])
+def test_revoking(run: Run, in_time: bool) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        if msg.partition == 0 and msg.attempt == 1 and msg.offset == 0:
+            started.set()
+            await release.wait()
+
+    async def scenario() -> FakeSidecar:
+        async with FakeSidecar() as fake:
+            ref = fake.publish(topic="t", value=b"v", partition=0)
+            async with AsyncWorker(fake.target, handler, reconnect_backoff=FAST_RECONNECT):
+                await asyncio.wait_for(started.wait(), 10)
+                deadline = timedelta(seconds=5 if in_time else 0.1)
+                fake.revoke("t", 0, deadline)
+                if not in_time:
+                    await fake.wait_until_async(lambda: len(fake.deliveries) == 2, timeout=WAIT)
+                release.set()
+                await fake.wait_until_async(lambda: fake.outcome(ref) == "ACK", timeout=WAIT)
+                await fake.wait_until_async(lambda: fake.outstanding == 0, timeout=WAIT)
+            return fake
+
+    fake = run(scenario())
+    if in_time:
+        assert len(fake.deliveries) == 1 and fake.rejections == []
+    else:  # the first delivery's settlement came after the generation ended
+        assert fake.rejections == [(fake.deliveries[0].msg_id, "STALE")]
+        assert [d.attempt for d in fake.deliveries] == [1, 1]

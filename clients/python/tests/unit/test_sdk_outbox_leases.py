@@ -1,0 +1,84 @@
+"""Request coalescing and lease-extension choices: pure, time passed in."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from lowwater import Message
+from lowwater._leases import due_for_extension, lease_tick
+from lowwater._outbox import MAX_ACKS_PER_REQUEST, MAX_SETTLEMENTS_PER_REQUEST, Outbox
+from lowwater.outcomes import Outcome
+from lowwater.testing import RecordingSettler
+from lowwater.v1 import coordinator_pb2 as pb
+
+
+def test_everything_queued_goes_in_one_request() -> None:
+    box = Outbox()
+    assert box.take() is None
+    box.acks.extend([1, 2, 3])
+    box.others.append((4, Outcome.RETRY, 1.5, "later"))
+    box.others.append((5, Outcome.DROP, None, "old"))
+    box.extends[None] = [6, 7]
+    box.flow = (10, 1000)
+    request = box.take()
+    assert request is not None
+    assert list(request.ack_msg_ids) == [1, 2, 3]  # plain ACKs go packed
+    assert [(s.msg_id, s.outcome) for s in request.settlements] == [
+        (4, pb.OUTCOME_RETRY), (5, pb.OUTCOME_DROP)]
+    assert request.settlements[0].retry_delay.ToNanoseconds() == 1_500_000_000
+    assert request.settlements[0].reason == "later"
+    assert not request.settlements[1].HasField("retry_delay")
+    assert list(request.extend.msg_ids) == [6, 7] and not request.extend.HasField("extension")
+    assert (request.flow_control.max_in_flight_messages,
+            request.flow_control.max_in_flight_bytes) == (10, 1000)
+    assert box.take() is None and not box
+
+
+def test_large_backlogs_and_extension_groups_are_split() -> None:
+    box = Outbox()
+    box.acks.extend(range(MAX_ACKS_PER_REQUEST + 5))
+    box.others.extend((i, Outcome.DEAD_LETTER, None, "x") for i in range(MAX_SETTLEMENTS_PER_REQUEST + 1))
+    box.extends[2.0] = [1]
+    box.extends[None] = [2]
+    first, second = box.take(), box.take()
+    assert first is not None and second is not None
+    assert len(first.ack_msg_ids) == MAX_ACKS_PER_REQUEST
+    assert len(first.settlements) == MAX_SETTLEMENTS_PER_REQUEST
+    assert first.extend.extension.ToNanoseconds() == 2_000_000_000
+    assert list(second.ack_msg_ids) == list(range(MAX_ACKS_PER_REQUEST, MAX_ACKS_PER_REQUEST + 5))
+    assert [s.msg_id for s in second.settlements] == [MAX_SETTLEMENTS_PER_REQUEST]
+    assert list(second.extend.msg_ids) == [2]
+    assert box.take() is None
+
+
+def _msg(msg_id: int, received: float, deadline_ms: int) -> Message:
+    delivery = pb.Delivery(msg_id=msg_id, topic="t", lease_deadline_ms=deadline_ms)
+    return Message(RecordingSettler(), delivery, received)
+
+
+def test_leases_are_extended_past_two_thirds() -> None:
+    # monotonic 100 s == wall 1000 s; lease 30 s, delivered at monotonic 100
+    early = _msg(1, 100.0, 1_030_000)
+    due = _msg(2, 100.0, 1_030_000)
+    skewed = _msg(3, 100.0, 9_999_999_000)  # sidecar clock far ahead: arrival + lease wins
+    assert due_for_extension([early], now=105.0, wall=1005.0, lease=30.0, max_extension=600) == []
+    got = due_for_extension([due, skewed], now=121.0, wall=1021.0, lease=30.0, max_extension=600)
+    assert got == [2, 3]
+    assert due._deadline == pytest.approx(151.0)
+    assert due_for_extension([due], now=122.0, wall=1022.0, lease=30.0, max_extension=600) == []
+
+
+def test_extension_stops_after_the_maximum(caplog: pytest.LogCaptureFixture) -> None:
+    msg = _msg(7, 100.0, 1_030_000)
+    with caplog.at_level(logging.WARNING, logger="lowwater.lease"):
+        assert due_for_extension([msg], now=125.0, wall=1025.0, lease=30.0, max_extension=20) == []
+        assert due_for_extension([msg], now=900.0, wall=1900.0, lease=30.0, max_extension=20) == []
+    assert len(caplog.records) == 1 and "msg_id=7" in caplog.records[0].getMessage()
+
+
+def test_lease_tick_is_bounded() -> None:
+    assert lease_tick(0.3) == pytest.approx(0.05)
+    assert lease_tick(30.0) == 1.0
+    assert lease_tick(0.001) == 0.01
