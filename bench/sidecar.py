@@ -68,7 +68,9 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 
 def status(target: str) -> admin_pb2.GetStatusResponse:
     with grpc.insecure_channel(target) as channel:
-        return admin_pb2_grpc.AdminStub(channel).GetStatus(admin_pb2.GetStatusRequest())
+        resp: admin_pb2.GetStatusResponse = admin_pb2_grpc.AdminStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest())
+        return resp
 
 
 async def through_sidecar(target: str, n: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from tests.support import broker as support
+from coordinator.embedded import tansu
 from tests.support.broker import (
     FAST_GROUP_CONFIG,
     DeliveryError,
@@ -222,12 +222,12 @@ def test_tansu_retries_on_a_new_port_when_its_port_is_taken(
     tansu_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as squatter:
-        squatter.bind((support.LOOPBACK, 0))
+        squatter.bind((tansu.LOOPBACK, 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        real_pick = support.pick_free_port
-        monkeypatch.setattr(support, "pick_free_port", lambda: next(ports, None) or real_pick())
+        real_pick = tansu.pick_free_port
+        monkeypatch.setattr(tansu, "pick_free_port", lambda: next(ports, None) or real_pick())
 
         with TansuBroker(binary=tansu_bin, log_dir=tmp_path) as broker:
             assert broker.port != taken
