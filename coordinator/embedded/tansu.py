@@ -143,8 +143,9 @@ class TansuBroker:
     """A private Tansu broker (memory storage) on a free loopback port.
 
     Use it as a context manager, or call `start()` and `stop()`. It logs to `log_path`, a temp
-    file deleted by `stop()` unless `log_dir` was given. `stop()` signals its own pid only. On Linux it also dies with the thread that
-    started it (PR_SET_PDEATHSIG), so start it from a thread that outlives it.
+    file deleted by `stop()` unless `log_dir` was given. `stop()` signals its own pid only.
+    On Linux it also dies with the thread that started it (PR_SET_PDEATHSIG), so start it
+    from a thread that outlives it.
 
         with TansuBroker() as broker:
             create_topic(broker.bootstrap_servers, "orders", 4)
@@ -158,7 +159,10 @@ class TansuBroker:
         start_timeout: float = TANSU_START_TIMEOUT_S,
         stop_timeout: float = TANSU_STOP_TIMEOUT_S,
         die_with_parent: bool = True,
+        port: int | None = None,
     ) -> None:
+        """``port`` fixes the port (one attempt: a taken fixed port fails); default: a free one."""
+        self._fixed_port = port
         self._binary = binary
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._start_timeout = start_timeout
@@ -177,8 +181,9 @@ class TansuBroker:
             raise RuntimeError("TansuBroker is already started")
         binary = self._binary or tansu_binary()
         failures: list[str] = []
-        for attempt in range(1, TANSU_START_ATTEMPTS + 1):
-            port = pick_free_port()
+        attempts = 1 if self._fixed_port is not None else TANSU_START_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            port = self._fixed_port or pick_free_port()
             log_path = self._new_log_path(port)
             proc = self._launch(binary, port, log_path)
             try:

@@ -1,0 +1,67 @@
+"""``lowwater serve`` as an operator sees it: health, logs and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator.embedded import SidecarProcess, TansuBroker, pick_free_port
+
+HEALTH_TIMEOUT_S = 30.0
+"""Seconds for a health status to show up."""
+
+
+def wait_health(target: str, want: int, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == want:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"health never became {want}")
+            time.sleep(0.1)
+
+
+def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str) -> None:
+    port = pick_free_port()  # nothing listens here yet
+    sidecar = SidecarProcess(f"127.0.0.1:{port}", "g", ["t"]).start(wait_serving=False)
+    try:
+        wait_health(sidecar.target, health_pb2.HealthCheckResponse.NOT_SERVING)
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while "NOT_SERVING (cannot reach the broker" not in sidecar.log():
+            assert time.monotonic() < deadline, sidecar.log()
+            time.sleep(0.1)
+        with TansuBroker(binary=tansu_bin, port=port):
+            wait_health(sidecar.target, health_pb2.HealthCheckResponse.SERVING)
+            assert "health: SERVING" in sidecar.log()
+            assert sidecar.stop() == 0, sidecar.log()
+    finally:
+        sidecar.kill()
+
+
+def test_a_bad_setting_exits_2_naming_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator", "serve", "--bootstrap-servers", "k:9092",
+         "--group", "g", "--topic", "t", "--lease", "soon"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "invalid setting 'lease'" in done.stderr
+
+
+def test_a_taken_address_exits_1_naming_it(tansu_bin: str) -> None:
+    with TansuBroker(binary=tansu_bin) as broker, \
+            SidecarProcess(broker.bootstrap_servers, "g", ["t"]) as first:
+        done = subprocess.run(
+            [sys.executable, "-m", "coordinator", "serve", "--bootstrap-servers",
+             broker.bootstrap_servers, "--group", "g", "--topic", "t", "--listen", first.target],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert f"cannot listen on {first.target}" in done.stdout + done.stderr
