@@ -1,0 +1,176 @@
+"""Field types of :class:`~coordinator.config.model.Settings` and their one-value validators.
+
+Scalars (integers, booleans, log levels), topic names, listen addresses and the librdkafka
+passthrough. Checks that relate two settings live on the model itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Final, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from coordinator.config.errors import _setting_error
+
+# --- scalar field types -------------------------------------------------------------------------
+# Validators raise ValueError even for a wrong type (TRY004): pydantic converts no other exception.
+
+_TRUE: Final = frozenset({"true", "yes", "on", "1"})
+_FALSE: Final = frozenset({"false", "no", "off", "0"})
+
+
+def _to_int(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")  # noqa: TRY004
+    return value.strip() if isinstance(value, str) else value
+
+
+def _to_bool(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")  # noqa: TRY004
+    return value
+
+
+def _to_max_attempts(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in {"unlimited", "none"}:
+        return None
+    return _to_int(value)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _to_log_level(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+_TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _check_topics(topics: tuple[str, ...]) -> tuple[str, ...]:
+    if not topics:
+        raise ValueError("at least one topic is required")
+    for topic in topics:
+        is_pattern = topic.startswith("^") and len(topic) > 1
+        if not is_pattern and (not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}):
+            raise ValueError(
+                f"invalid topic name {topic!r}: use 1-249 of ASCII letters, digits, '.', '_', '-'"
+                " (or '^regex' for a pattern subscription)"
+            )
+    duplicates = sorted({t for t in topics if topics.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate topics: {', '.join(duplicates)}")
+    return topics
+
+
+_HOST_PORT: Final = re.compile(
+    r"\[(?P<ipv6>[^\]]+)\]:(?P<port6>\d+)|(?P<host>[^:\[\]]*):(?P<port>\d+)"
+)
+_HOSTNAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _listen_host(listen: str) -> str | None:
+    """The host of a ``HOST:PORT`` address (``""`` means every interface), None for unix sockets."""
+    if listen.startswith("unix:"):
+        return None
+    match = _HOST_PORT.fullmatch(listen)
+    if match is None:
+        raise ValueError(f"not a listen address: {listen!r}")
+    return match["ipv6"] if match["ipv6"] is not None else match["host"]
+
+
+def _check_listen(value: str) -> str:
+    if value.startswith("unix://"):
+        if not value[len("unix://") :].startswith("/"):
+            raise ValueError(
+                f"{value!r}: 'unix://' needs an absolute path, as in unix:///run/lw.sock"
+            )
+        return value
+    if value.startswith("unix:"):
+        if not value[len("unix:") :]:
+            raise ValueError("'unix:' needs a socket path, as in unix:/run/lowwater.sock")
+        return value
+    match = _HOST_PORT.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not HOST:PORT, [IPV6]:PORT or unix:PATH")
+    port = int(match["port6"] or match["port"])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            raise ValueError(f"{match['ipv6']!r} is not an IPv6 address") from None
+    elif match["host"] and not _HOSTNAME.fullmatch(match["host"]):
+        raise ValueError(f"{match['host']!r} is not a host name or IPv4 address")
+    return value
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """Whether a valid ``listen`` address is reachable only from this host (or a unix socket)."""
+    host = _listen_host(listen)
+    if host is None or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost, or "" (every interface)
+
+
+# --- the librdkafka passthrough -----------------------------------------------------------------
+
+RESERVED_KAFKA_KEYS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "bootstrap.servers": "use the 'bootstrap_servers' setting (--bootstrap-servers)",
+        "group.id": "use the 'group' setting (--group)",
+        "enable.auto.commit": (
+            "lowwater commits the low-water mark itself, see 'commit_interval' (--commit-interval)"
+        ),
+        "enable.auto.offset.store": (
+            "lowwater stores offsets itself from the low-water mark, it cannot be turned on"
+        ),
+    }
+)
+"""librdkafka properties that lowwater sets itself, with the advice given when one is passed."""
+
+KafkaValue = str | int | float | bool
+"""A librdkafka property value; librdkafka properties are scalars."""
+
+_SENSITIVE: Final = re.compile(r"password|secret|\.pem$|sasl\.oauthbearer\.config", re.IGNORECASE)
+
+
+def is_sensitive_property(key: str) -> bool:
+    """Whether a librdkafka property holds a secret, kept out of reprs and error messages."""
+    return bool(_SENSITIVE.search(key))
+
+
+def _check_kafka(value: object) -> object:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of librdkafka properties")  # noqa: TRY004
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip() or key != key.strip():
+            raise _setting_error(f"kafka.{key}", "not a librdkafka property name")
+        advice = RESERVED_KAFKA_KEYS.get(key.lower())
+        if advice is not None:
+            raise _setting_error(f"kafka.{key}", f"is set by lowwater: {advice}")
+        if not isinstance(item, KafkaValue):
+            raise _setting_error(f"kafka.{key}", "must be a string, number or boolean")
+    return dict(value)
+
+
+def _freeze(value: Mapping[str, KafkaValue]) -> Mapping[str, KafkaValue]:
+    return MappingProxyType(dict(value))
+
+
+_NonBlank = Annotated[str, AfterValidator(_not_blank)]
+_AtLeastOne = Annotated[int, BeforeValidator(_to_int), Field(ge=1)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
