@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from coordinator.config import ConfigError, Problem
 from coordinator.core.ledger import CommitPoint
 from coordinator.core.model import TopicPartition
 
@@ -132,13 +133,25 @@ class Fetcher:
         self._ingested = 0
         """Records the sink has taken in; written by the ingesting thread only."""
         self._room = threading.Event()
+        self._created = threading.Event()
+        self._create_error: KafkaException | None = None
         self._max_backlog = HANDOFF_BATCHES * batch_size
         self.error: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------
 
     def start(self) -> None:
+        """Starts the consumer thread once its consumer exists.
+
+        Raises:
+            ConfigError: librdkafka refused the configuration (an unknown
+                property, a bad value); the message is librdkafka's, naming it.
+        """
         self._thread.start()
+        self._created.wait()
+        if self._create_error is not None:
+            self._thread.join()
+            raise ConfigError(Problem("kafka", self._create_error.args[0].str()))
 
     def submit(self, command: Command) -> None:
         self._commands.put(command)
@@ -170,7 +183,13 @@ class Fetcher:
         config["error_cb"] = self._on_error
         config["on_commit"] = self._on_commit
         config.setdefault("logger", client_log)  # librdkafka's own log lines, through logging
-        consumer = Consumer(config)
+        try:
+            consumer = Consumer(config)
+        except KafkaException as exc:
+            self._create_error = exc
+            return
+        finally:
+            self._created.set()
         try:
             consumer.subscribe(
                 self._topics,

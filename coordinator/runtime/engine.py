@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,7 +58,7 @@ Notice = Revoking | Draining
 class Session:
     """One worker stream as the engine sees it. Owned by the event loop."""
 
-    __slots__ = ("holder", "notices", "rejected", "wake")
+    __slots__ = ("delivered", "holder", "notices", "rejected", "wake", "writes")
 
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
@@ -67,6 +67,9 @@ class Session:
         self.notices: list[Notice] = []
         self.rejected: list[tuple[int, SettleStatus]] = []
         """Settlements not accepted, to report on the stream."""
+        self.delivered = 0
+        self.writes = 0
+        """Deliveries and stream messages sent: their ratio is the batching achieved."""
 
     def take_notices(self) -> list[Notice]:
         notices, self.notices = self.notices, []
@@ -243,18 +246,24 @@ class Engine:
             status = settle(holder, msg_id, outcome, delay, now)
             if status is not ok:
                 rejected.append((msg_id, status))
+        self._count_settled(count, rejected)
+        self._after_change()
+        return rejected
+
+    def _count_settled(self, count: int, rejected: list[tuple[int, SettleStatus]]) -> None:
         self.counters["settled"] += count - len(rejected)
         if rejected:
             self.counters["rejected"] += len(rejected)
             acks_log.info("rejected %d of %d settlement(s): %s", len(rejected), count,
                           ", ".join(f"{m}={s.name}" for m, s in rejected[:10]))
+
+    def ack(self, holder: Holder, msg_ids: Collection[int]) -> list[tuple[int, SettleStatus]]:
+        """The packed fast path: ACK each of ``msg_ids``; returns the ones not accepted."""
+        rejected = self.ledger.ack_many(holder, msg_ids)
+        count = len(msg_ids)
+        self._count_settled(count, rejected)
         self._after_change()
         return rejected
-
-    def ack(self, holder: Holder, msg_ids: Iterable[int]) -> list[tuple[int, SettleStatus]]:
-        """The packed fast path: ACK each of ``msg_ids``; returns the ones not accepted."""
-        ack = Outcome.ACK
-        return self.settle(holder, ((m, ack, None) for m in msg_ids))
 
     def extend(self, holder: Holder, msg_ids: Iterable[int], extension: float | None) -> list[
         tuple[int, SettleStatus]

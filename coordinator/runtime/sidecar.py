@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.config import Settings
+from coordinator.config import ConfigError, Settings
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.policy import RetryPolicy
@@ -122,6 +122,7 @@ class Sidecar:
         self._timers: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._broker_up = False
+        self._health_update: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Binds the gRPC server and starts the consumer thread. Call once."""
@@ -151,11 +152,15 @@ class Sidecar:
         except RuntimeError as exc:  # grpc's only signal for a taken or invalid address
             raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
         self.port = None if settings.listen.startswith("unix:") else port
+        try:
+            self.fetcher.start()  # librdkafka checks its configuration here
+        except ConfigError:
+            await self.server.stop(None)
+            raise
         await self.server.start()
         log.info("serving on %s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}")
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
-        self.fetcher.start()
 
     def health_name(self) -> str:
         return "SERVING" if self._serving() else "NOT_SERVING"
@@ -165,7 +170,7 @@ class Sidecar:
 
     def broker_health(self, up: bool) -> None:
         self._broker_up = up
-        asyncio.ensure_future(self._set_health(self._serving()))
+        self._health_update = asyncio.ensure_future(self._set_health(self._serving()))
 
     def fetcher_stopped(self, error: BaseException | None) -> None:
         if error is not None and self._closing is None:

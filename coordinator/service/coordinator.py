@@ -55,7 +55,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         finally:
             reader.cancel()
             self._engine.close_session(session)
-            log.info("%s closed", session.stream_id)
+            log.info("%s closed after %d deliveries in %d messages", session.stream_id,
+                     session.delivered, session.writes)
 
     async def _read(self, context: grpc.aio.ServicerContext, session: Session) -> grpc.Status | None:
         """Applies requests until the worker half-closes; returns a status to abort with."""
@@ -124,6 +125,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if len(leases) == DELIVERY_BATCH:
                     session.wake.set()  # there may be more, and credit for it
             if leases or resp.rejected:
+                session.delivered += len(leases)
+                session.writes += 1
                 await context.write(resp)
 
     async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.embedded import SidecarProcess, TansuBroker, pick_free_port
@@ -47,13 +48,19 @@ def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str) -> None:
         sidecar.kill()
 
 
-def test_a_bad_setting_exits_2_naming_it() -> None:
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lease", "soon"], "invalid setting 'lease'"),
+    (["--kafka", "fetch.wait.max.ms=soon"],  # librdkafka's own check, at start-up
+     "invalid setting 'kafka': Invalid value for configuration property \"fetch.wait.max.ms\""),
+    (["--kafka", "no.such.property=1"], "No such configuration property: \"no.such.property\""),
+])
+def test_a_bad_setting_exits_2_naming_it(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "coordinator", "serve", "--bootstrap-servers", "k:9092",
-         "--group", "g", "--topic", "t", "--lease", "soon"],
+        [sys.executable, "-m", "coordinator", "serve", "--bootstrap-servers", "127.0.0.1:1",
+         "--group", "g", "--topic", "t", "--listen", "127.0.0.1:0", *args],
         capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 2
-    assert "invalid setting 'lease'" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
 
 
 def test_a_taken_address_exits_1_naming_it(tansu_bin: str) -> None:
