@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Container
 
+from lowwater._session import withdraw_queued
 from lowwater.backoff import Backoff
 from lowwater.message import Message
 from lowwater.outcomes import HandlerOutcome, Outcome, settlement_for
@@ -82,17 +83,7 @@ class HandlerPool:
             self._wake_one()
 
     def withdraw(self, msg_ids: Container[int] | None) -> list[Message]:
-        queue = self._queue
-        if msg_ids is None:
-            out = list(queue)
-            queue.clear()
-            return out
-        out = [m for m in queue if m._id in msg_ids]
-        if out:
-            keep = [m for m in queue if m._id not in msg_ids]
-            queue.clear()
-            queue.extend(keep)
-        return out
+        return withdraw_queued(self._queue, msg_ids)
 
     # -- engine -------------------------------------------------------------
 

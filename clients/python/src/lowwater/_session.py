@@ -52,6 +52,25 @@ class Sink(Protocol):
         ...
 
 
+def withdraw_queued(
+    queue: collections.deque[Message], msg_ids: Container[int] | None
+) -> list[Message]:
+    """:meth:`Sink.withdraw` for a sink that queues deliveries: removes them from ``queue``.
+
+    Returns the removed messages in queue order; the others keep theirs.
+    """
+    if msg_ids is None:
+        out = list(queue)
+        queue.clear()
+        return out
+    out = [m for m in queue if m._id in msg_ids]
+    if out:
+        keep = [m for m in queue if m._id not in msg_ids]
+        queue.clear()
+        queue.extend(keep)
+    return out
+
+
 class SessionEnd(enum.Enum):
     DRAINED = "drained"
     """The sidecar asked to drain; the stream is closed and the sidecar is going away."""

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, TypeVar, get_type_hints
 
-from lowwater.backoff import Backoff
+from lowwater.backoff import DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF, Backoff
 
 MAX_UINT32 = 2**32 - 1
 MAX_UINT64 = 2**64 - 1
@@ -19,6 +20,25 @@ DEFAULT_SHUTDOWN_TIMEOUT = timedelta(seconds=30)
 
 DEFAULT_MAX_LEASE_EXTENSION = timedelta(minutes=10)
 """How long, counted from its arrival, a message's lease is extended automatically."""
+
+
+class WorkerOptions(TypedDict, total=False):
+    """The keyword-only options that every worker and consumer constructor takes.
+
+    Constructors accept them as ``**options: Unpack[WorkerOptions]`` and pass
+    them on to :func:`make_settings`, which holds their defaults and validates
+    them. They are documented once, in the Args of :class:`lowwater.AsyncWorker`.
+    """
+
+    max_in_flight: int
+    max_in_flight_bytes: int
+    worker_id: str | None
+    shutdown_timeout: timedelta
+    max_lease_extension: timedelta
+    retry_backoff: Backoff
+    reconnect_backoff: Backoff
+    credentials: Any
+    channel_options: Sequence[tuple[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,22 +76,28 @@ def _int(name: str, value: object, low: int, high: int) -> int:
 def make_settings(
     target: object,
     *,
-    max_in_flight: object,
-    max_in_flight_bytes: object,
-    worker_id: object,
-    shutdown_timeout: object,
-    max_lease_extension: object,
-    retry_backoff: object,
-    reconnect_backoff: object,
-    credentials: object,
-    channel_options: object,
+    max_in_flight: object = 64,
+    max_in_flight_bytes: object = 0,
+    worker_id: object = None,
+    shutdown_timeout: object = DEFAULT_SHUTDOWN_TIMEOUT,
+    max_lease_extension: object = DEFAULT_MAX_LEASE_EXTENSION,
+    retry_backoff: object = DEFAULT_RETRY_BACKOFF,
+    reconnect_backoff: object = DEFAULT_RECONNECT_BACKOFF,
+    credentials: object = None,
+    channel_options: object = (),
+    **unknown: object,
 ) -> Settings:
-    """Validates constructor arguments.
+    """Validates constructor arguments: the target and the :class:`WorkerOptions`.
+
+    The options' defaults live here, and only here.
 
     Raises:
-        TypeError: an argument has the wrong type; the message names it.
+        TypeError: an argument is not an option or has the wrong type; the
+            message names it.
         ValueError: an argument is out of range; the message names it.
     """
+    if unknown:  # checked here so that the error does not name this private function
+        raise TypeError(f"got an unexpected keyword argument {next(iter(unknown))!r}")
     if not isinstance(target, str):
         raise TypeError(f"target must be a str such as '127.0.0.1:50051', got {target!r}")
     if not target.strip():
@@ -105,6 +131,36 @@ def make_settings(
         credentials=credentials,
         channel_options=tuple(options),
     )
+
+
+def _option_parameters() -> list[inspect.Parameter]:
+    """The options as keyword-only parameters: types from WorkerOptions, defaults from here."""
+    types = get_type_hints(WorkerOptions)
+    params = [
+        p for p in inspect.signature(make_settings).parameters.values() if p.kind is p.KEYWORD_ONLY
+    ]
+    if [p.name for p in params] != list(types):
+        raise RuntimeError("WorkerOptions and make_settings() must name the same options")
+    return [p.replace(annotation=types[p.name]) for p in params]
+
+
+_OPTION_PARAMETERS = _option_parameters()
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def takes_options(init: _Init) -> _Init:
+    """Marks an ``__init__(..., **options: Unpack[WorkerOptions])``.
+
+    Type checkers read the options from the ``Unpack``; this gives the runtime
+    signature (``inspect.signature``, ``help()``, REPL completion) the same
+    keyword-only parameters, with their defaults, in place of ``**options``.
+    """
+    signature = inspect.signature(init)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    function: Any = init
+    function.__signature__ = signature.replace(parameters=params + _OPTION_PARAMETERS)
+    return init
 
 
 def channel_options(settings: Settings) -> list[tuple[str, Any]]:

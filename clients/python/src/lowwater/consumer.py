@@ -25,19 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-from collections.abc import AsyncIterator, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Container, Iterator
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, Unpack
 
 from lowwater._runtime import Runtime
-from lowwater._settings import (
-    DEFAULT_MAX_LEASE_EXTENSION,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    Settings,
-    make_settings,
-)
-from lowwater.backoff import DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF, Backoff
+from lowwater._session import withdraw_queued
+from lowwater._settings import Settings, WorkerOptions, make_settings, takes_options
 from lowwater.message import Message
 
 __all__ = ["AsyncConsumer", "Consumer"]
@@ -60,21 +55,8 @@ class _Buffer:
     def stream_ended(self) -> None:
         self.withdraw(None)
 
-    def _remove(self, msg_ids: Container[int] | None) -> list[Message]:
-        queue = self._queue
-        if msg_ids is None:
-            out = list(queue)
-            queue.clear()
-            return out
-        out = [m for m in queue if m._id in msg_ids]
-        if out:
-            keep = [m for m in queue if m._id not in msg_ids]
-            queue.clear()
-            queue.extend(keep)
-        return out
-
     def withdraw(self, msg_ids: Container[int] | None) -> list[Message]:
-        return self._remove(msg_ids)
+        return withdraw_queued(self._queue, msg_ids)
 
 
 class _AsyncBuffer(_Buffer):
@@ -129,7 +111,7 @@ class _ThreadBuffer(_Buffer):
 
     def withdraw(self, msg_ids: Container[int] | None) -> list[Message]:
         with self._cond:
-            return self._remove(msg_ids)
+            return super().withdraw(msg_ids)
 
     def stop(self) -> None:
         with self._cond:
@@ -165,32 +147,9 @@ class AsyncConsumer:
     consumer runs once.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        max_in_flight: int = 64,
-        max_in_flight_bytes: int = 0,
-        worker_id: str | None = None,
-        shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT,
-        max_lease_extension: timedelta = DEFAULT_MAX_LEASE_EXTENSION,
-        retry_backoff: Backoff = DEFAULT_RETRY_BACKOFF,
-        reconnect_backoff: Backoff = DEFAULT_RECONNECT_BACKOFF,
-        credentials: Any = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self._settings = make_settings(
-            target,
-            max_in_flight=max_in_flight,
-            max_in_flight_bytes=max_in_flight_bytes,
-            worker_id=worker_id,
-            shutdown_timeout=shutdown_timeout,
-            max_lease_extension=max_lease_extension,
-            retry_backoff=retry_backoff,
-            reconnect_backoff=reconnect_backoff,
-            credentials=credentials,
-            channel_options=channel_options,
-        )
+    @takes_options
+    def __init__(self, target: str, **options: Unpack[WorkerOptions]) -> None:
+        self._settings = make_settings(target, **options)
         self._runtime = Runtime(self._settings)
         self._buffer: _AsyncBuffer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -250,6 +209,7 @@ class Consumer:
     """The thread-based :class:`AsyncConsumer`: iterate from any thread, settle from any thread.
 
     The SDK runs its event loop on a background thread started by ``with``.
+    Arguments are those of :class:`AsyncConsumer`.
 
     Example::
 
@@ -262,32 +222,9 @@ class Consumer:
     handler); iteration then ends.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        max_in_flight: int = 64,
-        max_in_flight_bytes: int = 0,
-        worker_id: str | None = None,
-        shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT,
-        max_lease_extension: timedelta = DEFAULT_MAX_LEASE_EXTENSION,
-        retry_backoff: Backoff = DEFAULT_RETRY_BACKOFF,
-        reconnect_backoff: Backoff = DEFAULT_RECONNECT_BACKOFF,
-        credentials: Any = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self._settings = make_settings(
-            target,
-            max_in_flight=max_in_flight,
-            max_in_flight_bytes=max_in_flight_bytes,
-            worker_id=worker_id,
-            shutdown_timeout=shutdown_timeout,
-            max_lease_extension=max_lease_extension,
-            retry_backoff=retry_backoff,
-            reconnect_backoff=reconnect_backoff,
-            credentials=credentials,
-            channel_options=channel_options,
-        )
+    @takes_options
+    def __init__(self, target: str, **options: Unpack[WorkerOptions]) -> None:
+        self._settings = make_settings(target, **options)
         self._runtime = Runtime(self._settings)
         self._buffer = _ThreadBuffer(self._settings)
         self._thread: threading.Thread | None = None

@@ -18,21 +18,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, Unpack
 
 from lowwater._dispatch import HandlerPool
 from lowwater._runtime import Runtime
-from lowwater._settings import (
-    DEFAULT_MAX_LEASE_EXTENSION,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    Settings,
-    make_settings,
-)
-from lowwater.backoff import DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF, Backoff
+from lowwater._settings import Settings, WorkerOptions, make_settings, takes_options
 from lowwater.message import Message
 
 __all__ = ["AsyncHandler", "AsyncWorker", "SyncHandler", "Worker"]
@@ -64,6 +57,9 @@ class AsyncWorker:
             await stop_requested.wait()
         # leaving the block shuts down gracefully
 
+    The options after ``handler`` are keyword-only, and every worker and
+    consumer class takes the same ones: they are documented here only.
+
     Args:
         target: the sidecar's address, for example ``"127.0.0.1:50051"``.
         handler: an ``async def`` taking a :class:`Message`.
@@ -90,38 +86,19 @@ class AsyncWorker:
     a worker runs once.
     """
 
+    @takes_options
     def __init__(
         self,
         target: str,
         handler: AsyncHandler,
-        *,
-        max_in_flight: int = 64,
-        max_in_flight_bytes: int = 0,
-        worker_id: str | None = None,
-        shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT,
-        max_lease_extension: timedelta = DEFAULT_MAX_LEASE_EXTENSION,
-        retry_backoff: Backoff = DEFAULT_RETRY_BACKOFF,
-        reconnect_backoff: Backoff = DEFAULT_RECONNECT_BACKOFF,
-        credentials: Any = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
+        **options: Unpack[WorkerOptions],
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be an async callable, got {handler!r}")
         if (inspect.isfunction(handler) or inspect.ismethod(handler)) and not _is_async(handler):
             raise TypeError("handler must be an `async def`; use lowwater.Worker for sync handlers")
         self._handler = handler
-        self._settings = make_settings(
-            target,
-            max_in_flight=max_in_flight,
-            max_in_flight_bytes=max_in_flight_bytes,
-            worker_id=worker_id,
-            shutdown_timeout=shutdown_timeout,
-            max_lease_extension=max_lease_extension,
-            retry_backoff=retry_backoff,
-            reconnect_backoff=reconnect_backoff,
-            credentials=credentials,
-            channel_options=channel_options,
-        )
+        self._settings = make_settings(target, **options)
         self._runtime = Runtime(self._settings)
         self._task: asyncio.Task[None] | None = None
 
@@ -197,38 +174,19 @@ class Worker:
     settlement is discarded.
     """
 
+    @takes_options
     def __init__(
         self,
         target: str,
         handler: SyncHandler,
-        *,
-        max_in_flight: int = 64,
-        max_in_flight_bytes: int = 0,
-        worker_id: str | None = None,
-        shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT,
-        max_lease_extension: timedelta = DEFAULT_MAX_LEASE_EXTENSION,
-        retry_backoff: Backoff = DEFAULT_RETRY_BACKOFF,
-        reconnect_backoff: Backoff = DEFAULT_RECONNECT_BACKOFF,
-        credentials: Any = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
+        **options: Unpack[WorkerOptions],
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
         if _is_async(handler):
             raise TypeError("handler is an `async def`; use lowwater.AsyncWorker for it")
         self._handler = handler
-        self._settings = make_settings(
-            target,
-            max_in_flight=max_in_flight,
-            max_in_flight_bytes=max_in_flight_bytes,
-            worker_id=worker_id,
-            shutdown_timeout=shutdown_timeout,
-            max_lease_extension=max_lease_extension,
-            retry_backoff=retry_backoff,
-            reconnect_backoff=reconnect_backoff,
-            credentials=credentials,
-            channel_options=channel_options,
-        )
+        self._settings = make_settings(target, **options)
         self._runtime = Runtime(self._settings)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
