@@ -388,3 +388,28 @@ async def test_get_status_reports_partitions_and_workers() -> None:
         assert status.buffered_count == 1
         (w,) = status.workers
         assert (w.worker_id, w.in_flight_count, w.max_in_flight_messages) == ("worker-7", 2, 2)
+
+
+@async_test
+async def test_packed_acks_settle_and_reject_like_settlements() -> None:
+    async with harness() as h:
+        h.assign("t", 1)
+        h.feed("t", 0, [0, 1, 2])
+        a, b = RawStream(h, "a", 2), RawStream(h, "b", 1)
+        await a.open()
+        mine = await a.deliveries(2)
+        await b.open()
+        (theirs,) = await b.deliveries(1)
+        await a.call.write(pb.StreamRequest(
+            ack_msg_ids=[mine[1].msg_id, theirs.msg_id, 777, mine[1].msg_id]))
+        while len(a.rejected) < 3:
+            await a.read()
+        assert [(r.msg_id, r.status) for r in a.rejected] == [
+            (theirs.msg_id, pb.SETTLE_STATUS_NOT_OWNER),
+            (777, pb.SETTLE_STATUS_UNKNOWN),
+            (mine[1].msg_id, pb.SETTLE_STATUS_ALREADY_SETTLED),
+        ]
+        assert [p.offset for p in h.commit_points()] == [0]  # offset 0 is still out
+        await a.call.write(pb.StreamRequest(ack_msg_ids=[mine[0].msg_id]))
+        await until(lambda: h.engine.ledger.partitions[TopicPartition("t", 0)].in_flight == 1)
+        assert [p.offset for p in h.commit_points()] == [2]
