@@ -1,0 +1,187 @@
+"""The model behind test_core_ledger_stateful: what the Ledger should hold, and checked calls.
+
+``LedgerModel`` keeps, per partition, the offsets fetched and not yet finished in
+the current generation, the group's committed offset, and every msg_id by fate
+(active, settled, stale). Each ``_lease``/``_settle``/``_tick``/... helper drives
+the ledger, asserts its answer against the model, then updates the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize
+
+from coordinator.core.ledger import Holder, LeaseTimes, Ledger, Record, State
+from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.policy import RetryPolicy
+
+TPS = (TopicPartition("t", 0), TopicPartition("t", 1))
+TIMES = LeaseTimes(default=10.0, maximum=50.0)
+POLICY = RetryPolicy(default_delay=2.0, max_delay=20.0, max_attempts=3)
+CAP = 6
+FINISHING = {Outcome.ACK, Outcome.DROP, Outcome.ALREADY_PROCESSED}
+OK = SettleStatus.OK
+
+
+@dataclass
+class Active:
+    holder: str
+    tp: TopicPartition
+    offset: int
+    deadline: float
+
+
+class LedgerModel(RuleBasedStateMachine):
+    @initialize(max_messages=st.integers(1, 4))
+    def setup(self, max_messages: int) -> None:
+        self.led = Ledger(leases=TIMES, policy=POLICY, max_pending_per_partition=CAP)
+        self.now = 0.0
+        self.gen: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
+        self.pending: dict[TopicPartition, set[int]] = {tp: set() for tp in TPS}
+        self.next_pos: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
+        self.fetch_pos = dict.fromkeys(TPS, 0)
+        self.committed: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
+        self.sent: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
+        self.revoking: set[TopicPartition] = set()
+        self.active: dict[int, Active] = {}
+        self.settled: set[int] = set()
+        self.stale: set[int] = set()
+        self.leased_times: dict[tuple[int, int], int] = {}  # (generation, offset) -> leases
+        self.max_id = 0
+        self.handoffs: list[Record] = []
+        self.points_out: list = []
+        self.closed: list[Holder] = []
+        self.led.open_holder("s0", "w0", max_messages)
+        self.led.open_holder("s1", "w1", 4, 80)
+        for tp in TPS:
+            self._assign(tp)
+
+    # -- model helpers ------------------------------------------------------
+
+    def _commit(self, tp: TopicPartition) -> int | None:
+        return min(self.pending[tp]) if self.pending[tp] else self.next_pos[tp]
+
+    def _snapshot(self) -> tuple:
+        parts = tuple(
+            (p.tp, p.generation, p.offsets.commit_offset, p.commit_sent, p.committed, p.in_flight,
+             p.revoking, tuple((o, r.state, r.attempt) for o, r in sorted(p.records.items())))
+            for p in self.led.partitions.values()
+        )
+        holders = tuple((h.name, h.credits.messages, h.credits.bytes, tuple(sorted(h.leases)))
+                        for h in self.led.holders.values())
+        return parts, holders, self.led.ready_count, len(self.led._table), len(self.led._delayed)
+
+    def _holder(self, pick: int) -> Holder:
+        names = sorted(self.led.holders)
+        return self.led.holders[names[pick % len(names)]]
+
+    def _pick_id(self, source: str, pick: int) -> int:
+        """A msg_id from the ``source`` pool, or the next non-empty one; else never issued."""
+        pools = {"stale": self.stale, "settled": self.settled, "active": self.active}
+        if source in pools:
+            for name in [source, *(name for name in pools if name != source)]:
+                if pools[name]:
+                    pool = sorted(pools[name])
+                    return pool[pick % len(pool)]
+        return self.max_id + 1 + pick % 3
+
+    def _who(self, msg_id: int, who: str, pick: int) -> Holder | None:
+        """The owner of ``msg_id``, another (maybe closed) holder, or None (Acknowledge)."""
+        owner = self.led.holders.get(self.active[msg_id].holder) if msg_id in self.active else None
+        if who == "owner" and owner is not None:
+            return owner
+        others = [h for h in [*self.led.holders.values(), *self.closed] if h is not owner]
+        return others[pick % len(others)] if others and who != "none" else None
+
+    def _expect(self, msg_id: int, holder: Holder | None) -> SettleStatus:
+        if msg_id in self.active:
+            owner = self.active[msg_id].holder
+            if holder is None:
+                return OK if owner == "pull:w" else SettleStatus.NOT_OWNER
+            return OK if holder is self.led.holders.get(owner) else SettleStatus.NOT_OWNER
+        if msg_id in self.stale:
+            return SettleStatus.STALE
+        return SettleStatus.ALREADY_SETTLED if msg_id in self.settled else SettleStatus.UNKNOWN
+
+    def _end_lease(self, msg_id: int, fate: set[int]) -> Active:
+        fate.add(msg_id)
+        return self.active.pop(msg_id)
+
+    def _collect_handoffs(self) -> None:
+        for rec, reason in self.led.take_handoffs():
+            assert rec.state is State.HANDOFF and reason
+            assert rec.part.generation == self.gen[rec.part.tp]
+            self.handoffs.append(rec)
+
+    # -- driving the ledger, checked ------------------------------------------
+
+    def _lease(self, holder: Holder, limit: int) -> list:
+        leases = self.led.lease(holder, self.now, limit)
+        assert len(leases) <= limit
+        for lease in leases:
+            rec = lease.record
+            assert lease.msg_id > self.max_id  # strictly increasing, never reused
+            self.max_id = lease.msg_id
+            assert rec.part.generation == self.gen[rec.part.tp] and rec.part.tp not in self.revoking
+            assert rec.offset in self.pending[rec.part.tp] and rec.state is State.LEASED
+            key = (rec.part.generation, rec.offset)
+            self.leased_times[key] = self.leased_times.get(key, 0) + 1
+            assert lease.attempt == self.leased_times[key]
+            assert lease.deadline == self.now + TIMES.default
+            self.active[lease.msg_id] = Active(holder.name, rec.part.tp, rec.offset, lease.deadline)
+        if len(leases) < limit:  # stopped early: nothing deliverable, or no credit for it
+            nxt = next((r for r in self.led._ready
+                        if r.state is State.READY and not r.part.revoking), None)
+            assert nxt is None or not holder.credits.allows(nxt.size)
+        return leases
+
+    def _settle(self, holder: Holder | None, msg_id: int, outcome: Outcome | None,
+                delay: float | None) -> None:
+        expected = self._expect(msg_id, holder)
+        if expected is OK and outcome is None:
+            expected = SettleStatus.INVALID
+        before = self._snapshot()
+        assert self.led.settle(holder, msg_id, outcome, delay, self.now) is expected
+        if expected is not OK:
+            assert self._snapshot() == before  # a rejected settlement changes nothing
+            return
+        done = self._end_lease(msg_id, self.settled)
+        if outcome in FINISHING:
+            self.pending[done.tp].remove(done.offset)
+        self._collect_handoffs()
+
+    def _tick(self, now: float) -> None:
+        self.now = now
+        due = [m for m, a in self.active.items() if a.deadline <= now]
+        assert self.led.tick(now) == len(due)
+        for msg_id in due:
+            self._end_lease(msg_id, self.settled)
+        self._collect_handoffs()
+
+    def _finish_handoff(self, rec: Record) -> None:
+        self.handoffs.remove(rec)
+        tp, before = rec.part.tp, self._snapshot()
+        self.led.finish_handoff(rec)
+        if rec.part.generation == self.gen[tp]:
+            self.pending[tp].remove(rec.offset)
+        else:
+            assert self._snapshot() == before  # its generation is gone: nothing moves
+
+    def _drop_generation(self, tp: TopicPartition) -> None:
+        for msg_id in [m for m, a in self.active.items() if a.tp == tp]:
+            self._end_lease(msg_id, self.stale)
+        self.gen[tp], self.next_pos[tp], self.pending[tp] = None, None, set()
+        self.revoking.discard(tp)
+        self.handoffs = [r for r in self.handoffs if r.part.tp != tp]
+
+    def _assign(self, tp: TopicPartition) -> None:
+        old = self.gen[tp]
+        if old is not None:
+            self._drop_generation(tp)
+        part = self.led.assign(tp, self.committed[tp])
+        assert part.generation > max((g for g in self.gen.values() if g), default=0)
+        assert old is None or part.generation > old
+        self.gen[tp], self.sent[tp] = part.generation, self.committed[tp]
+        self.fetch_pos[tp] = self.committed[tp] or 0  # the next owner starts from the group's

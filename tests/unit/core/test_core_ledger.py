@@ -1,0 +1,407 @@
+"""Ledger examples: commit points, credits, redelivery, rebalance, settlement answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.core.flow import GateChange
+from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger, State
+from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.policy import RetryPolicy
+
+TP0 = TopicPartition("orders", 0)
+TP1 = TopicPartition("orders", 1)
+ACK, RETRY = Outcome.ACK, Outcome.RETRY
+
+
+def fetch(led: Ledger, tp: TopicPartition, *offsets: int, size: int = 1, now: float = 0.0) -> None:
+    for offset in offsets:
+        assert led.add(tp, offset, size, f"{tp.partition}@{offset}", now)
+
+
+def points(led: Ledger) -> dict[TopicPartition, int]:
+    return {p.tp: p.offset for p in led.commit_points()}
+
+
+def by_offset(leases: list) -> dict[int, int]:  # offset -> msg_id
+    return {lease.record.offset: lease.msg_id for lease in leases}
+
+
+def test_out_of_order_settlements_commit_the_lowest_pending_offset() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1, 5, 9)
+    h = led.open_holder("s1", "w", 10)
+    ids = by_offset(led.lease(h, 0.0, 10))
+    assert points(led) == {TP0: 0}
+    assert led.settle(h, ids[5], ACK, None, 1.0) is SettleStatus.OK
+    assert led.settle(h, ids[9], Outcome.DROP, None, 1.0) is SettleStatus.OK
+    assert points(led) == {}  # still held at 0: nothing new to hand out
+    assert led.settle(h, ids[0], Outcome.ALREADY_PROCESSED, None, 1.0) is SettleStatus.OK
+    assert points(led) == {TP0: 1}
+    assert led.settle(h, ids[1], ACK, None, 1.0) is SettleStatus.OK
+    assert points(led) == {TP0: 10}  # everything finished: the next fetch position
+    assert points(led) == {}
+
+
+def test_buffered_records_not_yet_leased_hold_the_commit_back() -> None:
+    led = Ledger()
+    led.assign(TP0, committed=100)
+    fetch(led, TP0, 100, 101, 102, 103)
+    assert points(led) == {}  # 100 is what the group already has
+    h = led.open_holder("s1", "w", 10)
+    leases = led.lease(h, 0.0, 2)
+    assert [lease.record.offset for lease in leases] == [100, 101]
+    for lease in leases:
+        led.settle(h, lease.msg_id, ACK, None, 0.0)
+    assert points(led) == {TP0: 102}  # not 104: 102 and 103 were fetched, never delivered
+    assert led.ready_count == 2
+
+
+def test_credits_are_never_exceeded() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, *range(10))
+    h = led.open_holder("s1", "w", 3)
+    first = led.lease(h, 0.0, 100)
+    assert len(first) == 3 and h.credits.messages == 3
+    assert led.lease(h, 0.0, 100) == []
+    led.settle(h, first[0].msg_id, ACK, None, 0.0)
+    assert len(led.lease(h, 0.0, 100)) == 1
+    assert h.credits.messages == 3 and len(h.leases) == 3
+
+
+def test_byte_credits_and_the_one_oversized_record() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    led.add(TP0, 0, 500, None, 0.0)
+    led.add(TP0, 1, 40, None, 0.0)
+    led.add(TP0, 2, 70, None, 0.0)
+    h = led.open_holder("s1", "w", 10, 100)
+    [big] = led.lease(h, 0.0, 10)  # granted alone, so it cannot wedge the stream
+    assert big.record.offset == 0 and h.credits.bytes == 500
+    led.settle(h, big.msg_id, ACK, None, 0.0)
+    assert [lease.record.offset for lease in led.lease(h, 0.0, 10)] == [1]  # 40 + 70 > 100
+    assert h.credits.bytes == 40
+
+
+def test_retry_with_delay_redelivers_after_tick_with_a_new_msg_id() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 7)
+    h = led.open_holder("s1", "w", 10)
+    [first] = led.lease(h, 0.0, 10)
+    assert first.attempt == 1
+    assert led.settle(h, first.msg_id, RETRY, 5.0, 1.0) is SettleStatus.OK
+    assert first.record.state is State.DELAYED
+    assert led.next_wakeup() == 6.0
+    assert led.lease(h, 1.0, 10) == []
+    assert led.tick(5.99) == 0 and led.lease(h, 5.99, 10) == []
+    led.tick(6.0)
+    [second] = led.lease(h, 6.0, 10)
+    assert second.record is first.record and second.attempt == 2
+    assert second.msg_id > first.msg_id
+    assert points(led) == {TP0: 7}  # pending the whole time
+    assert led.settle(h, first.msg_id, ACK, None, 6.0) is SettleStatus.ALREADY_SETTLED
+
+
+def test_lapsed_lease_is_redelivered_with_the_next_attempt() -> None:
+    led = Ledger(leases=LeaseTimes(default=30.0))
+    led.assign(TP0)
+    fetch(led, TP0, 0)
+    h = led.open_holder("s1", "w", 10)
+    [first] = led.lease(h, 0.0, 10)
+    assert first.deadline == 30.0 and led.next_wakeup() == 30.0
+    assert led.tick(29.9) == 0
+    assert led.tick(30.0) == 1
+    assert h.credits.messages == 0 and not h.leases
+    [second] = led.lease(h, 31.0, 10)
+    assert (second.attempt, second.deadline) == (2, 61.0)
+    assert second.msg_id > first.msg_id
+    assert led.settle(h, first.msg_id, ACK, None, 31.0) is SettleStatus.ALREADY_SETTLED
+    assert second.record.state is State.LEASED
+
+
+def test_extend_moves_the_deadline_within_the_maximum() -> None:
+    led = Ledger(leases=LeaseTimes(default=10.0, maximum=60.0))
+    led.assign(TP0)
+    fetch(led, TP0, 0)
+    h, other = led.open_holder("s1", "w", 10), led.open_holder("s2", "w", 10)
+    [lease] = led.lease(h, 0.0, 10)
+    assert led.extend(other, lease.msg_id, 50.0, 5.0) is SettleStatus.NOT_OWNER
+    assert led.extend(h, lease.msg_id, 500.0, 5.0) is SettleStatus.OK
+    assert lease.deadline == 65.0
+    assert led.tick(64.0) == 0
+    assert led.extend(h, lease.msg_id, None, 64.0) is SettleStatus.OK
+    assert lease.deadline == 74.0
+    assert led.extend(h, 999, 1.0, 64.0) is SettleStatus.UNKNOWN
+
+
+def test_extending_to_the_same_deadline_lapses_once() -> None:
+    led = Ledger(leases=LeaseTimes(default=30.0))
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1)
+    h = led.open_holder("s1", "w", 10)
+    first, _ = led.lease(h, 0.0, 10)
+    led.extend(h, first.msg_id, None, 0.0)  # now + default == the deadline it already has
+    assert led.tick(30.0) == 2  # it used to lapse twice and raise KeyError
+    assert [lease.attempt for lease in led.lease(h, 30.0, 10)] == [2, 2]
+
+
+def test_one_lease_of_a_batch_extended_the_others_lapse() -> None:
+    led = Ledger(leases=LeaseTimes(default=30.0))
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1, 2)
+    h = led.open_holder("s1", "w", 10)
+    batch = led.lease(h, 0.0, 10)
+    assert led.extend(h, batch[1].msg_id, 40.0, 10.0) is SettleStatus.OK
+    assert led.tick(30.0) == 2
+    assert set(h.leases) == {batch[1].msg_id}
+    assert led.next_wakeup() == 50.0
+
+
+def test_close_holder_redelivers_at_once() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1, 2)
+    h1, h2 = led.open_holder("s1", "w", 2), led.open_holder("s2", "w", 10)
+    held = led.lease(h1, 0.0, 10)
+    assert led.close_holder("s1", 1.0) == 2
+    assert led.close_holder("s1", 1.0) == 0  # idempotent
+    again = led.lease(h2, 1.0, 10)  # no tick needed
+    assert sorted(lease.record.offset for lease in again) == [0, 1, 2]
+    assert {lease.attempt for lease in again if lease.record.offset < 2} == {2}
+    for lease in held:
+        assert led.settle(h1, lease.msg_id, ACK, None, 1.0) is SettleStatus.ALREADY_SETTLED
+    assert "s1" not in led.holders
+
+
+def test_settlement_answers() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1)
+    h1, h2 = led.open_holder("s1", "w", 10), led.open_holder("s2", "w", 10)
+    [a] = led.lease(h1, 0.0, 1)
+    assert led.settle(h2, a.msg_id, ACK, None, 0.0) is SettleStatus.NOT_OWNER
+    assert led.settle(None, a.msg_id, ACK, None, 0.0) is SettleStatus.NOT_OWNER
+    assert led.settle(h1, a.msg_id, None, None, 0.0) is SettleStatus.INVALID
+    assert led.settle(h1, 12345, ACK, None, 0.0) is SettleStatus.UNKNOWN
+    assert a.record.state is State.LEASED and points(led) == {TP0: 0}  # nothing moved
+    assert led.settle(h1, a.msg_id, ACK, None, 0.0) is SettleStatus.OK
+    assert led.settle(h1, a.msg_id, ACK, None, 0.0) is SettleStatus.ALREADY_SETTLED
+    assert led.settle(h1, a.msg_id, RETRY, None, 0.0) is SettleStatus.ALREADY_SETTLED
+    pull = led.pull_holder("p")
+    assert led.pull_holder("p") is pull
+    [b] = led.lease(pull, 0.0, 1)
+    assert led.settle(None, b.msg_id, ACK, None, 0.0) is SettleStatus.OK  # Acknowledge
+    assert points(led) == {TP0: 2}
+    with pytest.raises(ValueError, match="already open"):
+        led.open_holder("s1", "w", 1)
+
+
+def test_ack_many_acks_its_own_and_reports_the_rest() -> None:
+    led = Ledger(max_pending_per_partition=4)
+    old = led.assign(TP1)
+    fetch(led, TP1, 0)
+    h1, h2 = led.open_holder("s1", "w", 10), led.open_holder("s2", "w", 10)
+    [stale] = led.lease(h1, 0.0, 1)
+    led.revoke([TP1])
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1, 2, 5)
+    assert led.take_gate_changes() == [(TP0, GateChange.PAUSE)]
+    mine = by_offset(led.lease(h1, 0.0, 3))
+    [theirs] = led.lease(h2, 0.0, 1)
+    led.settle(h1, mine[2], ACK, None, 0.0)
+    rejected = led.ack_many(h1, [mine[1], theirs.msg_id, mine[0], mine[2], mine[0],
+                                 stale.msg_id, 999])
+    assert rejected == [
+        (theirs.msg_id, SettleStatus.NOT_OWNER),
+        (mine[2], SettleStatus.ALREADY_SETTLED),
+        (mine[0], SettleStatus.ALREADY_SETTLED),  # listed twice in one batch
+        (stale.msg_id, SettleStatus.STALE),
+        (999, SettleStatus.UNKNOWN),
+    ]
+    assert old.offsets.commit_offset == 0  # the revoked generation is untouched
+    assert not h1.leases and h1.credits.messages == 0 and h1.credits.bytes == 0
+    assert led.in_flight([TP0]) == 1
+    assert points(led) == {TP0: 5}
+    assert led.take_gate_changes() == [(TP0, GateChange.RESUME)]  # checked once per batch
+    assert led.ack_many(h2, []) == []
+
+
+def test_begin_revoke_tells_each_holder_and_stops_dispatch() -> None:
+    led = Ledger()
+    part0 = led.assign(TP0)
+    led.assign(TP1)
+    fetch(led, TP0, 0, 1)
+    fetch(led, TP1, 0, 1)
+    h1, h2 = led.open_holder("s1", "w", 2), led.open_holder("s2", "w", 1)
+    l1, l2 = led.lease(h1, 0.0, 10), led.lease(h2, 0.0, 10)
+    assert [x.record.part.tp for x in l1 + l2] == [TP0, TP0, TP1]
+    notify = led.begin_revoke([TP0])
+    assert notify == {"s1": [l1[0].msg_id, l1[1].msg_id]}
+    assert led.begin_revoke([TP0]) == {}  # second call: already revoking
+    assert led.in_flight([TP0]) == 2
+    assert not led.add(TP0, 2, 1, None, 0.0)  # no more fetching into it
+    fetch(led, TP1, 2)
+    led.settle(h1, l1[0].msg_id, RETRY, 0.0, 0.0)  # redelivery parks it
+    assert l1[0].record.state is State.PARKED
+    led.settle(h1, l1[1].msg_id, ACK, None, 0.0)  # finishing still counts
+    assert led.in_flight([TP0]) == 0
+    assert [x.record.part.tp for x in led.lease(h1, 0.0, 10)] == [TP1, TP1]
+    assert TP0 not in points(led)
+    assert led.revoke([TP0]) == [CommitPoint(TP0, part0.generation, 0)]  # 0 was never finished
+
+
+def test_revoke_releases_leases_and_stale_acks_never_move_the_new_generation() -> None:
+    led = Ledger()
+    old = led.assign(TP0)
+    fetch(led, TP0, 0, 1, 2)
+    h = led.open_holder("s1", "w", 10)
+    ids = by_offset(led.lease(h, 0.0, 10))
+    led.settle(h, ids[0], ACK, None, 0.0)
+    led.begin_revoke([TP0])
+    assert led.revoke([TP0]) == [CommitPoint(TP0, old.generation, 1)]
+    assert old.revoked and TP0 not in led.partitions
+    assert h.credits.messages == 0 and not h.leases
+    assert led.revoke([TP0]) == []
+    new = led.assign(TP0, committed=1)
+    assert new.generation > old.generation
+    fetch(led, TP0, 1, 2)
+    for offset in (1, 2):
+        assert led.settle(h, ids[offset], ACK, None, 1.0) is SettleStatus.STALE
+    assert new.offsets.commit_offset == 1 and len(new.records) == 2
+    assert points(led) == {}  # 1 is what the group already has
+    assert led.ready_count == 2
+
+
+def test_add_to_an_old_partition_object_is_refused() -> None:
+    led = Ledger()
+    old = led.assign(TP0)
+    new = led.assign(TP0)
+    assert not led.add_to(old, 0, 1, None, 0.0)
+    assert led.add_to(new, 0, 1, None, 0.0)
+    assert not led.add(TP1, 0, 1, None, 0.0)  # not assigned here
+    assert len(old.records) == 0 and old.offsets.commit_offset is None
+
+
+def test_reassign_without_revoke_drops_the_old_generation() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0)
+    h = led.open_holder("s1", "w", 10)
+    [lease] = led.lease(h, 0.0, 1)
+    led.assign(TP0, committed=0)
+    assert led.settle(h, lease.msg_id, ACK, None, 0.0) is SettleStatus.STALE
+    assert led.partitions[TP0].offsets.commit_offset is None
+
+
+def test_committed_answers_and_old_generations() -> None:
+    led = Ledger()
+    gen1 = led.assign(TP0)
+    fetch(led, TP0, 0, 1)
+    [p1] = led.commit_points()
+    led.committed(p1, True)
+    assert gen1.committed == 0
+    gen2 = led.assign(TP0, committed=0)
+    fetch(led, TP0, 5)
+    led.committed(CommitPoint(TP0, gen1.generation, 40), True)
+    led.committed(CommitPoint(TP0, gen1.generation, 5), False)
+    assert gen2.committed == 0 and gen2.commit_sent == 0
+    assert points(led) == {TP0: 5}
+    led.committed(CommitPoint(TP0, gen2.generation, 5), False)  # a failed commit...
+    assert points(led) == {TP0: 5}  # ...is handed out again
+    led.committed(CommitPoint(TP0, gen2.generation, 5), True)
+    assert points(led) == {} and gen2.committed == 5
+
+
+def test_a_late_failure_of_an_older_commit_does_not_rewind_what_was_handed_out() -> None:
+    led = Ledger()
+    part = led.assign(TP0)
+    fetch(led, TP0, 0, 1, 2)
+    h = led.open_holder("s1", "w", 10)
+    ids = by_offset(led.lease(h, 0.0, 10))
+    led.commit_points()
+    led.settle(h, ids[0], ACK, None, 0.0)
+    [p1] = led.commit_points()
+    led.settle(h, ids[1], ACK, None, 0.0)
+    [p2] = led.commit_points()
+    assert (p1.offset, p2.offset) == (1, 2)
+    led.committed(p1, False)  # p2 supersedes it: nothing to hand out again
+    assert points(led) == {}
+    assert part.commit_sent == 2
+
+
+def test_revoke_commits_a_point_that_was_handed_out_but_not_confirmed() -> None:
+    led = Ledger()
+    part = led.assign(TP0)
+    fetch(led, TP0, 0, 1)
+    h = led.open_holder("s1", "w", 10)
+    ids = by_offset(led.lease(h, 0.0, 10))
+    led.settle(h, ids[0], ACK, None, 0.0)
+    assert points(led) == {TP0: 1}  # in flight to the broker, never confirmed
+    assert led.revoke([TP0]) == [CommitPoint(TP0, part.generation, 1)]
+
+
+def test_revoke_skips_a_point_the_broker_already_confirmed() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0)
+    [point] = led.commit_points()
+    led.committed(point, True)
+    assert led.revoke([TP0]) == []
+
+
+def test_the_callers_generation_number_is_the_one_checked() -> None:
+    led = Ledger()
+    part = led.assign(TP0, committed=3, generation=41)
+    fetch(led, TP0, 3, 4)
+    led.committed(CommitPoint(TP0, 1, 4), True)  # the ledger's own numbering is not used
+    assert part.generation == 41 and part.committed == 3
+    led.committed(CommitPoint(TP0, 41, 4), True)
+    assert part.committed == 4
+
+
+def test_gate_pauses_at_the_cap_and_resumes_below_80_percent() -> None:
+    led = Ledger(max_pending_per_partition=10)
+    led.assign(TP0)
+    fetch(led, TP0, *range(9))
+    assert led.take_gate_changes() == []
+    fetch(led, TP0, 9)
+    assert led.take_gate_changes() == [(TP0, GateChange.PAUSE)]
+    assert led.take_gate_changes() == []
+    h = led.open_holder("s1", "w", 100)
+    leases = led.lease(h, 0.0, 100)
+    for lease in leases[:2]:
+        led.settle(h, lease.msg_id, ACK, None, 0.0)
+    assert led.take_gate_changes() == []  # 8 pending: in the band
+    led.settle(h, leases[2].msg_id, ACK, None, 0.0)
+    assert led.take_gate_changes() == [(TP0, GateChange.RESUME)]  # 7 < 8
+
+
+def test_max_attempts_hands_off_and_finish_handoff_finishes() -> None:
+    led = Ledger(policy=RetryPolicy(max_attempts=2, default_delay=0.0))
+    led.assign(TP0)
+    fetch(led, TP0, 3, 4)
+    h = led.open_holder("s1", "w", 1)
+    [a1] = led.lease(h, 0.0, 1)
+    led.settle(h, a1.msg_id, RETRY, None, 0.0)
+    [a2] = led.lease(h, 0.0, 1)
+    assert a2.record.offset == 3 and a2.attempt == 2  # served first: it holds the mark
+    led.settle(h, a2.msg_id, RETRY, None, 0.0)
+    [(rec, reason)] = led.take_handoffs()
+    assert rec is a2.record and rec.state is State.HANDOFF and "2 of 2" in reason
+    assert led.take_handoffs() == []
+    assert points(led) == {TP0: 3}  # still pending until the dead-letter path confirms
+    led.finish_handoff(rec)
+    led.finish_handoff(rec)  # a second confirmation changes nothing
+    assert points(led) == {TP0: 4}
+
+
+def test_invalid_configuration_is_rejected_up_front() -> None:
+    with pytest.raises(ValueError, match="max_pending_per_partition"):
+        Ledger(max_pending_per_partition=0)
+    with pytest.raises(ValueError, match="leases"):
+        LeaseTimes(default=60.0, maximum=30.0)
+    with pytest.raises(ValueError, match="leases"):
+        LeaseTimes(default=0.0)

@@ -1,0 +1,299 @@
+"""A state machine over the Ledger, checked against a model after every step.
+
+The model and the checked calls live in ``core_ledger_model.py``; here are the
+rules (hostile ones included: foreign, stale, duplicate and unknown msg_ids) and
+the invariants. ``HYPOTHESIS_PROFILE=soak`` runs many more and longer examples.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from core_ledger_model import CAP, OK, TIMES, TPS, LedgerModel
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, precondition, rule
+
+from coordinator.core.ledger import State
+from coordinator.core.model import Outcome, TopicPartition
+
+SOAK = os.environ.get("HYPOTHESIS_PROFILE") == "soak"
+PICK = st.integers(0, 2**16)
+DELAY = st.one_of(st.none(), st.floats(-1.0, 30.0))
+TP_SETS = st.sets(st.sampled_from(TPS), min_size=1)
+RARELY = st.integers(0, 3).map(lambda n: n == 3)
+"""Destructive rules act one time in four (and not on the simplest draw, 0)."""
+
+
+class LedgerMachine(LedgerModel):
+    # -- rules ----------------------------------------------------------------
+
+    @rule(tp=st.sampled_from(TPS), gaps=st.lists(st.integers(0, 3), min_size=1, max_size=6),
+          size=st.integers(1, 50))
+    def add_records(self, tp: TopicPartition, gaps: list[int], size: int) -> None:
+        """Fetches records (named to sort first: hypothesis favours the first rule)."""
+        part = self.led.partitions.get(tp)
+        if part is None or tp in self.revoking:
+            before = self._snapshot()
+            assert not self.led.add(tp, self.fetch_pos[tp], size, None, self.now)
+            assert self._snapshot() == before
+            return
+        for gap in gaps:
+            if part.gate.paused:  # the runtime stops fetching a paused partition
+                return
+            offset = self.fetch_pos[tp] + gap
+            assert self.led.add(tp, offset, size + gap, None, self.now)
+            self.pending[tp].add(offset)
+            self.next_pos[tp] = self.fetch_pos[tp] = offset + 1
+
+    add_more_records = add_records  # listed twice: hypothesis then picks it twice as often
+
+    @precondition(lambda self: any(p for p in self.next_pos.values()))
+    @rule(tp=st.sampled_from(TPS), back=st.integers(1, 5))
+    def add_below_next_position(self, tp: TopicPartition, back: int) -> None:
+        if self.next_pos[tp] and tp not in self.revoking:
+            before = self._snapshot()
+            with pytest.raises(ValueError):
+                self.led.add(tp, max(0, self.next_pos[tp] - back), 1, None, self.now)
+            assert self._snapshot() == before
+
+    @precondition(lambda self: None in self.gen.values())
+    @rule(tp=st.sampled_from(TPS))
+    def assign(self, tp: TopicPartition) -> None:
+        if self.gen[tp] is None:
+            self._assign(tp)
+
+    @rule(tp=st.sampled_from(TPS), really=RARELY)
+    def reassign(self, tp: TopicPartition, really: bool) -> None:
+        if really and self.gen[tp] is not None:
+            self._assign(tp)
+
+    @rule(name=st.sampled_from(["s0", "s1", "s2", "pull:w"]), max_messages=st.integers(1, 4),
+          max_bytes=st.sampled_from([0, 0, 30, 80]))
+    def open_holder(self, name: str, max_messages: int, max_bytes: int) -> None:
+        if name == "pull:w":
+            assert self.led.pull_holder("w") is self.led.holders[name]  # opened on first use
+        elif name not in self.led.holders:
+            self.led.open_holder(name, "w", max_messages, max_bytes)
+
+    @precondition(lambda self: self.led.holders)
+    @rule(pick=PICK, really=RARELY)
+    def close_holder(self, pick: int, really: bool) -> None:
+        holder = self._holder(pick)
+        if not really:
+            return
+        mine = [m for m, a in self.active.items() if a.holder == holder.name]
+        assert self.led.close_holder(holder.name, self.now) == len(mine)
+        for msg_id in mine:
+            self._end_lease(msg_id, self.settled)
+        self.closed.append(holder)
+        self._collect_handoffs()
+
+    @precondition(lambda self: self.led.holders)
+    @rule(pick=PICK, outcomes=st.lists(st.sampled_from(Outcome), max_size=6),
+          keep=st.integers(0, 3), delay=DELAY)
+    def work(self, pick: int, outcomes: list[Outcome], keep: int, delay: float | None) -> None:
+        """A holder leases what it may (up to the limit) and settles all but ``keep``."""
+        holder = self._holder(pick)
+        for lease, outcome in zip(self._lease(holder, len(outcomes) + keep), outcomes):
+            self._settle(holder, lease.msg_id, outcome, delay)
+
+    @precondition(lambda self: self.active)
+    @rule(who=st.sampled_from(["owner", "owner", "other", "none"]),
+          outcome=st.one_of(st.sampled_from(Outcome), st.none()), delay=DELAY, pick=PICK)
+    def settle(self, who: str, outcome: Outcome | None, delay: float | None, pick: int) -> None:
+        msg_id = self._pick_id("active", pick)
+        self._settle(self._who(msg_id, who, pick), msg_id, outcome, delay)
+
+    @rule(source=st.sampled_from(["stale", "stale", "settled", "unknown"]),
+          who=st.sampled_from(["other", "none"]), outcome=st.sampled_from(Outcome), pick=PICK)
+    def settle_late(self, source: str, who: str, outcome: Outcome, pick: int) -> None:
+        """Revoked-generation, already-settled or never-issued ids: answered, nothing moves."""
+        msg_id = self._pick_id(source, pick)
+        self._settle(self._who(msg_id, who, pick), msg_id, outcome, None)
+
+    @precondition(lambda self: self.led.holders)
+    @rule(pick=PICK, picks=st.lists(st.tuples(st.sampled_from(["active", "stale", "unknown"]),
+                                               PICK), max_size=6))
+    def ack_many(self, pick: int, picks: list[tuple[str, int]]) -> None:
+        """The packed ACK path: each id is answered as settle() would answer an ACK."""
+        holder = self._holder(pick)
+        ids = [self._pick_id(source, n) for source, n in picks]
+        expected = []
+        for msg_id in ids:
+            status = self._expect(msg_id, holder)
+            if status is OK:
+                done = self._end_lease(msg_id, self.settled)
+                self.pending[done.tp].remove(done.offset)
+            else:
+                expected.append((msg_id, status))
+        assert self.led.ack_many(holder, ids) == expected
+
+    @rule(source=st.sampled_from(["active", "active", "settled", "stale", "unknown"]),
+          who=st.sampled_from(["owner", "owner", "other"]),
+          extension=st.one_of(st.none(), st.floats(-5.0, 100.0)), pick=PICK)
+    def extend(self, source: str, who: str, extension: float | None, pick: int) -> None:
+        msg_id = self._pick_id(source, pick)
+        holder = self._who(msg_id, who, pick)
+        if holder is None:
+            return
+        expected, before = self._expect(msg_id, holder), self._snapshot()
+        assert self.led.extend(holder, msg_id, extension, self.now) is expected
+        if expected is OK:
+            span = TIMES.default if extension is None else min(max(extension, 0.0), TIMES.maximum)
+            self.active[msg_id].deadline = self.now + span  # may repeat an earlier deadline
+        else:
+            assert self._snapshot() == before
+
+    @rule(dt=st.one_of(st.floats(0.0, 5.0), st.floats(5.0, 60.0)))
+    def tick(self, dt: float) -> None:
+        self._tick(self.now + dt)
+
+    @precondition(lambda self: self.handoffs)
+    @rule(pick=PICK)
+    def finish_handoff(self, pick: int) -> None:
+        self._finish_handoff(self.handoffs[pick % len(self.handoffs)])
+
+    @rule(tps=TP_SETS, really=RARELY, linger=st.booleans(), acks=st.integers(0, 3))
+    def begin_revoke(self, tps: set[TopicPartition], really: bool, linger: bool,
+                     acks: int) -> None:
+        """Starts a revoke; unless it lingers, some notified leases settle and it completes."""
+        if not really:
+            return
+        expected: dict[str, list[int]] = {}
+        for msg_id, a in self.active.items():
+            if a.tp in tps and a.tp not in self.revoking:
+                expected.setdefault(a.holder, []).append(msg_id)
+        got = self.led.begin_revoke(sorted(tps))
+        assert {h: sorted(ids) for h, ids in got.items()} == expected
+        self.revoking |= {tp for tp in tps if self.gen[tp] is not None}
+        if not linger:
+            for holder_name, ids in sorted(got.items()):
+                for msg_id in ids[:acks]:
+                    self._settle(self.led.holders[holder_name], msg_id, Outcome.ACK, None)
+            self.revoke(tps, True)
+
+    @rule(tps=TP_SETS, really=RARELY)
+    def revoke(self, tps: set[TopicPartition], really: bool) -> None:
+        if not (really or tps & self.revoking):
+            return
+        expected = []
+        for tp in sorted(tps):
+            offset = self._commit(tp)
+            if self.gen[tp] is not None and offset not in (None, self.committed[tp]):
+                assert not self.pending[tp] or offset <= min(self.pending[tp])
+                expected.append((tp, self.gen[tp], offset))
+        final = self.led.revoke(sorted(tps))
+        assert [(p.tp, p.generation, p.offset) for p in final] == expected
+        for tp, _, offset in expected:
+            self.committed[tp] = offset  # committed synchronously before the release
+        for tp in tps:
+            if self.gen[tp] is not None:
+                self._drop_generation(tp)
+
+    @precondition(lambda self: self.points_out)
+    @rule(pick=PICK, ok=st.booleans())
+    def commit_answer(self, pick: int, ok: bool) -> None:
+        point = self.points_out.pop(pick % len(self.points_out))
+        before = self._snapshot()
+        self.led.committed(point, ok)
+        if point.generation != self.gen[point.tp]:
+            assert self._snapshot() == before  # an old generation's answer is ignored
+        elif ok:
+            self.committed[point.tp] = point.offset
+        elif self.sent[point.tp] == point.offset:
+            self.sent[point.tp] = self.committed[point.tp]
+
+    def teardown(self) -> None:
+        """Every run ends quietly: time passes, a drainer ACKs all, so nothing was lost."""
+        if not hasattr(self, "led"):
+            return
+        drainer = self.led.open_holder("drain", "w", 10**6)
+        for _ in range(20):
+            self._tick(self.now + 100.0)  # past every lease, retry delay and extension
+            while self.handoffs:
+                self._finish_handoff(self.handoffs[0])
+            for lease in self._lease(drainer, 10**6):
+                self._settle(drainer, lease.msg_id, Outcome.ACK, None)
+            if not any(self.pending[tp] for tp in TPS if tp not in self.revoking):
+                break
+        assert self.led.close_holder("drain", self.now) == 0
+        for tp in TPS:
+            if self.gen[tp] is not None and tp not in self.revoking:
+                assert not self.pending[tp]
+                assert self.led.partitions[tp].offsets.commit_offset == self.next_pos[tp]
+        self.every_pending_record_is_in_exactly_one_place()
+        self.commit_points_never_pass_a_pending_record()
+        self.revoke(set(TPS), True)  # checks the final points
+        assert not self.led.partitions and self.led.ready_count == 0
+
+    # -- invariants -----------------------------------------------------------
+
+    @invariant()
+    def commit_points_never_pass_a_pending_record(self) -> None:
+        expected = {}
+        for tp in TPS:
+            if self.gen[tp] is None:
+                assert tp not in self.led.partitions
+                continue
+            part = self.led.partitions[tp]
+            assert part.generation == self.gen[tp]
+            assert part.offsets.commit_offset == self._commit(tp)
+            if tp not in self.revoking and self._commit(tp) not in (None, self.sent[tp]):
+                expected[tp] = self._commit(tp)
+        points = self.led.commit_points()
+        assert {p.tp: p.offset for p in points} == expected
+        for p in points:
+            assert p.generation == self.gen[p.tp]
+            assert not self.pending[p.tp] or p.offset <= min(self.pending[p.tp])
+            self.sent[p.tp] = p.offset
+        self.points_out.extend(points)
+
+    @invariant()
+    def holders_stay_within_their_credits(self) -> None:
+        for holder in self.led.holders.values():
+            mine = {m for m, a in self.active.items() if a.holder == holder.name}
+            assert set(holder.leases) == mine
+            c = holder.credits
+            assert c.messages == len(mine) <= c.max_messages
+            assert c.bytes == sum(lease.record.size for lease in holder.leases.values())
+            assert c.max_bytes == 0 or c.bytes <= c.max_bytes or c.messages == 1
+
+    @invariant()
+    def every_pending_record_is_in_exactly_one_place(self) -> None:
+        ready = [id(r) for r in self.led._ready if r.state is State.READY]
+        assert len(ready) == len(set(ready)) == self.led.ready_count
+        delayed = {id(r) for _, _, r in self.led._delayed}
+        handoffs = {id(r) for r in self.handoffs}
+        for tp in TPS:
+            part = self.led.partitions.get(tp)
+            if part is None:
+                continue
+            assert set(part.records) == self.pending[tp]
+            assert part.in_flight == sum(1 for a in self.active.values() if a.tp == tp)
+            for rec in part.records.values():
+                state = rec.state
+                assert (state is State.LEASED) == (rec.lease is not None)
+                if state is State.LEASED:
+                    a = self.active[rec.lease.msg_id]
+                    assert (a.tp, a.offset, rec.lease.deadline) == (tp, rec.offset, a.deadline)
+                else:
+                    where = {State.READY: set(ready), State.DELAYED: delayed,
+                             State.HANDOFF: handoffs}.get(state)
+                    assert id(rec) in where if where is not None else (
+                        state is State.PARKED and part.revoking)
+            paused, count = part.gate.paused, len(part.records)
+            assert count >= part.gate.resume_below if paused else count < CAP
+        in_parts = sum(1 for p in self.led.partitions.values() for r in p.records.values()
+                       if r.state is State.READY)
+        assert in_parts == self.led.ready_count
+        assert len(self.led._table) == len(self.active)
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=1000 if SOAK else 40,
+    stateful_step_count=150 if SOAK else 80,
+    deadline=None,
+)
+TestLedgerMachine = LedgerMachine.TestCase

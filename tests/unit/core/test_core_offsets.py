@@ -1,0 +1,149 @@
+"""PartitionOffsets: the pending set of one partition and the commit point it allows."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.core.offsets import PartitionOffsets
+
+EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 100
+
+
+def fetched(*offsets: int) -> PartitionOffsets:
+    po = PartitionOffsets()
+    for offset in offsets:
+        po.fetched(offset)
+    return po
+
+
+def test_nothing_fetched_has_no_commit_point() -> None:
+    po = PartitionOffsets()
+    assert po.commit_offset is None
+    assert po.lowest_pending is None
+    assert po.next_offset is None
+    assert len(po) == 0
+
+
+def test_commit_is_the_lowest_pending_offset_not_acked_plus_one() -> None:
+    po = fetched(0, 1, 5, 9)
+    assert po.commit_offset == 0
+    assert po.finished(0) and po.finished(1)
+    assert po.commit_offset == 5  # not 2: offsets 2-4 do not exist
+    assert po.lowest_pending == 5
+    assert po.finished(5) and po.finished(9)
+    assert po.commit_offset == 10  # nothing pending: the next fetch position
+    assert po.lowest_pending is None
+    assert len(po) == 0
+
+
+def test_commit_after_everything_finished_is_the_next_fetch_position() -> None:
+    po = fetched(3, 7)
+    po.finished(7)
+    assert po.commit_offset == 3
+    po.finished(3)
+    assert po.commit_offset == po.next_offset == 8
+
+
+def test_finishing_out_of_order_holds_the_commit_at_the_gap() -> None:
+    po = fetched(10, 11, 12, 20)
+    for offset in (20, 12, 11):
+        po.finished(offset)
+        assert po.commit_offset == 10
+    po.finished(10)
+    assert po.commit_offset == 21
+
+
+def test_first_fetch_may_start_anywhere() -> None:
+    po = fetched(1_000_000)
+    assert po.commit_offset == 1_000_000
+    assert po.next_offset == 1_000_001
+
+
+def test_finishing_twice_or_unknown_returns_false() -> None:
+    po = fetched(0, 4)
+    assert po.finished(4) is True
+    assert po.finished(4) is False
+    assert po.finished(2) is False  # a gap was never fetched
+    assert po.finished(99) is False
+    assert po.commit_offset == 0
+    assert 0 in po and 4 not in po
+
+
+@pytest.mark.parametrize("offset", [0, 4, 5])
+def test_fetching_below_the_next_position_raises(offset: int) -> None:
+    po = fetched(0, 5)
+    with pytest.raises(ValueError, match="below the next fetch position 6"):
+        po.fetched(offset)
+    assert po.next_offset == 6 and len(po) == 2  # unchanged
+
+
+def test_fetching_after_everything_finished_still_only_moves_forward() -> None:
+    po = fetched(0, 1)
+    po.finished(0)
+    po.finished(1)
+    with pytest.raises(ValueError):
+        po.fetched(1)
+    po.fetched(2)
+    assert po.commit_offset == 2
+
+
+@st.composite
+def fetch_and_finish(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    start = draw(st.integers(0, 10**12))
+    steps = draw(st.lists(st.integers(1, 5), min_size=1, max_size=60))
+    offsets = [start]
+    for step in steps[1:]:
+        offsets.append(offsets[-1] + step)
+    subset = draw(st.lists(st.sampled_from(offsets), unique=True))
+    return offsets, draw(st.permutations(subset))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(fetch_and_finish())
+def test_commit_is_min_unfinished_or_next_position(case: tuple[list[int], list[int]]) -> None:
+    offsets, order = case
+    po = fetched(*offsets)
+    unfinished = set(offsets)
+    next_position = offsets[-1] + 1
+    for offset in order:
+        assert po.finished(offset) is True
+        unfinished.discard(offset)
+        expected = min(unfinished) if unfinished else next_position
+        assert po.commit_offset == expected
+        assert po.finished(offset) is False
+        assert po.commit_offset == expected
+        assert len(po) == len(unfinished)
+    assert po.next_offset == next_position
+    for below in {offsets[0], offsets[-1], next_position - 1}:
+        with pytest.raises(ValueError):
+            po.fetched(below)
+
+
+OPS = st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.integers(0, 2**16)), max_size=80)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.integers(0, 1000), OPS)
+def test_interleaved_fetch_and_finish_never_commits_past_a_pending_offset(
+    position: int, ops: list[tuple[bool, int, int]]
+) -> None:
+    po = PartitionOffsets()
+    pending: list[int] = []
+    last_commit: int | None = None
+    for finish, gap, pick in ops:
+        if finish and pending:
+            offset = pending.pop(pick % len(pending))
+            assert po.finished(offset)
+        else:
+            position += gap
+            po.fetched(position)
+            pending.append(position)
+            position += 1
+        commit = po.commit_offset
+        assert commit == (min(pending) if pending else position)
+        assert last_commit is None or commit >= last_commit  # monotonic in one generation
+        last_commit = commit
