@@ -30,8 +30,10 @@ rebalance_log = logging.getLogger("coordinator.rebalance")
 commit_log = logging.getLogger("coordinator.commit")
 client_log = logging.getLogger("coordinator.kafka.client")
 
-POLL_TIMEOUT = 0.1
-"""Seconds one ``consume()`` call may wait; bounds how late a command is served."""
+POLL_TIMEOUT = 0.02
+"""Seconds one ``consume()`` call may wait. librdkafka's consume(n) waits the whole timeout
+unless n records are ready, so at low rates this is the latency it adds; it also bounds how
+late a command (commit, pause) is served."""
 PROBE_INTERVAL = 2.0
 """Seconds between reachability probes while the broker is unreachable."""
 PROBE_TIMEOUT = 2.0
