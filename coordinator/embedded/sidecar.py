@@ -45,7 +45,10 @@ class SidecarProcess:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
+        socket_path: str | None = None,
     ) -> None:
+        """``socket_path`` listens on that Unix socket instead of a free loopback port."""
+        self.socket_path = socket_path
         self.bootstrap = bootstrap
         self.group = group
         self.topics = topics
@@ -63,6 +66,9 @@ class SidecarProcess:
 
     @property
     def target(self) -> str:
+        """The address to give gRPC clients (``unix:/path`` for a socket)."""
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
         return f"127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.embedded import SidecarProcess, TansuBroker, pick_free_port
+import lowwater
+from coordinator.embedded import SidecarProcess, TansuBroker, create_topic, pick_free_port
+from tests.support.broker import id_records, produce
 
 HEALTH_TIMEOUT_S = 30.0
 """Seconds for a health status to show up."""
@@ -72,3 +77,27 @@ def test_a_taken_address_exits_1_naming_it(tansu_bin: str) -> None:
             capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert f"cannot listen on {first.target}" in done.stdout + done.stderr
+
+
+def test_workers_reach_the_sidecar_over_a_unix_socket(
+    tansu_bin: str, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "lowwater.sock")
+    with TansuBroker(binary=tansu_bin) as broker:
+        create_topic(broker.bootstrap_servers, "t", 1)
+        produce(broker.bootstrap_servers, "t", id_records(20))
+        with SidecarProcess(broker.bootstrap_servers, "g", ["t"], socket_path=path) as sidecar:
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+            got: list[bytes] = []
+
+            def handle(msg: lowwater.Message) -> None:
+                got.append(msg.value)
+
+            with lowwater.Worker(sidecar.target, handle, max_in_flight=5):
+                deadline = time.monotonic() + HEALTH_TIMEOUT_S
+                while len(got) < 20:
+                    assert time.monotonic() < deadline, sidecar.log()
+                    time.sleep(0.05)
+            assert sidecar.stop() == 0
+        assert not os.path.exists(path)  # removed on shutdown
+    assert sorted(got) == sorted(r.value for r in id_records(20))
