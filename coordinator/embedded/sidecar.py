@@ -92,6 +92,16 @@ class SidecarProcess:
         return self
 
     def wait_serving(self, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
+        """Waits until ``grpc.health.v1`` reports SERVING."""
+        self.wait_health(health_pb2.HealthCheckResponse.SERVING, timeout)
+
+    def wait_health(self, status: int, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
+        """Waits until ``grpc.health.v1`` reports ``status`` (a ``ServingStatus`` value).
+
+        Raises:
+            RuntimeError: the sidecar exited meanwhile (the message carries its log).
+            TimeoutError: it did not report ``status`` within ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -99,13 +109,13 @@ class SidecarProcess:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
                 try:
-                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == status:
                         return
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"sidecar not SERVING after {timeout}s:\n{self.log()}")
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                    raise TimeoutError(f"sidecar not {name} after {timeout}s:\n{self.log()}")
                 time.sleep(0.1)
 
     def wait_assigned(self, partitions: int, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:

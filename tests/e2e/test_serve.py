@@ -9,44 +9,28 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 import lowwater
 from coordinator.embedded import SidecarProcess, TansuBroker, create_topic, pick_free_port
 from tests.support.broker import id_records, produce
 
 HEALTH_TIMEOUT_S = 30.0
-"""Seconds for a health status to show up."""
-
-
-def wait_health(target: str, want: int, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == want:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"health never became {want}")
-            time.sleep(0.1)
+"""Seconds for a log line or a result to show up."""
 
 
 def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str) -> None:
     port = pick_free_port()  # nothing listens here yet
     sidecar = SidecarProcess(f"127.0.0.1:{port}", "g", ["t"]).start(wait_serving=False)
     try:
-        wait_health(sidecar.target, health_pb2.HealthCheckResponse.NOT_SERVING)
+        sidecar.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         while "NOT_SERVING (cannot reach the broker" not in sidecar.log():
             assert time.monotonic() < deadline, sidecar.log()
             time.sleep(0.1)
         with TansuBroker(binary=tansu_bin, port=port):
-            wait_health(sidecar.target, health_pb2.HealthCheckResponse.SERVING)
+            sidecar.wait_serving()
             assert "health: SERVING" in sidecar.log()
             assert sidecar.stop() == 0, sidecar.log()
     finally:

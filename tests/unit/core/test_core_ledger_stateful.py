@@ -51,7 +51,7 @@ class LedgerMachine(LedgerModel):
 
     @precondition(lambda self: any(p for p in self.next_pos.values()))
     @rule(tp=st.sampled_from(TPS), back=st.integers(1, 5))
-    def add_below_next_position(self, tp: TopicPartition, back: int) -> None:
+    def refetch_below_next_position(self, tp: TopicPartition, back: int) -> None:
         if self.next_pos[tp] and tp not in self.revoking:
             before = self._snapshot()
             with pytest.raises(ValueError):
@@ -116,7 +116,7 @@ class LedgerMachine(LedgerModel):
     @precondition(lambda self: self.led.holders)
     @rule(pick=PICK, picks=st.lists(st.tuples(st.sampled_from(["active", "stale", "unknown"]),
                                                PICK), max_size=6))
-    def ack_many(self, pick: int, picks: list[tuple[str, int]]) -> None:
+    def packed_acks(self, pick: int, picks: list[tuple[str, int]]) -> None:
         """The packed ACK path: each id is answered as settle() would answer an ACK."""
         holder = self._holder(pick)
         ids = [self._pick_id(source, n) for source, n in picks]
