@@ -13,9 +13,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
@@ -90,13 +90,7 @@ class StopFetching:
     """Pause everything now and everything assigned later; keep polling."""
 
 
-@dataclass
-class _Call:
-    fn: Callable[[Consumer], Any]
-    done: Future[Any] = field(default_factory=Future)
-
-
-Command = Commit | Pause | StopFetching | _Call
+Command = Commit | Pause | StopFetching
 
 
 class Fetcher:
@@ -157,12 +151,6 @@ class Fetcher:
 
     def submit(self, command: Command) -> None:
         self._commands.put(command)
-
-    def call(self, fn: Callable[[Consumer], Any]) -> Future[Any]:
-        """Runs ``fn(consumer)`` on the fetcher thread; the future holds its result."""
-        call = _Call(fn)
-        self._commands.put(call)
-        return call.done
 
     def ingested(self, count: int) -> None:
         """The sink took ``count`` handed records in (call from one thread only)."""
@@ -247,14 +235,9 @@ class Fetcher:
                 self._commit(consumer, command)
             elif isinstance(command, Pause):
                 self._pause(consumer, command)
-            elif isinstance(command, StopFetching):
+            else:
                 self._stopped_fetching = True
                 self._pause_all(consumer)
-            else:
-                try:
-                    command.done.set_result(command.fn(consumer))
-                except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
-                    command.done.set_exception(exc)
 
     def _current(self, points: list[CommitPoint]) -> list[CommitPoint]:
         """Drops points whose generation is no longer the partition's current one."""
