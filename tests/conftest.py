@@ -1,7 +1,9 @@
 """Shared fixtures: a Kafka for the session, fresh topics, the librdkafka mock cluster, grpcurl.
 
 Kafka comes from `LOWWATER_TEST_BOOTSTRAP` when it is set (topics are still created with the
-admin API), and otherwise from one Tansu broker started for the whole session. Tests that use
+admin API); from librdkafka's mock cluster, hosted in this process, when `LOWWATER_TEST_KAFKA`
+is `mock` (a second, independent Kafka implementation: topics always get 4 partitions); and
+otherwise from one Tansu broker started for the whole session. Tests that use
 a Kafka fixture get the `kafka` marker automatically, so `-m "not kafka"` deselects them.
 
 When the `CI` environment variable is set, a missing tool is a failure, never a skip.
@@ -34,6 +36,9 @@ from tests.support.broker import (
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "new_topic", "private_tansu", "tansu_bin"})
 """Fixtures that need a Kafka-protocol broker: tests using them get the `kafka` marker."""
 
+MOCK_ENV = "LOWWATER_TEST_KAFKA"
+"""Set to `mock` to run the session against librdkafka's mock cluster instead of Tansu."""
+
 TOPIC_NAME_CHARS = 40
 """How much of the test's name goes into the topic names it creates (for broker-side triage)."""
 
@@ -45,10 +50,27 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def use_mock() -> bool:
+    """Whether the session runs against librdkafka's mock cluster."""
+    return os.environ.get(MOCK_ENV, "").strip().lower() == "mock"
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which Kafka the session uses."""
     target = external_bootstrap()
-    return f"kafka: {BOOTSTRAP_ENV}={target}" if target else "kafka: Tansu started per session"
+    if target:
+        return f"kafka: {BOOTSTRAP_ENV}={target}"
+    return "kafka: librdkafka mock cluster" if use_mock() else "kafka: Tansu started per session"
+
+
+@pytest.fixture(scope="session")
+def session_mock() -> Iterator[MockCluster | None]:
+    """The session's mock cluster when `LOWWATER_TEST_KAFKA=mock`, else None."""
+    if not use_mock() or external_bootstrap():
+        yield None
+        return
+    with MockCluster(num_brokers=3) as cluster:
+        yield cluster
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,7 +93,11 @@ def tansu_bin() -> str:
 def kafka_bootstrap(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """Bootstrap servers of the session's Kafka: LOWWATER_TEST_BOOTSTRAP, or a Tansu broker."""
+    """Bootstrap servers of the session's Kafka: LOWWATER_TEST_BOOTSTRAP, the mock, or Tansu."""
+    mock: MockCluster | None = request.getfixturevalue("session_mock")
+    if mock is not None:
+        yield mock.bootstrap_servers
+        return
     target = external_bootstrap()
     if target is not None:
         try:
@@ -102,16 +128,22 @@ def private_tansu(tansu_bin: str, tmp_path: Path) -> Iterator[TansuBroker]:
 
 
 @pytest.fixture
-def new_topic(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Iterator[TopicFactory]:
+def new_topic(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, session_mock: MockCluster | None
+) -> Iterator[TopicFactory]:
     """A factory: `new_topic(partitions=4)` creates a uniquely named topic and returns its name.
 
-    The topics are deleted after the test (best effort).
+    The topics are deleted after the test (best effort). On the mock cluster, which cannot
+    create or delete topics, a metadata request auto-creates it with 4 partitions.
     """
     created: list[str] = []
     stem = re.sub(r"[^a-zA-Z0-9._-]+", "-", request.node.name)[:TOPIC_NAME_CHARS].strip("-")
 
     def make(partitions: int = 4) -> str:
         name = unique_name(f"lw-{stem}")
+        if session_mock is not None:
+            session_mock.create_topic(name, partitions)  # ValueError unless 4 partitions
+            return name
         create_topic(kafka_bootstrap, name, partitions)
         created.append(name)
         return name

@@ -85,7 +85,7 @@ class SidecarProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(self.env or {})},
+                env={**_inherited_env(), **(self.env or {})},
             )
         if wait_serving:
             self.wait_serving()
@@ -162,3 +162,9 @@ class SidecarProcess:
             self.stop()
         finally:
             self.kill()
+
+
+def _inherited_env() -> dict[str, str]:
+    """This process's environment, less the test suite's own ``LOWWATER_TEST_*`` variables
+    (the sidecar would warn that they are no settings)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOWWATER_TEST_")}
