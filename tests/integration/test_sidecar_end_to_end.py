@@ -81,13 +81,14 @@ async def test_kill_9_mid_run_loses_nothing(kafka_bootstrap: str, new_topic: Top
             killed_at = len(book.processed)
             second = SidecarProcess(kafka_bootstrap, group, [topic])
             second.port = port  # the worker reconnects to the same address
-            with second:
-                try:
-                    await wait_processed(book, expected, timeout=60)
-                    await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
-                except AssertionError:
-                    print("FIRST", first.log(80), "SECOND", second.log(200), sep="\n")
-                    raise
+            # Blocking calls go to a thread: the workers share this event loop.
+            await asyncio.to_thread(second.start)
+            try:
+                await wait_processed(book, expected)
+                await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
+            finally:
+                await asyncio.to_thread(second.stop)
+                second.kill()
     finally:
         first.kill()
     assert killed_at < N, "the kill came too late to test anything"
@@ -111,12 +112,14 @@ async def test_two_sidecars_share_a_group_and_lose_nothing_across_rebalances(
                                         max_in_flight=100):
             while len(book.processed) < N // 4:
                 await asyncio.sleep(0.05)
-            b.start()  # rebalance: a gives up some partitions with records in flight
+            # Blocking calls go to a thread: the workers share this event loop.
+            await asyncio.to_thread(b.start)  # rebalance: a gives up partitions in flight
             async with lowwater.AsyncWorker(b.target, make_handler(book, max_delay=0.01, seed=4),
                                             max_in_flight=100):
                 while len(book.processed) < N // 2:
                     await asyncio.sleep(0.05)
-                assert a.stop() == 0, a.log()  # rebalance again: b takes everything
+                # Rebalance again: b takes everything.
+                assert await asyncio.to_thread(a.stop) == 0, a.log()
                 await wait_processed(book, expected)
                 await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
     finally:

@@ -85,6 +85,10 @@ class HandlerPool:
     def withdraw(self, msg_ids: Container[int] | None) -> list[Message]:
         return withdraw_queued(self._queue, msg_ids)
 
+    def withdraw_revoked(self, msg_ids: Container[int]) -> list[Message]:
+        """Keeps them all: a runner is free for each, so they start and settle in time."""
+        return []
+
     # -- engine -------------------------------------------------------------
 
     def limits(self) -> tuple[int, int]:

@@ -51,6 +51,16 @@ class Sink(Protocol):
         """Removes and returns deliveries not yet started; all of them when ``msg_ids`` is None."""
         ...
 
+    def withdraw_revoked(self, msg_ids: Container[int]) -> list[Message]:
+        """A revoke of ``msg_ids`` was announced: removes and returns those not to start at all.
+
+        The ones left queued may still start until the revoke deadline, when the session
+        withdraws what is left of them. A sink that starts every delivery at once keeps them:
+        they settle in time, and an unsettled withdrawn delivery would keep its lease, and the
+        sidecar's rebalance, waiting until that deadline.
+        """
+        ...
+
 
 def withdraw_queued(
     queue: collections.deque[Message], msg_ids: Container[int] | None
@@ -143,6 +153,8 @@ class Session:
         self._cancelled_by_us = False
         self._drain_deadline = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        """Revoke deadlines (see :meth:`_on_revoking`), cancelled when the stream ends."""
 
     # -- any thread -------------------------------------------------------
 
@@ -314,16 +326,55 @@ class Session:
         )
 
     def _on_revoking(self, revoking: pb.PartitionsRevoking) -> None:
-        withdrawn = self._sink.withdraw(set(revoking.msg_ids))
+        """Deliveries of revoked partitions: running ones settle; the sink decides about the others.
+
+        Those the sink keeps queued may start until the deadline (a handler pool starts them at
+        once); at the deadline whatever has not started is withdrawn, unsettled: a settlement
+        would come too late (STALE), and the next owner of the partition delivers it again.
+        Withdrawn deliveries are never settled: no outcome hands a delivery back without
+        counting it as an attempt (RETRY may dead-letter it), so their leases stay out until the
+        deadline, when the sidecar releases them.
+        """
+        msg_ids = set(revoking.msg_ids)
+        partitions = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoking.partitions)
+        deadline = revoking.deadline.seconds + revoking.deadline.nanos / 1e9
+        if deadline > 0:
+            withdrawn = self._sink.withdraw_revoked(msg_ids)
+            now = self._loop.time()
+            self._timers = [t for t in self._timers if t.when() > now]  # forget past ones
+            self._timers.append(
+                self._loop.call_later(deadline, self._revoke_deadline, msg_ids, partitions)
+            )
+        else:  # the sidecar is not waiting: settlements would be STALE already
+            withdrawn = self._sink.withdraw(msg_ids)
         for msg in withdrawn:
             self._outstanding.pop(msg._id, None)
-        partitions = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoking.partitions)
         _log.info(
-            "sidecar revoking %s: %d delivery(ies) not started were dropped, %d to settle",
+            "sidecar revoking %s: %d delivery(ies) not started were dropped,"
+            " %d to settle within %.1f s",
             partitions,
             len(withdrawn),
-            len(revoking.msg_ids) - len(withdrawn),
+            len(msg_ids) - len(withdrawn),
+            max(deadline, 0.0),
         )
+        if self._closing and not self._outstanding:
+            self._idle.set()
+
+    def _revoke_deadline(self, msg_ids: set[int], partitions: str) -> None:
+        """The revoke deadline has passed: deliveries of ``msg_ids`` not started are dropped."""
+        if self._done:
+            return
+        withdrawn = self._sink.withdraw(msg_ids)
+        for msg in withdrawn:
+            self._outstanding.pop(msg._id, None)
+        if withdrawn:
+            _log.info(
+                "revoke deadline of %s passed on stream %s: %d delivery(ies) not started"
+                " were dropped",
+                partitions,
+                self.stream_id,
+                len(withdrawn),
+            )
         if self._closing and not self._outstanding:
             self._idle.set()
 
@@ -417,6 +468,8 @@ class Session:
         self._done = True
         for task in self._tasks:
             task.cancel()
+        for timer in self._timers:
+            timer.cancel()
         self._cancel_call()
         self._sink.withdraw(None)
         self._outstanding.clear()

@@ -58,6 +58,10 @@ class _Buffer:
     def withdraw(self, msg_ids: Container[int] | None) -> list[Message]:
         return withdraw_queued(self._queue, msg_ids)
 
+    def withdraw_revoked(self, msg_ids: Container[int]) -> list[Message]:
+        """Withdraws them at once: the user takes messages at their own pace, maybe too late."""
+        return self.withdraw(msg_ids)
+
 
 class _AsyncBuffer(_Buffer):
     """A buffer read by coroutines on the same event loop."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -235,3 +236,73 @@ def test_revoking(run: Run, in_time: bool) -> None:
     else:  # the first delivery's settlement came after the generation ended
         assert fake.rejections == [(fake.deliveries[0].msg_id, "STALE")]
         assert [d.attempt for d in fake.deliveries] == [1, 1]
+
+
+
+
+@pytest.mark.parametrize("deadline_passes", [False, True])
+def test_revoking_runs_deliveries_not_started_yet(
+    run: Run, caplog: pytest.LogCaptureFixture, deadline_passes: bool
+) -> None:
+    """Deliveries queued when a revoke is announced may start until its deadline, then are dropped.
+
+    Dropping them unsettled at once would leave their leases out until the revoke deadline (or
+    until they lapse): the sidecar's rebalance would wait that long for them. Here, as in a
+    worker whose event loop was blocked, the first deliveries' leases lapsed while their
+    handlers ran, so the redeliveries wait for a free handler when the revoke comes.
+    """
+    n = 10
+    loop_blocked, unblock = threading.Event(), threading.Event()
+    release = asyncio.Event()
+    started: list[tuple[int, int]] = []
+    deadline = timedelta(milliseconds=300) if deadline_passes else timedelta(seconds=5)
+
+    async def handler(msg: Message) -> None:
+        started.append((msg.offset, msg.attempt))
+        if msg.attempt == 1:
+            if msg.offset == n - 1:
+                loop_blocked.set()
+                unblock.wait(WAIT.total_seconds())  # blocks the event loop: leases lapse
+            await release.wait()
+
+    def sidecar_side(fake: FakeSidecar) -> None:
+        assert loop_blocked.wait(WAIT.total_seconds())
+        fake.wait_until(lambda: len(fake.deliveries) == 2 * n, timeout=WAIT, what="redeliveries")
+        fake.revoke("t", 0, deadline)
+        time.sleep(0.1)  # the notice reaches the worker's socket before its loop runs again
+        unblock.set()
+
+    def logged(text: str) -> Callable[[], bool]:
+        return lambda: any(text in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> FakeSidecar:
+        async with FakeSidecar(lease=timedelta(milliseconds=500)) as fake:
+            refs = [fake.publish(topic="t", value=b"v", partition=0) for _ in range(n)]
+            side = threading.Thread(target=sidecar_side, args=(fake,), daemon=True)
+            side.start()
+            async with AsyncWorker(fake.target, handler, max_in_flight=n):
+                await asyncio.to_thread(side.join, WAIT.total_seconds())
+                await _until(logged("revoking t[0]: 0 delivery(ies) not started were dropped"))
+                if deadline_passes:
+                    await _until(logged(f"revoke deadline of t[0] passed on stream stream-1: {n}"))
+                release.set()  # the first attempts end; their settlements come too late
+                await fake.wait_until_async(
+                    lambda: all(fake.outcome(r) == "ACK" for r in refs),
+                    timeout=WAIT, what="every record ACKed",
+                )
+            return fake
+
+    caplog.set_level(logging.INFO, logger="lowwater.connection")
+    fake = run(scenario())
+    assert fake.lapses == n
+    assert sorted(status for _, status in fake.rejections) == ["ALREADY_SETTLED"] * n
+    if deadline_passes:
+        # Never started: the next generation delivered the records again, from attempt 1.
+        assert len(fake.deliveries) == 3 * n
+        assert sorted(started) == sorted([(i, 1) for i in range(n)] * 2)
+        expected = [(i, 1) for i in range(n)]
+    else:
+        # Settled in time: the revoke did not wait for them, nothing was delivered a third time.
+        assert len(fake.deliveries) == 2 * n
+        expected = [(i, 2) for i in range(n)]
+    assert sorted((s.record.offset, s.attempt) for s in fake.settlements) == expected
