@@ -18,9 +18,11 @@ from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.policy import RetryPolicy
 
 TPS = (TopicPartition("t", 0), TopicPartition("t", 1))
-TIMES = LeaseTimes(default=10.0, maximum=50.0)
+TIMES = LeaseTimes(default=20.0, maximum=50.0)
 POLICY = RetryPolicy(default_delay=2.0, max_delay=20.0, max_attempts=3)
 CAP = 6
+RESUME_BELOW = 4
+"""80% of CAP: a paused partition resumes once fewer than this many records are pending."""
 FINISHING = {Outcome.ACK, Outcome.DROP, Outcome.ALREADY_PROCESSED}
 OK = SettleStatus.OK
 
@@ -45,6 +47,7 @@ class LedgerModel(RuleBasedStateMachine):
         self.committed: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
         self.sent: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
         self.revoking: set[TopicPartition] = set()
+        self.paused = dict.fromkeys(TPS, False)
         self.active: dict[int, Active] = {}
         self.settled: set[int] = set()
         self.stale: set[int] = set()
@@ -57,6 +60,10 @@ class LedgerModel(RuleBasedStateMachine):
         self.led.open_holder("s1", "w1", 4, 80)
         for tp in TPS:
             self._assign(tp)
+            for offset in (0, 1, 3):  # something to lease from the first step on
+                assert self.led.add(tp, offset, 10, None, self.now)
+                self.pending[tp].add(offset)
+            self.next_pos[tp] = self.fetch_pos[tp] = 4
 
     # -- model helpers ------------------------------------------------------
 
@@ -111,7 +118,8 @@ class LedgerModel(RuleBasedStateMachine):
 
     def _collect_handoffs(self) -> None:
         for rec, reason in self.led.take_handoffs():
-            assert rec.state is State.HANDOFF and reason
+            assert rec.state is State.HANDOFF
+            assert "dead-lettered" in reason or rec.attempt == POLICY.max_attempts, reason
             assert rec.part.generation == self.gen[rec.part.tp]
             self.handoffs.append(rec)
 
@@ -128,7 +136,7 @@ class LedgerModel(RuleBasedStateMachine):
             assert rec.offset in self.pending[rec.part.tp] and rec.state is State.LEASED
             key = (rec.part.generation, rec.offset)
             self.leased_times[key] = self.leased_times.get(key, 0) + 1
-            assert lease.attempt == self.leased_times[key]
+            assert lease.attempt == self.leased_times[key] <= POLICY.max_attempts
             assert lease.deadline == self.now + TIMES.default
             self.active[lease.msg_id] = Active(holder.name, rec.part.tp, rec.offset, lease.deadline)
         if len(leases) < limit:  # stopped early: nothing deliverable, or no credit for it
@@ -151,6 +159,17 @@ class LedgerModel(RuleBasedStateMachine):
         if outcome in FINISHING:
             self.pending[done.tp].remove(done.offset)
         self._collect_handoffs()
+
+    def _extend(self, holder: Holder, msg_id: int, extension: float | None, times: int) -> None:
+        """Extends ``times`` times at once (a msg_id repeated in one LeaseExtension)."""
+        expected, before = self._expect(msg_id, holder), self._snapshot()
+        for _ in range(times):
+            assert self.led.extend(holder, msg_id, extension, self.now) is expected
+        if expected is OK:
+            span = TIMES.default if extension is None else min(max(extension, 0.0), TIMES.maximum)
+            self.active[msg_id].deadline = self.now + span  # may repeat an earlier deadline
+        else:
+            assert self._snapshot() == before
 
     def _tick(self, now: float) -> None:
         self.now = now
@@ -180,7 +199,9 @@ class LedgerModel(RuleBasedStateMachine):
         old = self.gen[tp]
         if old is not None:
             self._drop_generation(tp)
+        self.led.take_gate_changes()  # the old generation's, as the engine does on revoke
         part = self.led.assign(tp, self.committed[tp])
+        self.paused[tp] = False
         assert part.generation > max((g for g in self.gen.values() if g), default=0)
         assert old is None or part.generation > old
         self.gen[tp], self.sent[tp] = part.generation, self.committed[tp]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from core_ledger_model import CAP, OK, TIMES, TPS, LedgerModel
+from core_ledger_model import CAP, OK, RESUME_BELOW, TPS, LedgerModel
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
+from coordinator.core.flow import GateChange
 from coordinator.core.ledger import State
 from coordinator.core.model import Outcome, TopicPartition
 
@@ -22,6 +23,7 @@ SOAK = os.environ.get("HYPOTHESIS_PROFILE") == "soak"
 PICK = st.integers(0, 2**16)
 DELAY = st.one_of(st.none(), st.floats(-1.0, 30.0))
 TP_SETS = st.sets(st.sampled_from(TPS), min_size=1)
+SOURCES = ["own", "own", "active", "stale", "settled", "unknown"]
 RARELY = st.integers(0, 3).map(lambda n: n == 3)
 """Destructive rules act one time in four (and not on the simplest draw, 0)."""
 
@@ -91,13 +93,21 @@ class LedgerMachine(LedgerModel):
         self._collect_handoffs()
 
     @precondition(lambda self: self.led.holders)
-    @rule(pick=PICK, outcomes=st.lists(st.sampled_from(Outcome), max_size=6),
-          keep=st.integers(0, 3), delay=DELAY)
-    def work(self, pick: int, outcomes: list[Outcome], keep: int, delay: float | None) -> None:
-        """A holder leases what it may (up to the limit) and settles all but ``keep``."""
+    @rule(pick=PICK, limit=st.integers(1, 6), outcomes=st.lists(st.sampled_from(Outcome),
+                                                                  max_size=6), delay=DELAY,
+          extend=st.booleans(), extension=st.sampled_from([None, 0.0, 5.0, 60.0]))
+    def work(self, pick: int, limit: int, outcomes: list[Outcome], delay: float | None,
+             extend: bool, extension: float | None) -> None:
+        """A holder leases up to ``limit`` records, settles the first few and keeps the rest,
+        maybe extending each kept lease twice (a msg_id repeated in one LeaseExtension)."""
         holder = self._holder(pick)
-        for lease, outcome in zip(self._lease(holder, len(outcomes) + keep), outcomes):
+        leases = self._lease(holder, limit)
+        for lease, outcome in zip(leases, outcomes):
             self._settle(holder, lease.msg_id, outcome, delay)
+        for lease in leases[len(outcomes):] if extend else ():
+            self._extend(holder, lease.msg_id, extension, 2)
+
+    work_more = work  # listed twice, like add_records
 
     @precondition(lambda self: self.active)
     @rule(who=st.sampled_from(["owner", "owner", "other", "none"]),
@@ -114,12 +124,15 @@ class LedgerMachine(LedgerModel):
         self._settle(self._who(msg_id, who, pick), msg_id, outcome, None)
 
     @precondition(lambda self: self.led.holders)
-    @rule(pick=PICK, picks=st.lists(st.tuples(st.sampled_from(["active", "stale", "unknown"]),
-                                               PICK), max_size=6))
-    def packed_acks(self, pick: int, picks: list[tuple[str, int]]) -> None:
-        """The packed ACK path: each id is answered as settle() would answer an ACK."""
+    @rule(pick=PICK, limit=st.integers(0, 6),
+          picks=st.lists(st.tuples(st.sampled_from(SOURCES), PICK), max_size=8))
+    def packed_acks(self, pick: int, limit: int, picks: list[tuple[str, int]]) -> None:
+        """A holder leases, then ACKs a packed mix of its own, foreign, stale and unknown ids."""
         holder = self._holder(pick)
-        ids = [self._pick_id(source, n) for source, n in picks]
+        self._lease(holder, limit)
+        own = sorted(holder.leases)
+        ids = [own[n % len(own)] if source == "own" and own else self._pick_id(source, n)
+               for source, n in picks]
         expected = []
         for msg_id in ids:
             status = self._expect(msg_id, holder)
@@ -132,23 +145,22 @@ class LedgerMachine(LedgerModel):
 
     @rule(source=st.sampled_from(["active", "active", "settled", "stale", "unknown"]),
           who=st.sampled_from(["owner", "owner", "other"]),
-          extension=st.one_of(st.none(), st.floats(-5.0, 100.0)), pick=PICK)
-    def extend(self, source: str, who: str, extension: float | None, pick: int) -> None:
+          extension=st.one_of(st.sampled_from([None, 0.0, 60.0]), st.floats(-5.0, 100.0)),
+          times=st.integers(1, 2), pick=PICK)
+    def extend(self, source: str, who: str, extension: float | None, times: int,
+               pick: int) -> None:
+        """Extends a lease, maybe twice at once (a msg_id repeated in one LeaseExtension)."""
         msg_id = self._pick_id(source, pick)
         holder = self._who(msg_id, who, pick)
-        if holder is None:
-            return
-        expected, before = self._expect(msg_id, holder), self._snapshot()
-        assert self.led.extend(holder, msg_id, extension, self.now) is expected
-        if expected is OK:
-            span = TIMES.default if extension is None else min(max(extension, 0.0), TIMES.maximum)
-            self.active[msg_id].deadline = self.now + span  # may repeat an earlier deadline
-        else:
-            assert self._snapshot() == before
+        if holder is not None:
+            self._extend(holder, msg_id, extension, times)
 
-    @rule(dt=st.one_of(st.floats(0.0, 5.0), st.floats(5.0, 60.0)))
-    def tick(self, dt: float) -> None:
+    @rule(dt=st.one_of(st.floats(0.0, 4.0), st.floats(4.0, 60.0)), hand_off=st.booleans())
+    def tick(self, dt: float, hand_off: bool) -> None:
+        """Time passes; unless ``hand_off`` is False, the dead-letter path takes what it got."""
         self._tick(self.now + dt)
+        while hand_off and self.handoffs:
+            self._finish_handoff(self.handoffs[0])
 
     @precondition(lambda self: self.handoffs)
     @rule(pick=PICK)
@@ -251,6 +263,18 @@ class LedgerMachine(LedgerModel):
         self.points_out.extend(points)
 
     @invariant()
+    def gates_pause_at_the_cap_and_resume_below_80_percent(self) -> None:
+        changes = dict(self.led.take_gate_changes())  # the last change per partition
+        for tp in TPS:
+            if self.gen[tp] is None:
+                continue
+            count, was = len(self.pending[tp]), self.paused[tp]  # counts move one way a step
+            self.paused[tp] = count >= CAP or (was and count >= RESUME_BELOW)
+            assert self.led.partitions[tp].gate.paused == self.paused[tp]
+            change = GateChange.PAUSE if self.paused[tp] else GateChange.RESUME
+            assert changes.get(tp) is (change if self.paused[tp] != was else None)
+
+    @invariant()
     def holders_stay_within_their_credits(self) -> None:
         for holder in self.led.holders.values():
             mine = {m for m, a in self.active.items() if a.holder == holder.name}
@@ -262,10 +286,10 @@ class LedgerMachine(LedgerModel):
 
     @invariant()
     def every_pending_record_is_in_exactly_one_place(self) -> None:
-        ready = [id(r) for r in self.led._ready if r.state is State.READY]
-        assert len(ready) == len(set(ready)) == self.led.ready_count
-        delayed = {id(r) for _, _, r in self.led._delayed}
-        handoffs = {id(r) for r in self.handoffs}
+        queued = [id(r) for r in self.led._ready if r.state is State.READY]
+        assert len(queued) == len(set(queued)) == self.led.ready_count  # each READY one once
+        where = {State.READY: set(queued), State.DELAYED: {id(r) for _, _, r in self.led._delayed},
+                 State.HANDOFF: {id(r) for r in self.handoffs}}
         for tp in TPS:
             part = self.led.partitions.get(tp)
             if part is None:
@@ -278,16 +302,13 @@ class LedgerMachine(LedgerModel):
                 if state is State.LEASED:
                     a = self.active[rec.lease.msg_id]
                     assert (a.tp, a.offset, rec.lease.deadline) == (tp, rec.offset, a.deadline)
-                else:
-                    where = {State.READY: set(ready), State.DELAYED: delayed,
-                             State.HANDOFF: handoffs}.get(state)
-                    assert id(rec) in where if where is not None else (
-                        state is State.PARKED and part.revoking)
-            paused, count = part.gate.paused, len(part.records)
-            assert count >= part.gate.resume_below if paused else count < CAP
-        in_parts = sum(1 for p in self.led.partitions.values() for r in p.records.values()
-                       if r.state is State.READY)
-        assert in_parts == self.led.ready_count
+                elif state is State.PARKED:
+                    assert part.revoking
+                else:  # READY, DELAYED or HANDOFF (never DONE while pending)
+                    assert id(rec) in where[state]
+        ready = sum(r.state is State.READY for p in self.led.partitions.values()
+                    for r in p.records.values())
+        assert ready == self.led.ready_count
         assert len(self.led._table) == len(self.active)
 
 
