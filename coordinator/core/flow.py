@@ -72,6 +72,7 @@ class PauseGate:
         if cap < 1:
             raise ValueError(f"max_pending_per_partition must be at least 1, got {cap}")
         self.cap = cap
+        # Rounded down (cap 11 resumes below 8, not below 8.8): never later than the ratio says.
         self.resume_below = max(1, int(cap * RESUME_RATIO))
         self.paused = False
 

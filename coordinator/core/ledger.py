@@ -94,9 +94,12 @@ class Ledger:
                 it can check commits against it); by default the ledger's own.
         """
         old = self.partitions.get(tp)
-        if old is not None:
-            self._drop(old)
         gen = next(self._generations) if generation is None else generation
+        if old is not None:
+            if gen <= old.generation:
+                raise ValueError(
+                    f"generation {gen} of {tp} is not newer than its current {old.generation}")
+            self._drop(old)
         part = PartitionState(tp, gen, committed, self._cap)
         self.partitions[tp] = part
         return part
@@ -138,13 +141,19 @@ class Ledger:
 
     def _drop(self, part: PartitionState) -> None:
         part.revoking = part.revoked = True
+        queued = 0
         for rec in part.records.values():
             if rec.state is LEASED and rec.lease is not None:
                 self._unlease(rec.lease, SettleStatus.STALE)
             elif rec.state is READY:
-                self.ready_count -= 1
+                queued += 1
             rec.state = DONE
         part.records.clear()
+        if queued:  # compact now: with no worker to pop them, dead entries would pile up
+            self.ready_count -= queued
+            self._ready = deque(r for r in self._ready if r.state is READY)
+        # A pause or resume queued for this generation must not reach the next one.
+        self._gate_changes = [(tp, c) for tp, c in self._gate_changes if tp != part.tp]
 
     # -- records ----------------------------------------------------------
 
@@ -214,8 +223,13 @@ class Ledger:
         return len(leases)
 
     def lease(self, holder: Holder, now: float, limit: int) -> list[Lease]:
-        """Leases ready records to ``holder``, within its credits and ``limit``."""
+        """Leases ready records to ``holder``, within its credits and ``limit``.
+
+        A holder that was closed gets nothing.
+        """
         out: list[Lease] = []
+        if self.holders.get(holder.name) is not holder:
+            return out
         ready, credits, table = self._ready, holder.credits, self._table
         deadline = now + self.lease_times.default
         while ready and len(out) < limit:

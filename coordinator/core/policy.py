@@ -48,6 +48,9 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.default_delay < 0 or self.max_delay < 0:
             raise ValueError("retry delays must not be negative")
+        if self.default_delay > self.max_delay:
+            raise ValueError(
+                f"default_delay {self.default_delay}s exceeds max_delay {self.max_delay}s")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
 

@@ -405,3 +405,46 @@ def test_invalid_configuration_is_rejected_up_front() -> None:
         LeaseTimes(default=60.0, maximum=30.0)
     with pytest.raises(ValueError, match="leases"):
         LeaseTimes(default=0.0)
+
+
+def test_reassigning_a_live_partition_drops_its_queued_pause() -> None:
+    led = Ledger(max_pending_per_partition=2)
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1)  # at the cap: a PAUSE is queued for this generation
+    led.assign(TP0)  # a new generation before anyone took the change
+    assert led.take_gate_changes() == []
+    assert not led.partitions[TP0].gate.paused
+
+
+def test_a_generation_must_be_newer_than_the_current_one() -> None:
+    led = Ledger()
+    led.assign(TP0, generation=5)
+    with pytest.raises(ValueError, match="not newer"):
+        led.assign(TP0, generation=5)
+    led.assign(TP0, generation=6)
+    assert led.partitions[TP0].generation == 6
+
+
+def test_a_closed_holder_is_leased_nothing() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0)
+    h = led.open_holder("s1", "w", 10)
+    led.close_holder("s1", 0.0)
+    assert led.lease(h, 0.0, 10) == []
+    assert led.ready_count == 1
+
+
+def test_revoked_records_leave_the_ready_queue_at_once() -> None:
+    led = Ledger()
+    for _ in range(3):  # rebalances with no worker attached
+        led.assign(TP0)
+        fetch(led, TP0, *range(100))
+        led.revoke([TP0])
+    assert led.ready_count == 0
+    assert len(led._ready) == 0  # the queue itself must not keep dead records
+
+
+def test_retry_policy_refuses_a_default_above_the_maximum() -> None:
+    with pytest.raises(ValueError, match="exceeds max_delay"):
+        RetryPolicy(default_delay=10.0, max_delay=5.0)
