@@ -37,7 +37,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await context.abort_with_status(
                 invalid_argument("open", "the first request must carry `open` and nothing else"))
         if self._engine.draining:
-            await context.abort_with_status(unavailable("the sidecar is draining"))
+            await context.abort_with_status(
+                unavailable("the sidecar is draining", reason="DRAINING"))
         flow = first.open.flow_control
         worker_id = first.open.worker_id or context.peer()
         try:

@@ -24,9 +24,9 @@ def invalid_argument(field: str, description: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def unavailable(reason: str) -> grpc.Status:
-    """UNAVAILABLE with the reason as ``ErrorInfo``; clients retry with backoff."""
+def unavailable(message: str, *, reason: str) -> grpc.Status:
+    """UNAVAILABLE with an ``ErrorInfo`` detail (``reason`` like ``DRAINING``); clients retry."""
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason="DRAINING", domain="lowwater"))
-    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=reason, details=[detail])
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="lowwater"))
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[detail])
     return rpc_status.to_status(status)
