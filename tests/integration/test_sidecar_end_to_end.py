@@ -114,6 +114,9 @@ async def test_two_sidecars_share_a_group_and_lose_nothing_across_rebalances(
                 await asyncio.sleep(0.05)
             # Blocking calls go to a thread: the workers share this event loop.
             await asyncio.to_thread(b.start)  # rebalance: a gives up partitions in flight
+            # Let that rebalance finish before a leaves: Tansu can hold a join that races a
+            # leave for the whole rebalance timeout (seen: b never assigned in 3 minutes).
+            await asyncio.to_thread(b.wait_assigned, 1)
             async with lowwater.AsyncWorker(b.target, make_handler(book, max_delay=0.01, seed=4),
                                             max_in_flight=100):
                 while len(book.processed) < N // 2:
