@@ -185,10 +185,13 @@ class Engine:
                 session.wake.set()
         waited = await self._wait(lambda: self.ledger.in_flight(tps) == 0, timeout)
         if not waited:
-            rebalance_log.warning(
-                "revoke: %d lease(s) still out after %.1fs; their records go to the next owner",
-                self.ledger.in_flight(tps), timeout,
-            )
+            out = self.ledger.in_flight(tps)
+            if lost:
+                rebalance_log.warning("lost partitions: %d lease(s) released unsettled", out)
+            else:
+                rebalance_log.warning(
+                    "revoke: %d lease(s) still out after %.1fs; their records go to the next "
+                    "owner", out, timeout)
         final = self.ledger.revoke(tps)
         self._after_change()
         return [] if lost else final
