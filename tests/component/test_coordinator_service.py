@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -15,18 +13,12 @@ from grpc_status import rpc_status
 from coordinator.core.model import TopicPartition
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
+from tests.support.aio import async_test
 
 from .harness import Harness, harness
 
 READ_TIMEOUT = 5.0
 """Seconds a test waits for a stream message before failing."""
-
-
-def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(fn(*args, **kwargs))
-    return run
 
 
 class RawStream:

@@ -8,9 +8,6 @@ processed and that the group's committed offsets reached the log end.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import lowwater
 from coordinator.embedded import SidecarProcess
@@ -21,17 +18,11 @@ from tests.integration.workload import (
     wait_committed_to_end,
     wait_processed,
 )
+from tests.support.aio import async_test
 from tests.support.broker import OutRecord, TopicFactory, produce, unique_name
 
 N = 10_000
 """Records per run, over 4 partitions (as the issue asks)."""
-
-
-def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(fn(*args, **kwargs))
-    return run
 
 
 @async_test
