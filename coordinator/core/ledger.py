@@ -141,6 +141,9 @@ class Ledger:
 
     def _drop(self, part: PartitionState) -> None:
         part.revoking = part.revoked = True
+        for holder in self.holders.values():  # a revoked delivery is not settled: stop charging
+            for msg_id in [m for m, rec in holder.lapsed.items() if rec.part is part]:
+                self._answered(holder, msg_id)
         queued = 0
         for rec in part.records.values():
             if rec.state is LEASED and rec.lease is not None:
@@ -220,6 +223,7 @@ class Ledger:
         leases = list(holder.leases.values())
         for lease in leases:
             self._lapse(lease, "its stream closed", now)
+        holder.lapsed.clear()
         return len(leases)
 
     def lease(self, holder: Holder, now: float, limit: int) -> list[Lease]:
@@ -279,6 +283,8 @@ class Ledger:
         """
         lease = self._table.get(msg_id)
         if lease is None:
+            if holder is not None:
+                self._answered(holder, msg_id)
             return self._table.recall(msg_id)
         if holder is None:
             if not lease.holder.pull:
@@ -301,12 +307,14 @@ class Ledger:
         """
         table = self._table
         get, release = table.get, table.release
-        leases, credits = holder.leases, holder.credits
+        leases, credits, lapsed = holder.leases, holder.credits, holder.lapsed
         rejected: list[tuple[int, SettleStatus]] = []
         paused: set[PartitionState] = set()
         for msg_id in msg_ids:
             lease = get(msg_id)
             if lease is None:
+                if lapsed:
+                    self._answered(holder, msg_id)
                 rejected.append((msg_id, table.recall(msg_id)))
                 continue
             if lease.holder is not holder:
@@ -401,9 +409,19 @@ class Ledger:
         rec.lease = None
 
     def _lapse(self, lease: Lease, why: str, now: float) -> None:
-        rec = lease.record
+        rec, holder = lease.record, lease.holder
         self._unlease(lease, SettleStatus.ALREADY_SETTLED)
+        if not holder.pull and self.holders.get(holder.name) is holder:
+            holder.credits.take(rec.size)  # still charged: see Holder.lapsed
+            holder.lapsed[lease.msg_id] = rec
         self._apply(rec, self.policy.on_lapse(lease.attempt, why), now)
+
+    def _answered(self, holder: Holder, msg_id: int) -> None:
+        """``holder`` answered for ``msg_id``, which holds no lease: if it had lapsed on this
+        holder, the holder no longer holds it, and its credit returns."""
+        rec = holder.lapsed.pop(msg_id, None)
+        if rec is not None:
+            holder.credits.give(rec.size)
 
     def _apply(self, rec: Record, decision: Decision, now: float) -> None:
         if decision.action is _FINISH:

@@ -89,13 +89,21 @@ class Record:
 class Holder:
     """A worker stream or a Pull caller, with its credits and its leases."""
 
-    __slots__ = ("credits", "leases", "name", "pull", "worker_id")
+    __slots__ = ("credits", "lapsed", "leases", "name", "pull", "worker_id")
 
     def __init__(self, name: str, worker_id: str, credits: Credits, pull: bool) -> None:
         self.name = name
         self.worker_id = worker_id
         self.credits = credits
         self.leases: dict[int, Lease] = {}
+        self.lapsed: dict[int, Record] = {}
+        """Deliveries whose lease lapsed while this stream may still hold them.
+
+        The record has gone back to the queue, but its credit stays charged
+        until the stream answers for the msg_id (any settlement) or closes, or
+        the record's partition is revoked: a hung worker must not be sent more
+        than it declared. Pull holders hold nothing, so their credit returns at
+        once."""
         self.pull = pull
 
 

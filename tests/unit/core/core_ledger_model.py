@@ -33,6 +33,7 @@ class Active:
     tp: TopicPartition
     offset: int
     deadline: float
+    size: int
 
 
 class LedgerModel(RuleBasedStateMachine):
@@ -49,6 +50,8 @@ class LedgerModel(RuleBasedStateMachine):
         self.revoking: set[TopicPartition] = set()
         self.paused = dict.fromkeys(TPS, False)
         self.active: dict[int, Active] = {}
+        self.lapsed: dict[int, Active] = {}
+        """Lapsed on a stream holder that still holds the credit (see Holder.lapsed)."""
         self.settled: set[int] = set()
         self.stale: set[int] = set()
         self.leased_times: dict[tuple[int, int], int] = {}  # (generation, offset) -> leases
@@ -138,7 +141,8 @@ class LedgerModel(RuleBasedStateMachine):
             self.leased_times[key] = self.leased_times.get(key, 0) + 1
             assert lease.attempt == self.leased_times[key] <= POLICY.max_attempts
             assert lease.deadline == self.now + TIMES.default
-            self.active[lease.msg_id] = Active(holder.name, rec.part.tp, rec.offset, lease.deadline)
+            self.active[lease.msg_id] = Active(holder.name, rec.part.tp, rec.offset,
+                                            lease.deadline, rec.size)
         if len(leases) < limit:  # stopped early: nothing deliverable, or no credit for it
             nxt = next((r for r in self.led._ready
                         if r.state is State.READY and not r.part.revoking), None)
@@ -153,12 +157,23 @@ class LedgerModel(RuleBasedStateMachine):
         before = self._snapshot()
         assert self.led.settle(holder, msg_id, outcome, delay, self.now) is expected
         if expected is not OK:
-            assert self._snapshot() == before  # a rejected settlement changes nothing
+            if self._answer(msg_id, holder):  # only the holder's credit moves
+                assert self._snapshot()[0] == before[0]
+            else:
+                assert self._snapshot() == before  # a rejected settlement changes nothing
             return
         done = self._end_lease(msg_id, self.settled)
         if outcome in FINISHING:
             self.pending[done.tp].remove(done.offset)
         self._collect_handoffs()
+
+    def _answer(self, msg_id: int, holder: Holder | None) -> bool:
+        """``holder`` answered for ``msg_id`` without a lease: True if that returned its credit."""
+        lapsed = self.lapsed.get(msg_id)
+        if holder is None or lapsed is None or self.led.holders.get(lapsed.holder) is not holder:
+            return False
+        del self.lapsed[msg_id]
+        return True
 
     def _extend(self, holder: Holder, msg_id: int, extension: float | None, times: int) -> None:
         """Extends ``times`` times at once (a msg_id repeated in one LeaseExtension)."""
@@ -176,7 +191,9 @@ class LedgerModel(RuleBasedStateMachine):
         due = [m for m, a in self.active.items() if a.deadline <= now]
         assert self.led.tick(now) == len(due)
         for msg_id in due:
-            self._end_lease(msg_id, self.settled)
+            lapsed = self._end_lease(msg_id, self.settled)
+            if not lapsed.holder.startswith("pull:"):
+                self.lapsed[msg_id] = lapsed
         self._collect_handoffs()
 
     def _finish_handoff(self, rec: Record) -> None:
@@ -191,6 +208,7 @@ class LedgerModel(RuleBasedStateMachine):
     def _drop_generation(self, tp: TopicPartition) -> None:
         for msg_id in [m for m, a in self.active.items() if a.tp == tp]:
             self._end_lease(msg_id, self.stale)
+        self.lapsed = {m: a for m, a in self.lapsed.items() if a.tp != tp}
         self.gen[tp], self.next_pos[tp], self.pending[tp] = None, None, set()
         self.revoking.discard(tp)
         self.handoffs = [r for r in self.handoffs if r.part.tp != tp]

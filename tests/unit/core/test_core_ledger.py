@@ -114,12 +114,45 @@ def test_lapsed_lease_is_redelivered_with_the_next_attempt() -> None:
     assert first.deadline == 30.0 and led.next_wakeup() == 30.0
     assert led.tick(29.9) == 0
     assert led.tick(30.0) == 1
-    assert h.credits.messages == 0 and not h.leases
+    assert not h.leases and list(h.lapsed) == [first.msg_id]
     [second] = led.lease(h, 31.0, 10)
     assert (second.attempt, second.deadline) == (2, 61.0)
     assert second.msg_id > first.msg_id
     assert led.settle(h, first.msg_id, ACK, None, 31.0) is SettleStatus.ALREADY_SETTLED
     assert second.record.state is State.LEASED
+
+
+def test_a_hung_holder_keeps_the_credit_of_its_lapsed_leases() -> None:
+    """A stream whose lease lapsed may still be running the handler: it is sent no more than
+    it declared until it answers for that msg_id (any answer) or closes."""
+    led = Ledger(leases=LeaseTimes(default=30.0))
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1, size=7)
+    hung = led.open_holder("hung", "w", 1)
+    [held] = led.lease(hung, 0.0, 10)
+    led.tick(30.0)  # lapsed: offset 0 goes back to the queue...
+    assert (hung.credits.messages, hung.credits.bytes) == (1, 7)
+    assert led.lease(hung, 30.0, 10) == []  # ...but not to the stream still holding it
+    other = led.open_holder("other", "w", 10)
+    assert [lease.record.offset for lease in led.lease(other, 30.0, 10)] == [0, 1]
+    assert led.extend(hung, held.msg_id, None, 31.0) is SettleStatus.ALREADY_SETTLED
+    assert hung.credits.messages == 1  # an extension is no answer: it still holds it
+    assert led.ack_many(hung, [held.msg_id]) == [(held.msg_id, SettleStatus.ALREADY_SETTLED)]
+    assert (hung.credits.messages, hung.credits.bytes, hung.lapsed) == (0, 0, {})
+
+
+def test_lapsed_credit_returns_when_the_partition_is_revoked() -> None:
+    led = Ledger(leases=LeaseTimes(default=30.0))
+    led.assign(TP0)
+    led.assign(TP1)
+    fetch(led, TP0, 0)
+    fetch(led, TP1, 0)
+    h = led.open_holder("s1", "w", 2)
+    led.lease(h, 0.0, 10)
+    led.tick(30.0)
+    assert h.credits.messages == 2
+    led.revoke([TP0])  # the worker drops a revoked delivery without settling it
+    assert h.credits.messages == 1 and [r.part.tp for r in h.lapsed.values()] == [TP1]
 
 
 def test_extend_moves_the_deadline_within_the_maximum() -> None:

@@ -89,6 +89,7 @@ class LedgerMachine(LedgerModel):
         assert self.led.close_holder(holder.name, self.now) == len(mine)
         for msg_id in mine:
             self._end_lease(msg_id, self.settled)
+        self.lapsed = {m: a for m, a in self.lapsed.items() if a.holder != holder.name}
         self.closed.append(holder)
         self._collect_handoffs()
 
@@ -140,6 +141,7 @@ class LedgerMachine(LedgerModel):
                 done = self._end_lease(msg_id, self.settled)
                 self.pending[done.tp].remove(done.offset)
             else:
+                self._answer(msg_id, holder)
                 expected.append((msg_id, status))
         assert self.led.ack_many(holder, ids) == expected
 
@@ -279,9 +281,12 @@ class LedgerMachine(LedgerModel):
         for holder in self.led.holders.values():
             mine = {m for m, a in self.active.items() if a.holder == holder.name}
             assert set(holder.leases) == mine
+            lapsed = {m: a for m, a in self.lapsed.items() if a.holder == holder.name}
+            assert set(holder.lapsed) == set(lapsed)  # lapsed, still charged (Holder.lapsed)
             c = holder.credits
-            assert c.messages == len(mine) <= c.max_messages
-            assert c.bytes == sum(lease.record.size for lease in holder.leases.values())
+            assert c.messages == len(mine) + len(lapsed) <= c.max_messages
+            assert c.bytes == (sum(lease.record.size for lease in holder.leases.values())
+                               + sum(a.size for a in lapsed.values()))
             assert c.max_bytes == 0 or c.bytes <= c.max_bytes or c.messages == 1
 
     @invariant()
