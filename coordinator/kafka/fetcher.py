@@ -49,6 +49,8 @@ This bounds the memory between the consumer thread and the loop when the loop is
 than the broker: the pending cap then pauses partitions before more is fetched."""
 BROKER_DOWN_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 """Client error codes that mean the broker cannot be reached."""
+MISSING_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+"""Error codes with which librdkafka reports a subscribed topic that does not exist (yet)."""
 
 
 class FetchSink(Protocol):
@@ -365,6 +367,11 @@ class Fetcher:
         if err.code() in BROKER_DOWN_CODES:
             self._set_serving(False, f"broker unreachable: {err.str()}")
             self._next_probe = time.monotonic() + PROBE_INTERVAL
+        elif err.code() in MISSING_TOPIC_CODES:
+            # Not fatal and not a health problem: librdkafka keeps the subscription and
+            # assigns the topic's partitions within seconds of its creation.
+            log.warning("%s; waiting for it to be created (health is unaffected; other topics "
+                        "are consumed meanwhile)", err.str())
         elif err.fatal():
             log.error("fatal Kafka error: %s", err.str())
             raise KafkaException(err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -15,6 +16,13 @@ from coordinator.core.model import Outcome, SettleStatus
 from coordinator.runtime.engine import Settlement, StatusView
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
+
+records_log = logging.getLogger("coordinator.records")
+
+MAX_DURATION_SECONDS = 315_576_000_000
+"""The largest ``seconds`` of a valid ``google.protobuf.Duration`` (about 10,000 years)."""
+MAX_DURATION_NANOS = 999_999_999
+"""The largest ``nanos`` of a valid ``google.protobuf.Duration``."""
 
 OUTCOMES: dict[int, Outcome] = {
     pb.OUTCOME_ACK: Outcome.ACK,
@@ -33,12 +41,34 @@ STATUSES: dict[SettleStatus, pb.SettleStatus.ValueType] = {
 }
 
 
+def span_seconds(span: Duration) -> float | None:
+    """A Duration in seconds; None unless it is a valid Duration and not negative.
+
+    Valid means what ``duration.proto`` says: ``seconds`` within +-315,576,000,000 and
+    ``nanos`` within +-999,999,999. No field of this API means anything by a negative
+    span, so a negative one (either part below zero) is refused too.
+    """
+    secs, nanos = span.seconds, span.nanos
+    if not (0 <= secs <= MAX_DURATION_SECONDS and 0 <= nanos <= MAX_DURATION_NANOS):
+        return None
+    return secs + nanos / 1e9
+
+
 def settlements(items: Iterable[pb.Settlement]) -> Iterator[Settlement]:
-    """Core settlements from protobuf ones; an unknown outcome becomes None (INVALID)."""
+    """Core settlements from protobuf ones.
+
+    A settlement whose outcome is unspecified or unknown, or whose ``retry_delay`` is set
+    but not a valid, non-negative Duration, gets the outcome None: it is answered INVALID.
+    """
     outcomes = OUTCOMES
     for s in items:
-        delay = s.retry_delay.ToTimedelta().total_seconds() if s.HasField("retry_delay") else None
-        yield s.msg_id, outcomes.get(s.outcome), delay
+        outcome = outcomes.get(s.outcome)
+        delay = None
+        if s.HasField("retry_delay"):
+            delay = span_seconds(s.retry_delay)
+            if delay is None:
+                outcome = None
+        yield s.msg_id, outcome, delay
 
 
 def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
@@ -67,9 +97,31 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
             d.timestamp_ms = ts
         d.attempt = lease.attempt
         d.lease_deadline_ms = int((lease.deadline + wall) * 1000)
-        headers = msg.headers()
+        headers = record_headers(msg)
         if headers:
             d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+
+
+def record_headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+    """``msg.headers()``, or no headers when the Kafka client cannot decode them.
+
+    confluent-kafka decodes header keys as strict UTF-8. For a key that is not (any
+    producer but the Python client can write one), ``headers()`` raises SystemError once,
+    and every later call returns a list holding a NULL that crashes the interpreter when
+    it is unpacked. So the record's headers are replaced with none, for good, and it is
+    delivered with its key and value intact: it must neither kill the stream nor, being
+    redelivered, the sidecar.
+    """
+    try:
+        headers: list[tuple[str, bytes | None]] | None = msg.headers()
+    except (SystemError, ValueError) as exc:  # SystemError from a UnicodeDecodeError, today
+        msg.set_headers([])
+        records_log.warning(
+            "%s[%d]@%d: the Kafka client cannot decode its headers (%s: %s); delivering it "
+            "without headers", msg.topic(), msg.partition(), msg.offset(), type(exc).__name__,
+            exc.__cause__ or exc)
+        return None
+    return headers
 
 
 def duration(seconds: float) -> Duration:

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from coordinator.core.model import SettleStatus
 from coordinator.runtime.engine import DELIVERY_BATCH, Draining, Engine, Revoking, Session
 from coordinator.service import convert
 from coordinator.service.errors import invalid_argument, unavailable
@@ -32,8 +33,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         first = await context.read()
         if first is grpc.aio.EOF:
             return
-        if not first.HasField("open") or first.settlements or first.HasField("extend") \
-                or first.HasField("flow_control"):
+        if not first.HasField("open") or first.settlements or first.ack_msg_ids \
+                or first.HasField("extend") or first.HasField("flow_control"):
             await context.abort_with_status(
                 invalid_argument("open", "the first request must carry `open` and nothing else"))
         if self._engine.draining:
@@ -81,9 +82,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         session.wake.set()
                 if req.HasField("extend"):
                     ext = req.extend
-                    span = ext.extension.ToTimedelta().total_seconds() \
+                    span = convert.span_seconds(ext.extension) \
                         if ext.HasField("extension") else None
-                    rejected = engine.extend(holder, ext.msg_ids, span)
+                    if span is None and ext.HasField("extension"):
+                        # A malformed or negative extension changes no lease.
+                        rejected = [(m, SettleStatus.INVALID) for m in ext.msg_ids]
+                    else:
+                        rejected = engine.extend(holder, ext.msg_ids, span)
                     if rejected:
                         session.rejected.extend(rejected)
                         session.wake.set()
@@ -133,9 +138,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
         if request.max_messages < 1:
             await context.abort_with_status(invalid_argument("max_messages", "must be at least 1"))
-        wait = request.wait.ToTimedelta().total_seconds() if request.HasField("wait") else 0.0
-        if wait < 0:
-            await context.abort_with_status(invalid_argument("wait", "must not be negative"))
+        wait = convert.span_seconds(request.wait) if request.HasField("wait") else 0.0
+        if wait is None:
+            await context.abort_with_status(
+                invalid_argument("wait", "must be a valid Duration, not negative"))
+            return pb.PullResponse()  # not reached: abort raises
         leases = await self._engine.pull(
             request.worker_id or "pull", request.max_messages, min(wait, PULL_MAX_WAIT))
         resp = pb.PullResponse()

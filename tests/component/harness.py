@@ -26,6 +26,10 @@ from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
 from lowwater.v1 import admin_pb2_grpc, coordinator_pb2_grpc
 
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+"""The options ``coordinator.runtime.sidecar`` gives its server; the receive limit is gRPC's
+default (4 MiB), the send limit none."""
+
 
 @dataclass
 class FakeMessage:
@@ -34,9 +38,14 @@ class FakeMessage:
     _topic: str
     _partition: int
     _offset: int
-    _value: bytes = b"v"
+    _value: bytes | None = b"v"
     _key: bytes | None = None
-    _headers: list[tuple[str, bytes]] | None = None
+    _headers: list[tuple[str, bytes | None]] | None = None
+    _undecodable_headers: bool = False
+    """Behave like confluent-kafka for a header key that is not UTF-8: the first
+    ``headers()`` raises SystemError; a later one would crash the interpreter (here it
+    raises AssertionError) unless ``set_headers`` replaced them."""
+    _headers_calls: int = 0
 
     def topic(self) -> str:
         return self._topic
@@ -47,14 +56,23 @@ class FakeMessage:
     def offset(self) -> int:
         return self._offset
 
-    def value(self) -> bytes:
+    def value(self) -> bytes | None:
         return self._value
 
     def key(self) -> bytes | None:
         return self._key
 
-    def headers(self) -> list[tuple[str, bytes]] | None:
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        self._headers_calls += 1
+        if self._undecodable_headers:
+            if self._headers_calls == 1:
+                raise SystemError("<method 'headers'> returned a result with an exception set")
+            raise AssertionError("confluent-kafka would crash the process here")
         return self._headers
+
+    def set_headers(self, headers: list[tuple[str, bytes | None]]) -> None:
+        self._headers = headers
+        self._undecodable_headers = False
 
     def timestamp(self) -> tuple[int, int]:
         return TIMESTAMP_CREATE_TIME, 1_700_000_000_000
@@ -94,6 +112,8 @@ class Harness:
     channel: grpc.aio.Channel
     coordinator: coordinator_pb2_grpc.CoordinatorStub
     admin: admin_pb2_grpc.AdminStub
+    target: str = ""
+    """``127.0.0.1:PORT``, for clients of their own (the SDK)."""
 
     def assign(self, topic: str, partitions: int, committed: int | None = None) -> None:
         self.engine.assigned(
@@ -118,7 +138,7 @@ async def harness(
     )
     sink = RecordingSink()
     engine = Engine(ledger, sink, commit_interval=3600, rebalance_timeout=rebalance_timeout)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService(engine, lease=lease, max_lease=max(lease, 60.0)), server)
     admin_pb2_grpc.add_AdminServicer_to_server(
@@ -129,7 +149,7 @@ async def harness(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Harness(engine, sink, channel, coordinator_pb2_grpc.CoordinatorStub(channel),
-                      admin_pb2_grpc.AdminStub(channel))
+                      admin_pb2_grpc.AdminStub(channel), f"127.0.0.1:{port}")
     finally:
         timers.cancel()
         await channel.close()

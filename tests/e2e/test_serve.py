@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 from grpc_health.v1 import health_pb2
 
 import lowwater
 from coordinator.embedded import SidecarProcess, TansuBroker, create_topic, pick_free_port
+from coordinator.embedded.tansu import NO_AUTO_CREATE
 from tests.support.broker import id_records, produce
 
 HEALTH_TIMEOUT_S = 30.0
@@ -85,3 +87,33 @@ def test_workers_reach_the_sidecar_over_a_unix_socket(
             assert sidecar.stop() == 0
         assert not os.path.exists(path)  # removed on shutdown
     assert sorted(got) == sorted(r.value for r in id_records(20))
+
+
+def test_a_missing_topic_is_waited_for_and_consumed_once_created(tansu_bin: str) -> None:
+    """The documented behaviour (docs/operations.md): a warning naming the topic, health
+    unaffected (SERVING), no topic created by the sidecar, and consumption once it exists."""
+    topic = "created-later"
+    with TansuBroker(binary=tansu_bin) as broker, \
+            SidecarProcess(broker.bootstrap_servers, "g", [topic]) as sidecar:  # SERVING
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while f"Subscribed topic not available: {topic}" not in sidecar.log():
+            assert time.monotonic() < deadline, sidecar.log()
+            time.sleep(0.1)
+        assert "waiting for it to be created" in sidecar.log()
+        sidecar.wait_serving(timeout=1.0)  # still SERVING after the warning
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers, **NO_AUTO_CREATE})
+        assert topic not in admin.list_topics(timeout=10).topics  # the sidecar created nothing
+        create_topic(broker.bootstrap_servers, topic, 1)
+        produce(broker.bootstrap_servers, topic, id_records(10))
+        got: list[bytes] = []
+
+        def handle(msg: lowwater.Message) -> None:
+            got.append(msg.value)
+
+        with lowwater.Worker(sidecar.target, handle, max_in_flight=5):
+            deadline = time.monotonic() + HEALTH_TIMEOUT_S
+            while len(got) < 10:
+                assert time.monotonic() < deadline, sidecar.log()
+                time.sleep(0.05)
+        assert sidecar.stop() == 0, sidecar.log()
+    assert sorted(got) == sorted(r.value for r in id_records(10))

@@ -196,6 +196,44 @@ def test_bad_settings_exit_2_naming_the_setting(
     assert one_line_error(capsys).startswith(f"lowwater: invalid setting '{setting}': ")
 
 
+INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
+    ("bootstrap_servers", [*REQUIRED_ARGS, "--bootstrap-servers", " "], {}),
+    ("group", [*REQUIRED_ARGS, "--group", " "], {}),
+    ("topics", [*REQUIRED_ARGS, "--topic", "has space"], {}),
+    ("listen", [*REQUIRED_ARGS, "--listen", "50051"], {}),
+    ("allow_remote_listen", REQUIRED_ARGS, {"LOWWATER_ALLOW_REMOTE_LISTEN": "maybe"}),
+    ("lease", [*REQUIRED_ARGS, "--lease=-5s"], {}),
+    ("max_lease", [*REQUIRED_ARGS, "--max-lease", "1s"], {}),
+    ("default_retry_delay", [*REQUIRED_ARGS, "--default-retry-delay=-1s"], {}),
+    ("max_retry_delay", [*REQUIRED_ARGS, "--max-retry-delay", "junk"], {}),
+    ("max_attempts", [*REQUIRED_ARGS, "--max-attempts", "0"], {}),
+    ("commit_interval", [*REQUIRED_ARGS, "--commit-interval", "0"], {}),
+    ("max_pending_per_partition", [*REQUIRED_ARGS, "--max-pending-per-partition", "0"], {}),
+    ("fetch_batch_size", [*REQUIRED_ARGS, "--fetch-batch-size", "100001"], {}),
+    ("rebalance_timeout", [*REQUIRED_ARGS, "--rebalance-timeout", "0s"], {}),
+    ("drain_timeout", [*REQUIRED_ARGS, "--drain-timeout", "never"], {}),
+    ("log_level", REQUIRED_ARGS, {"LOWWATER_LOG_LEVEL": "chatty"}),
+    ("kafka", [*REQUIRED_ARGS, "--kafka", "=5"], {}),
+]
+"""(setting, argv, environment) giving the setting an invalid value; every setting has one."""
+
+
+def test_every_setting_has_an_invalid_case() -> None:
+    assert {setting for setting, _, _ in INVALID_SETTINGS} == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize(("setting", "args", "environ"), INVALID_SETTINGS,
+                         ids=[setting for setting, _, _ in INVALID_SETTINGS])
+def test_every_invalid_setting_exits_2_naming_it(
+    setting: str, args: list[str], environ: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["serve", *args]) == 2
+    assert one_line_error(capsys).startswith(f"lowwater: invalid setting '{setting}': ")
+
+
 def test_reserved_kafka_key_message_says_what_to_use(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", *REQUIRED_ARGS, "--kafka", "bootstrap.servers=x:1"]) == 2
     assert "use the 'bootstrap_servers' setting (--bootstrap-servers)" in capsys.readouterr().err

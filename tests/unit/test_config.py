@@ -224,9 +224,7 @@ def test_max_attempts(value: object, expected: int | None) -> None:
     assert resolve_settings(flags={**REQUIRED, "max_attempts": value}).max_attempts == expected
 
 
-@pytest.mark.parametrize(
-    ("setting", "value"),
-    [
+BAD_VALUES: list[tuple[str, object]] = [
         ("max_attempts", 0),
         ("max_attempts", True),
         ("max_attempts", "many"),
@@ -245,8 +243,28 @@ def test_max_attempts(value: object, expected: int | None) -> None:
         ("topics", ["has space"]),
         ("topics", [""]),
         ("topics", "a"),
-    ],
-)
+        ("listen", "junk"),
+        ("listen", "127.0.0.1:70000"),
+        ("lease", "-1s"),
+        ("max_lease", "1s"),  # below the default lease
+        ("max_lease", 0),
+        ("default_retry_delay", "-1s"),
+        ("default_retry_delay", "soon"),
+        ("max_retry_delay", -1),
+        ("max_retry_delay", "0.5s"),  # below the default default_retry_delay
+        ("commit_interval", "0ms"),
+        ("rebalance_timeout", "10m"),  # not below librdkafka's max.poll.interval.ms
+        ("drain_timeout", "never"),
+        ("kafka", "fetch.wait.max.ms=50"),  # not a table of properties
+]
+"""(setting, invalid value); every setting of the model has at least one."""
+
+
+def test_every_setting_has_a_bad_value_case() -> None:
+    assert {setting for setting, _ in BAD_VALUES} == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize(("setting", "value"), BAD_VALUES)
 def test_bad_values_name_their_setting(setting: str, value: object) -> None:
     error = config_error(**{setting: value})
     assert error.setting == setting

@@ -72,9 +72,18 @@ class _SettleStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettleSt
     SETTLE_STATUS_ALREADY_SETTLED: _SettleStatus.ValueType  # 4
     """The record was already settled."""
     SETTLE_STATUS_NOT_OWNER: _SettleStatus.ValueType  # 5
-    """The msg_id is leased to another stream."""
+    """The msg_id is leased to someone else: another stream, or a Pull caller
+    (whose leases only Acknowledge may settle), or, for Acknowledge, a stream.
+    Only the holder of a lease may settle or extend it. A settlement or
+    extension by anyone else is ignored and changes nothing: the lease keeps
+    its holder, deadline and attempt, and the holder can still settle it.
+    """
     SETTLE_STATUS_INVALID: _SettleStatus.ValueType  # 6
-    """The settlement itself is malformed (for example OUTCOME_UNSPECIFIED)."""
+    """The settlement itself is malformed: OUTCOME_UNSPECIFIED, an outcome this
+    sidecar does not know, or a `retry_delay` that is negative or not a valid
+    Duration. Also the answer, for each msg_id, to such a lease extension.
+    Checked after ownership: a foreign msg_id is NOT_OWNER whatever the rest.
+    """
 
 class SettleStatus(_SettleStatus, metaclass=_SettleStatusEnumTypeWrapper):
     """SettleStatus is the sidecar's answer to one settlement."""
@@ -91,9 +100,18 @@ settlement is ignored and never moves a commit.
 SETTLE_STATUS_ALREADY_SETTLED: SettleStatus.ValueType  # 4
 """The record was already settled."""
 SETTLE_STATUS_NOT_OWNER: SettleStatus.ValueType  # 5
-"""The msg_id is leased to another stream."""
+"""The msg_id is leased to someone else: another stream, or a Pull caller
+(whose leases only Acknowledge may settle), or, for Acknowledge, a stream.
+Only the holder of a lease may settle or extend it. A settlement or
+extension by anyone else is ignored and changes nothing: the lease keeps
+its holder, deadline and attempt, and the holder can still settle it.
+"""
 SETTLE_STATUS_INVALID: SettleStatus.ValueType  # 6
-"""The settlement itself is malformed (for example OUTCOME_UNSPECIFIED)."""
+"""The settlement itself is malformed: OUTCOME_UNSPECIFIED, an outcome this
+sidecar does not know, or a `retry_delay` that is negative or not a valid
+Duration. Also the answer, for each msg_id, to such a lease extension.
+Checked after ownership: a foreign msg_id is NOT_OWNER whatever the rest.
+"""
 Global___SettleStatus: _TypeAlias = SettleStatus  # noqa: Y015
 
 @_typing.final
@@ -106,6 +124,7 @@ class Header(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.bytes
+    """Kafka's null header value arrives empty, like an empty one."""
     def __init__(
         self,
         *,
@@ -147,6 +166,7 @@ class Delivery(_message.Message):
     key: _builtins.bytes
     """Unset when the record has a null key."""
     value: _builtins.bytes
+    """Empty for a null value (a tombstone) as for an empty one."""
     timestamp_ms: _builtins.int
     """Record timestamp, milliseconds since the Unix epoch; 0 when unknown."""
     attempt: _builtins.int
@@ -156,7 +176,12 @@ class Delivery(_message.Message):
     clock). After that the record may be redelivered elsewhere.
     """
     @_builtins.property
-    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]: ...
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
+        """In record order, repeated keys included. When the Kafka client cannot
+        decode a record's headers (a header key that is not UTF-8), the record is
+        delivered without headers and the sidecar logs a warning.
+        """
+
     def __init__(
         self,
         *,
@@ -197,8 +222,9 @@ class Settlement(_message.Message):
     """Free text, for logs and the dead-letter headers."""
     @_builtins.property
     def retry_delay(self) -> _duration_pb2.Duration:
-        """OUTCOME_RETRY only: how long to wait before the redelivery. Unset means
-        the sidecar's default retry delay.
+        """OUTCOME_RETRY only: how long to wait before the redelivery, capped by the
+        sidecar's maximum retry delay. Unset means the sidecar's default retry
+        delay. Negative or not a valid Duration: SETTLE_STATUS_INVALID.
         """
 
     def __init__(
@@ -309,7 +335,9 @@ class LeaseExtension(_message.Message):
     @_builtins.property
     def extension(self) -> _duration_pb2.Duration:
         """The new deadline is now + extension, capped by the sidecar's maximum
-        lease. Unset means the sidecar's default lease.
+        lease. Unset means the sidecar's default lease; zero lets the lease run
+        out now. Negative or not a valid Duration: every msg_id is answered
+        SETTLE_STATUS_INVALID and no lease changes.
         """
 
     def __init__(
@@ -541,7 +569,9 @@ class PullRequest(_message.Message):
     """A name for the caller, shown in Admin/GetStatus. Defaults to "pull"."""
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
-        """How long to wait for the first record. Unset or zero returns at once."""
+        """How long to wait for the first record, at most 30 s. Unset or zero
+        returns at once. Negative or not a valid Duration: INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -80,6 +80,12 @@ class CoordinatorServicer:
         outstanding on a stream than the limits declared in `open` (or the last
         `flow_control`). When the stream breaks, every lease it held is
         redelivered at once.
+
+        Sizes: a request larger than gRPC's default receive limit (4 MiB) ends the
+        stream with RESOURCE_EXHAUSTED. Responses have no size limit: a record is
+        never split, refused or dropped for its size, so a worker must accept
+        messages as large as its largest batch (the Python SDK lifts gRPC's
+        client-side 4 MiB receive limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

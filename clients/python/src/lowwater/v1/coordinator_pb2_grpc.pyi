@@ -51,6 +51,12 @@ class CoordinatorStub:
     outstanding on a stream than the limits declared in `open` (or the last
     `flow_control`). When the stream breaks, every lease it held is
     redelivered at once.
+
+    Sizes: a request larger than gRPC's default receive limit (4 MiB) ends the
+    stream with RESOURCE_EXHAUSTED. Responses have no size limit: a record is
+    never split, refused or dropped for its size, so a worker must accept
+    messages as large as its largest batch (the Python SDK lifts gRPC's
+    client-side 4 MiB receive limit).
     """
     Pull: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.PullRequest, _coordinator_pb2.PullResponse]
     """Pull leases up to `max_messages` records, waiting up to `wait` for the
@@ -84,6 +90,12 @@ class CoordinatorAsyncStub(CoordinatorStub):
     outstanding on a stream than the limits declared in `open` (or the last
     `flow_control`). When the stream breaks, every lease it held is
     redelivered at once.
+
+    Sizes: a request larger than gRPC's default receive limit (4 MiB) ends the
+    stream with RESOURCE_EXHAUSTED. Responses have no size limit: a record is
+    never split, refused or dropped for its size, so a worker must accept
+    messages as large as its largest batch (the Python SDK lifts gRPC's
+    client-side 4 MiB receive limit).
     """
     Pull: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.PullRequest, _coordinator_pb2.PullResponse]  # type: ignore[assignment]
     """Pull leases up to `max_messages` records, waiting up to `wait` for the
@@ -120,6 +132,12 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         outstanding on a stream than the limits declared in `open` (or the last
         `flow_control`). When the stream breaks, every lease it held is
         redelivered at once.
+
+        Sizes: a request larger than gRPC's default receive limit (4 MiB) ends the
+        stream with RESOURCE_EXHAUSTED. Responses have no size limit: a record is
+        never split, refused or dropped for its size, so a worker must accept
+        messages as large as its largest batch (the Python SDK lifts gRPC's
+        client-side 4 MiB receive limit).
         """
 
     @_abc_1.abstractmethod
