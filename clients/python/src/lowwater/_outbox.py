@@ -10,7 +10,11 @@ MAX_SETTLEMENTS_PER_REQUEST = 2000
 most, to stay far below message-size limits."""
 
 MAX_ACKS_PER_REQUEST = 50_000
-"""Packed ACK msg_ids in one StreamRequest at most (at most ~0.5 MB of varints)."""
+"""Packed ACK (or extended) msg_ids in one StreamRequest at most (at most ~0.5 MB of varints)."""
+
+MAX_REASON_BYTES_PER_REQUEST = 1 << 20
+"""UTF-8 bytes of settlement reasons in one StreamRequest at most: 2000 reasons of 1000
+characters can be 8 MB, and the sidecar refuses requests over 4 MiB."""
 
 
 class Outbox:
@@ -56,14 +60,23 @@ class Outbox:
                 del acks[:MAX_ACKS_PER_REQUEST]
         if others:
             add = request.settlements.add
+            taken = reason_bytes = 0
             for msg_id, outcome, delay, reason in others[:MAX_SETTLEMENTS_PER_REQUEST]:
+                reason_bytes += len(reason.encode())
+                if taken and reason_bytes > MAX_REASON_BYTES_PER_REQUEST:
+                    break
                 settlement = add(msg_id=msg_id, outcome=outcome, reason=reason)
                 if delay is not None:
                     settlement.retry_delay.FromNanoseconds(round(delay * 1e9))
-            del others[:MAX_SETTLEMENTS_PER_REQUEST]
+                taken += 1
+            del others[:taken]
         if self.extends:
             seconds = next(iter(self.extends))
-            request.extend.msg_ids.extend(self.extends.pop(seconds))
+            ids = self.extends[seconds]
+            request.extend.msg_ids.extend(ids[:MAX_ACKS_PER_REQUEST])
+            del ids[:MAX_ACKS_PER_REQUEST]
+            if not ids:
+                del self.extends[seconds]
             if seconds is not None:
                 request.extend.extension.FromNanoseconds(round(seconds * 1e9))
         if self.flow:

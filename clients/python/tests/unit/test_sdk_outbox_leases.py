@@ -8,8 +8,13 @@ import pytest
 
 from lowwater import Message
 from lowwater._leases import due_for_extension, lease_tick
-from lowwater._outbox import MAX_ACKS_PER_REQUEST, MAX_SETTLEMENTS_PER_REQUEST, Outbox
-from lowwater.outcomes import Outcome
+from lowwater._outbox import (
+    MAX_ACKS_PER_REQUEST,
+    MAX_REASON_BYTES_PER_REQUEST,
+    MAX_SETTLEMENTS_PER_REQUEST,
+    Outbox,
+)
+from lowwater.outcomes import MAX_REASON_CHARS, Outcome
 from lowwater.testing import RecordingSettler
 from lowwater.v1 import coordinator_pb2 as pb
 
@@ -51,6 +56,24 @@ def test_large_backlogs_and_extension_groups_are_split() -> None:
     assert [s.msg_id for s in second.settlements] == [MAX_SETTLEMENTS_PER_REQUEST]
     assert list(second.extend.msg_ids) == [2]
     assert box.take() is None
+
+
+def test_long_reasons_and_many_extensions_are_split_below_the_sidecar_size_limit() -> None:
+    box = Outbox()
+    reason = "\u9a8c" * MAX_REASON_CHARS  # 3 UTF-8 bytes a character
+    box.others.extend((i, Outcome.DEAD_LETTER, None, reason) for i in range(2000))
+    box.extends[None] = list(range(2 * MAX_ACKS_PER_REQUEST + 1))
+    requests = []
+    while (request := box.take()) is not None:
+        requests.append(request)
+    assert all(r.ByteSize() < 4 * 1024 * 1024 for r in requests)
+    assert all(sum(len(s.reason.encode()) for s in r.settlements) <= MAX_REASON_BYTES_PER_REQUEST
+               for r in requests)
+    assert [s.msg_id for r in requests for s in r.settlements] == list(range(2000))
+    assert [m for r in requests for m in r.extend.msg_ids] == list(range(2 * MAX_ACKS_PER_REQUEST + 1))
+    one = Outbox()  # one reason is never too big to go alone
+    one.others.append((1, Outcome.DROP, None, reason))
+    assert (first := one.take()) is not None and len(first.settlements) == 1
 
 
 def _msg(msg_id: int, received: float, deadline_ms: int) -> Message:
