@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
 from coordinator.config import (
     CONFIG_ENV_VAR,
+    FILE_ONLY_SETTINGS,
     ConfigError,
     Problem,
     Settings,
@@ -71,6 +72,10 @@ _METAVARS: Final[Mapping[str, str]] = {
     "group": "GROUP",
     "listen": "ADDRESS",
     "max_attempts": "N|unlimited",
+    "dead_letter_topic": "TOPIC",
+    "expired_topic": "TOPIC",
+    "ttl": "DURATION",
+    "expiry_header": "HEADER",
     "log_level": "LEVEL",
 }
 
@@ -79,12 +84,13 @@ def _help(name: str, field: FieldInfo) -> str:
     text = " ".join((field.description or "").split()).replace("`", "").replace("%", "%%")
     default = default_text(name)
     if name == "topics":
-        return f"{text} (repeatable; required)"
+        return f"{text} (repeatable)"
     return f"{text} ({'required' if default == 'required' else f'default: {default}'})"
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per setting. Flags not given stay absent from the namespace.
+    """Add ``--config`` and one flag per setting but the file-only ones (``[[subscriptions]]``).
+    Flags not given stay absent from the namespace.
 
     Flag values are kept as strings and validated with the other sources, so a bad flag is
     reported like any bad setting.
@@ -103,6 +109,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     suppress = argparse.SUPPRESS
     for name, field in Settings.model_fields.items():
         flag, help_text = flag_for(name), _help(name, field)
+        if name in FILE_ONLY_SETTINGS:
+            continue
         if name == "topics":
             group.add_argument(
                 flag, dest=name, default=suppress, action="append", metavar="TOPIC", help=help_text

@@ -7,6 +7,9 @@ Sources, highest precedence first:
 3. ``LOWWATER_<SETTING>`` environment variables (``LOWWATER_KAFKA__<PROPERTY>`` for librdkafka);
 4. the defaults declared on :class:`Settings`.
 
+``[[subscriptions]]`` tables come from the TOML file only. :meth:`Settings.subscription_policies`
+resolves each topic's policy, a subscription's settings over the global ones.
+
 Our own settings and the librdkafka passthrough (``kafka``) are kept apart; the passthrough cannot
 hold the keys lowwater sets itself. Every bad value becomes a :class:`ConfigError` that names the
 setting and where its value came from. ``docs/configuration.md`` embeds
@@ -20,8 +23,17 @@ from coordinator.config.durations import NonNegativeDuration as NonNegativeDurat
 from coordinator.config.durations import PositiveDuration as PositiveDuration
 from coordinator.config.durations import format_duration, parse_duration
 from coordinator.config.errors import ConfigError, Problem
+from coordinator.config.fields import PRODUCER_PASSTHROUGH_NAMES as PRODUCER_PASSTHROUGH_NAMES
+from coordinator.config.fields import (
+    PRODUCER_PASSTHROUGH_PREFIXES as PRODUCER_PASSTHROUGH_PREFIXES,
+)
 from coordinator.config.fields import RESERVED_KAFKA_KEYS as RESERVED_KAFKA_KEYS
-from coordinator.config.fields import KafkaValue, is_loopback_listen, is_sensitive_property
+from coordinator.config.fields import (
+    KafkaValue,
+    is_loopback_listen,
+    is_producer_property,
+    is_sensitive_property,
+)
 from coordinator.config.fields import LogLevel as LogLevel
 from coordinator.config.model import DEFAULT_AUTO_OFFSET_RESET as DEFAULT_AUTO_OFFSET_RESET
 from coordinator.config.model import LIBRDKAFKA_MAX_POLL_INTERVAL as LIBRDKAFKA_MAX_POLL_INTERVAL
@@ -29,6 +41,7 @@ from coordinator.config.model import Settings
 from coordinator.config.reference import default_text, settings_reference
 from coordinator.config.sources import CONFIG_ENV_VAR as CONFIG_ENV_VAR
 from coordinator.config.sources import ENV_PREFIX as ENV_PREFIX
+from coordinator.config.sources import FILE_ONLY_SETTINGS as FILE_ONLY_SETTINGS
 from coordinator.config.sources import KAFKA_ENV_PREFIX as KAFKA_ENV_PREFIX
 from coordinator.config.sources import (
     env_var_for,
@@ -36,17 +49,23 @@ from coordinator.config.sources import (
     resolve_settings,
     unknown_environment_variables,
 )
+from coordinator.config.subscriptions import INHERIT as INHERIT
+from coordinator.config.subscriptions import Inherit, Subscription, SubscriptionPolicy
 
 __all__ = [
     "ConfigError",
+    "Inherit",
     "KafkaValue",
     "Problem",
     "Settings",
+    "Subscription",
+    "SubscriptionPolicy",
     "default_text",
     "env_var_for",
     "flag_for",
     "format_duration",
     "is_loopback_listen",
+    "is_producer_property",
     "is_sensitive_property",
     "parse_duration",
     "resolve_settings",

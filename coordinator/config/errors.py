@@ -47,3 +47,10 @@ def _setting_error(setting: str, reason: str) -> PydanticCustomError:
     return PydanticCustomError(
         "lowwater_setting", "{setting}: {reason}", {"setting": setting, "reason": reason}
     )
+
+
+def _missing_error(setting: str, alternative: str) -> PydanticCustomError:
+    """Like pydantic's ``missing``, for a setting that ``alternative`` may stand in for."""
+    return PydanticCustomError(
+        "lowwater_missing", "{setting}: not set", {"setting": setting, "alternative": alternative}
+    )

@@ -1,7 +1,8 @@
 """Field types of :class:`~coordinator.config.model.Settings` and their one-value validators.
 
-Scalars (integers, booleans, log levels), topic names, listen addresses and the librdkafka
-passthrough. Checks that relate two settings live on the model itself.
+Scalars (integers, booleans, log levels), topic names, listen addresses, the librdkafka
+passthrough and which of it the hand-off producer shares. Checks that relate two settings live on
+the model itself.
 """
 
 from __future__ import annotations
@@ -54,18 +55,41 @@ def _to_log_level(value: object) -> object:
 
 
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_TOPIC_NAME_RULE: Final = "use 1-249 of ASCII letters, digits, '.', '_', '-'"
+
+
+def _is_pattern(topic: str) -> bool:
+    return topic.startswith("^") and len(topic) > 1
+
+
+def _is_topic_name(topic: str) -> bool:
+    return bool(_TOPIC_NAME.fullmatch(topic)) and topic not in {".", ".."}
+
+
+def _check_topic(topic: str) -> str:
+    """A topic to consume: a Kafka topic name, or ``^regex`` for a pattern subscription."""
+    if not _is_pattern(topic) and not _is_topic_name(topic):
+        raise ValueError(
+            f"invalid topic name {topic!r}: {_TOPIC_NAME_RULE} (or '^regex' for a pattern"
+            " subscription)"
+        )
+    return topic
+
+
+def _check_topic_name(topic: str) -> str:
+    """A topic to produce to: a Kafka topic name, never a pattern."""
+    if not topic.strip():
+        raise ValueError("must not be empty")
+    if _is_pattern(topic):
+        raise ValueError(f"{topic!r} is a pattern: name one topic to produce to")
+    if not _is_topic_name(topic):
+        raise ValueError(f"invalid topic name {topic!r}: {_TOPIC_NAME_RULE}")
+    return topic
 
 
 def _check_topics(topics: tuple[str, ...]) -> tuple[str, ...]:
-    if not topics:
-        raise ValueError("at least one topic is required")
     for topic in topics:
-        is_pattern = topic.startswith("^") and len(topic) > 1
-        if not is_pattern and (not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}):
-            raise ValueError(
-                f"invalid topic name {topic!r}: use 1-249 of ASCII letters, digits, '.', '_', '-'"
-                " (or '^regex' for a pattern subscription)"
-            )
+        _check_topic(topic)
     duplicates = sorted({t for t in topics if topics.count(t) > 1})
     if duplicates:
         raise ValueError(f"duplicate topics: {', '.join(duplicates)}")
@@ -142,6 +166,36 @@ RESERVED_KAFKA_KEYS: Final[Mapping[str, str]] = MappingProxyType(
 )
 """librdkafka properties that lowwater sets itself, with the advice given when one is passed."""
 
+PRODUCER_PASSTHROUGH_PREFIXES: Final[tuple[str, ...]] = (
+    "security.",
+    "sasl.",
+    "ssl.",
+    "socket.",
+    "broker.",
+    "client.",
+    "connections.",
+    "reconnect.",
+    "metadata.",
+    "topic.metadata.",
+    "api.version.",
+    "log.",
+)
+"""Passthrough properties with these prefixes also configure the hand-off producer: how to reach
+and authenticate to the brokers, and how to log. Consumer tuning is not copied."""
+PRODUCER_PASSTHROUGH_NAMES: Final = frozenset(
+    {"debug", "enable.ssl.certificate.verification", "enable.sasl.oauthbearer.unsecure.jwt"}
+)
+"""Passthrough properties copied to the hand-off producer by exact name (security ones outside
+the prefixes). ``allow.auto.create.topics`` (consumer-only) and ``statistics.interval.ms``
+(lowwater registers no statistics callback on the producer) are deliberately absent."""
+
+
+def is_producer_property(key: str) -> bool:
+    """Whether a passthrough property is copied to the hand-off producer (see the constants)."""
+    name = key.lower()
+    return name in PRODUCER_PASSTHROUGH_NAMES or name.startswith(PRODUCER_PASSTHROUGH_PREFIXES)
+
+
 KafkaValue = str | int | float | bool
 """A librdkafka property value; librdkafka properties are scalars."""
 
@@ -173,4 +227,14 @@ def _freeze(value: Mapping[str, KafkaValue]) -> Mapping[str, KafkaValue]:
 
 _NonBlank = Annotated[str, AfterValidator(_not_blank)]
 _AtLeastOne = Annotated[int, BeforeValidator(_to_int), Field(ge=1)]
+_MaxAttempts = Annotated[_AtLeastOne | None, BeforeValidator(_to_max_attempts)]
+"""At least 1, or None (``"unlimited"`` or ``"none"`` in text) for no limit."""
+_TopicName = Annotated[str, AfterValidator(_check_topic_name)]
+_TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Guarantee = Literal["at_least_once", "at_most_once"]
+"""What a subscription promises about its records (see the `guarantee` setting)."""
+
+
+def _to_guarantee(value: object) -> object:
+    return value.strip().lower().replace("-", "_") if isinstance(value, str) else value

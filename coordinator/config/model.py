@@ -13,12 +13,15 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from coordinator.config.durations import NonNegativeDuration, PositiveDuration, format_duration
-from coordinator.config.errors import _setting_error
+from coordinator.config.errors import _missing_error, _setting_error
 from coordinator.config.fields import (
+    Guarantee,
     KafkaValue,
     LogLevel,
     _AtLeastOne,
@@ -26,13 +29,17 @@ from coordinator.config.fields import (
     _check_listen,
     _check_topics,
     _freeze,
+    _MaxAttempts,
     _NonBlank,
     _to_bool,
+    _to_guarantee,
     _to_log_level,
-    _to_max_attempts,
+    _TopicName,
     is_loopback_listen,
+    is_producer_property,
     is_sensitive_property,
 )
+from coordinator.config.subscriptions import Subscription, SubscriptionPolicy
 
 DEFAULT_AUTO_OFFSET_RESET: Final = "earliest"
 """``auto.offset.reset`` unless passed through: a new group loses nothing produced before it."""
@@ -56,8 +63,9 @@ class Settings(BaseModel):
     `bootstrap.servers`)."""
     group: _NonBlank
     """Consumer group id (librdkafka `group.id`); committed offsets belong to it."""
-    topics: Annotated[tuple[str, ...], AfterValidator(_check_topics)]
-    """Topics to consume: at least one, no duplicates; `^regex` subscribes to a pattern."""
+    topics: Annotated[tuple[str, ...], AfterValidator(_check_topics)] = ()
+    """Topics to consume with the global policy settings below; `^regex` subscribes to a pattern.
+    No duplicates; at least one unless `[[subscriptions]]` names topics."""
     listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:50051"
     """gRPC address for workers: `HOST:PORT`, `[IPV6]:PORT` (port 0 picks a free one),
     `unix:PATH` or `unix:///ABS/PATH`. Anything but loopback or a unix socket needs
@@ -73,9 +81,27 @@ class Settings(BaseModel):
     """Delay before redelivery when a worker answers RETRY without a delay."""
     max_retry_delay: NonNegativeDuration = timedelta(minutes=15)
     """Cap on the delay a worker may ask for with RETRY; at least `default_retry_delay`."""
-    max_attempts: Annotated[_AtLeastOne | None, BeforeValidator(_to_max_attempts)] = None
-    """Deliveries of a record before it goes to the dead-letter topic: at least 1, or
-    `"unlimited"`."""
+    guarantee: Annotated[Guarantee, BeforeValidator(_to_guarantee)] = "at_least_once"
+    """For records of `topics`: `at_least_once` finishes a record when a worker settles it;
+    `at_most_once` finishes it as soon as it is sent to a worker, so it is never redelivered and
+    is lost if the worker fails before handling it (the fast lane)."""
+    max_attempts: _MaxAttempts = None
+    """Deliveries of a record of `topics` before it goes to the dead-letter topic: at least 1
+    (needs `dead_letter_topic`), or `"unlimited"`."""
+    dead_letter_topic: _TopicName | None = None
+    """Topic that dead-lettered records of `topics` are produced to, with the reason in their
+    headers; a topic name, not a pattern."""
+    expired_topic: _TopicName | None = None
+    """Topic that records of `topics` past their TTL are produced to; unset: they are only
+    counted."""
+    ttl: PositiveDuration | None = None
+    """Maximum age of a record of `topics`, from its timestamp; an older record is never
+    delivered. Unset: no TTL."""
+    expiry_header: _NonBlank | None = None
+    """Name of a record header holding an absolute expiry time, decimal milliseconds since the Unix
+    epoch; a record that has it expires then, whatever `ttl` says."""
+    create_topics: Annotated[bool, BeforeValidator(_to_bool)] = False
+    """Create missing dead-letter and expired topics at start-up instead of failing."""
     commit_interval: PositiveDuration = timedelta(seconds=1)
     """How often the low-water marks are committed to Kafka."""
     max_pending_per_partition: _AtLeastOne = 10_000
@@ -98,7 +124,32 @@ class Settings(BaseModel):
         PlainSerializer(dict),
     ] = Field(default_factory=dict, validate_default=True)
     """librdkafka consumer properties, passed through unchanged, e.g. `"fetch.wait.max.ms" = 50`;
-    not the ones lowwater sets itself."""
+    not the ones lowwater sets itself. Connection, security and logging ones also configure the
+    producer of dead-letter and expired records."""
+    subscriptions: tuple[Subscription, ...] = Field(default=(), validate_default=True)
+    """Per-topic policies: each table names a `topic` (or `^regex`) and may set `max_attempts`,
+    `dead_letter_topic`, `expired_topic`, `ttl` and `expiry_header`; what it leaves out is
+    inherited from the global setting. TOML only: no flag, no environment variable."""
+
+    @field_validator("subscriptions", mode="after")
+    @classmethod
+    def _check_subscription_topics(
+        cls, subscriptions: tuple[Subscription, ...], info: ValidationInfo
+    ) -> tuple[Subscription, ...]:
+        if "topics" not in info.data:  # invalid, and reported as such
+            return subscriptions
+        topics: tuple[str, ...] = info.data["topics"]
+        if not topics and not subscriptions:
+            raise _missing_error("topics", "[[subscriptions]] tables in the config file")
+        seen = {topic: "topics" for topic in topics}
+        for index, subscription in enumerate(subscriptions):
+            where = f"subscriptions[{index}]"
+            earlier = seen.setdefault(subscription.topic, where)
+            if earlier != where:
+                raise _setting_error(
+                    f"{where}.topic", f"{subscription.topic!r} is already consumed by {earlier}"
+                )
+        return subscriptions
 
     @model_validator(mode="after")
     def _check_together(self) -> Settings:
@@ -128,7 +179,54 @@ class Settings(BaseModel):
                 f" ms): the revoke wait runs inside the poll, got"
                 f" {format_duration(self.rebalance_timeout)}",
             )
+        self._check_dead_letter_topics()
         return self
+
+    def _check_dead_letter_topics(self) -> None:
+        """Every policy with a limit on attempts needs somewhere to put the records past it."""
+        if self.topics and self.max_attempts is not None and self.dead_letter_topic is None:
+            raise _setting_error(
+                "dead_letter_topic",
+                f"not set, but max_attempts is {self.max_attempts}: a record of topics out of"
+                ' attempts goes to the dead-letter topic (or set max_attempts = "unlimited")',
+            )
+        for index, subscription in enumerate(self.subscriptions):
+            policy = subscription.policy(self._global_policy(subscription.topic))
+            if policy.max_attempts is not None and policy.dead_letter_topic is None:
+                raise _setting_error(
+                    f"subscriptions[{index}].dead_letter_topic",
+                    f"not set here nor globally, but max_attempts is {policy.max_attempts}: a"
+                    f" record of {subscription.topic!r} out of attempts goes to the dead-letter"
+                    ' topic (or set max_attempts = "unlimited")',
+                )
+
+    def _global_policy(self, topic: str) -> SubscriptionPolicy:
+        return SubscriptionPolicy(
+            topic=topic,
+            guarantee=self.guarantee,
+            max_attempts=self.max_attempts,
+            dead_letter_topic=self.dead_letter_topic,
+            expired_topic=self.expired_topic,
+            ttl=None if self.ttl is None else self.ttl.total_seconds(),
+            expiry_header=self.expiry_header,
+        )
+
+    def subscription_policies(self) -> tuple[SubscriptionPolicy, ...]:
+        """The policy of every topic consumed: one per entry of ``topics`` (the global settings),
+        then one per subscription (its own settings, the global ones where it sets none)."""
+        return tuple(self._global_policy(topic) for topic in self.topics) + tuple(
+            s.policy(self._global_policy(s.topic)) for s in self.subscriptions
+        )
+
+    def all_topics(self) -> tuple[str, ...]:
+        """What the consumer subscribes to: ``topics``, then each subscription's topic."""
+        return self.topics + tuple(s.topic for s in self.subscriptions)
+
+    def handoff_topics(self) -> tuple[str, ...]:
+        """The distinct dead-letter and expired topics of every policy, sorted."""
+        policies = self.subscription_policies()
+        topics = {p.dead_letter_topic for p in policies} | {p.expired_topic for p in policies}
+        return tuple(sorted(t for t in topics if t is not None))
 
     def consumer_config(self) -> dict[str, KafkaValue]:
         """The full librdkafka consumer configuration: the passthrough plus lowwater's own keys.
@@ -147,6 +245,23 @@ class Settings(BaseModel):
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
             }
+        )
+        return config
+
+    def producer_config(self) -> dict[str, KafkaValue]:
+        """The librdkafka configuration of the producer that hands records off to dead-letter
+        and expired topics.
+
+        Idempotent, acknowledged by all in-sync replicas, and connected like the consumer: it
+        shares the passthrough properties that :func:`is_producer_property` selects (security,
+        connection, metadata and logging), and no consumer tuning. Returns a new dict on each
+        call; the caller may add callbacks to it.
+        """
+        config: dict[str, KafkaValue] = {
+            k: v for k, v in self.kafka.items() if is_producer_property(k)
+        }
+        config.update(
+            {"bootstrap.servers": self.bootstrap_servers, "enable.idempotence": True, "acks": "all"}
         )
         return config
 

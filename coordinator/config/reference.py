@@ -5,15 +5,39 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from coordinator.config.durations import format_duration
 from coordinator.config.model import Settings
-from coordinator.config.sources import KAFKA_ENV_PREFIX, env_var_for, flag_for
+from coordinator.config.sources import (
+    FILE_ONLY_SETTINGS,
+    KAFKA_ENV_PREFIX,
+    env_var_for,
+    flag_for,
+)
+
+
+def _optional_of(annotation: object) -> object | None:
+    """``X`` for ``X | None``; None for any other annotation."""
+    args = typing.get_args(annotation)
+    others = [a for a in args if a is not type(None)]
+    return _bare(others[0]) if type(None) in args and len(others) == 1 else None
+
+
+def _bare(annotation: object) -> object:
+    """The type of ``Annotated[T, ...]``, however deeply nested."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
 
 
 def _kind(annotation: object) -> str:
     args = typing.get_args(annotation)
+    optional = _optional_of(annotation)
+    if optional is int:  # an optional limit: None is no limit
+        return 'integer or `"unlimited"`'
+    if optional is not None:
+        return _kind(optional)
     if annotation is timedelta:
         return "duration"
     if annotation is bool:
@@ -25,16 +49,15 @@ def _kind(annotation: object) -> str:
     if typing.get_origin(annotation) is Literal:
         return " / ".join(f"`{a}`" for a in args)
     if typing.get_origin(annotation) is tuple:
-        return "list of strings"
+        return "list of strings" if args[0] is str else "list of tables"
     if typing.get_origin(annotation) is Mapping:
         return "table"
-    if type(None) in args:
-        return 'integer or `"unlimited"`'
     raise TypeError(f"no documentation kind for {annotation!r}")
 
 
 def default_text(setting: str) -> str:
-    """A setting's default as a user would write it: ``30s``, ``unlimited``, ``required``."""
+    """A setting's default as a user would write it: ``30s``, ``unlimited``, ``unset``, ``empty``,
+    ``required``."""
     field = Settings.model_fields[setting]
     if field.is_required():
         return "required"
@@ -43,9 +66,11 @@ def default_text(setting: str) -> str:
         return format_duration(default)
     if isinstance(default, bool):
         return str(default).lower()
-    if isinstance(default, Mapping):
+    if isinstance(default, Mapping | tuple) and not default:
         return "empty"
-    return "unlimited" if default is None else str(default)
+    if default is None:
+        return "unlimited" if _optional_of(field.annotation) is int else "unset"
+    return str(default)
 
 
 def settings_reference() -> str:
@@ -61,10 +86,12 @@ def settings_reference() -> str:
         elif name == "kafka":
             key, flag = "`[kafka]` table", "`--kafka KEY=VALUE` (repeatable)"
             env = f"`{KAFKA_ENV_PREFIX}KEY`"
+        elif name in FILE_ONLY_SETTINGS:
+            key, flag, env = f"`[[{name}]]` tables", "none (TOML only)", "none (TOML only)"
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
         kind = _kind(field.annotation)
         default = default_text(name)
-        if default not in {"required", "empty"}:
+        if default not in {"required", "empty", "unset"}:
             default = f"`{default}`"
         rows.append(f"| {key} | {flag} | {env} | {kind} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"

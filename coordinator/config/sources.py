@@ -13,10 +13,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from coordinator.config.errors import ConfigError, Problem
 from coordinator.config.model import Settings
+from coordinator.config.subscriptions import Subscription
 
 ENV_PREFIX: Final = "LOWWATER_"
 """Prefix of the environment variables that carry settings."""
@@ -24,6 +25,8 @@ KAFKA_ENV_PREFIX: Final = "LOWWATER_KAFKA__"
 """Prefix of the environment variables that carry librdkafka properties."""
 CONFIG_ENV_VAR: Final = "LOWWATER_CONFIG"
 """Environment variable naming the TOML file when ``--config`` is not given."""
+FILE_ONLY_SETTINGS: Final = frozenset({"subscriptions"})
+"""Settings only the TOML file can set: they have no flag and no environment variable."""
 
 
 # --- names per source ---------------------------------------------------------------------------
@@ -48,7 +51,7 @@ def _kafka_key_from_env(suffix: str) -> str:
 
 def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
     """``LOWWATER_*`` variables that are no setting (ignored, but probably typos), sorted."""
-    known = {env_var_for(name) for name in Settings.model_fields if name != "kafka"}
+    known = {env_var_for(name) for name in _ENV_SETTINGS}
     known.add(CONFIG_ENV_VAR)
     return sorted(
         name
@@ -61,16 +64,21 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
 
 # --- sources and precedence ---------------------------------------------------------------------
 
+_ENV_SETTINGS: Final = tuple(
+    name for name in Settings.model_fields if name != "kafka" and name not in FILE_ONLY_SETTINGS
+)
+"""Settings with a ``LOWWATER_<SETTING>`` variable; the passthrough has one per property."""
+
 _Layer = dict[str, tuple[object, str]]
 """Setting (``kafka.<property>`` for the passthrough) -> (raw value, where it came from)."""
 
 
 def _environment_layer(environ: Mapping[str, str]) -> _Layer:
     layer: _Layer = {}
-    for name in Settings.model_fields:
+    for name in _ENV_SETTINGS:
         var = env_var_for(name)
         raw = environ.get(var, "")
-        if name != "kafka" and raw.strip():
+        if raw.strip():
             layer[name] = ([t.strip() for t in raw.split(",")] if name == "topics" else raw, var)
     for var, raw in environ.items():
         if var.startswith(KAFKA_ENV_PREFIX) and raw.strip():
@@ -124,6 +132,8 @@ def _flag_layer(flags: Mapping[str, object]) -> _Layer:
             if not isinstance(value, Mapping):
                 raise ConfigError(Problem(name, "expected KEY=VALUE pairs", flag_for(name)))
             layer.update(("kafka." + k, (v, flag_for(name))) for k, v in value.items())
+        elif name in FILE_ONLY_SETTINGS:
+            raise ConfigError(Problem(name, "can only be set in the config file"))
         else:
             layer[name] = (value, flag_for(name))
     return layer
@@ -164,21 +174,51 @@ def resolve_settings(
         raise ConfigError(*_problems(exc, {k: src for k, (_, src) in merged.items()})) from None
 
 
+_TABLES: Final[Mapping[str, type[BaseModel]]] = MappingProxyType({"subscriptions": Subscription})
+"""Settings that are lists of tables -> the model of each table."""
+
+
 def _problems(exc: ValidationError, sources: Mapping[str, str]) -> list[Problem]:
     problems: dict[str, Problem] = {}  # the first problem of each setting
     for error in exc.errors(include_url=False):
         kind, ctx, loc = error["type"], error.get("ctx") or {}, error["loc"]
-        if kind == "lowwater_setting":
-            setting, reason = str(ctx["setting"]), str(ctx["reason"])
+        if kind in {"lowwater_setting", "lowwater_missing"}:
+            setting, reason = str(ctx["setting"]), str(ctx.get("reason", ""))
         else:
-            setting = str(loc[0]) if loc else "settings"
+            setting = _setting_at(loc)
             reason = error["msg"].removeprefix("Value error, ")
             reason = reason[:1].lower() + reason[1:]
             if kind != "value_error" and isinstance(error["input"], str | int | float):
                 reason += f", got {error['input']!r}"
-        source = sources.get(setting, "default" if setting in Settings.model_fields else None)
-        if kind == "missing":
-            where = f"{flag_for(setting)}, '{setting}' in the config file or {env_var_for(setting)}"
-            reason, source = f"not set (use {where})", None
+        top = _top_level(setting)
+        default = "default" if setting in Settings.model_fields else None
+        source = sources.get(setting) or sources.get(top) or default
+        if kind in {"missing", "lowwater_missing"} and top != setting:
+            reason = f"not set (required in every [[{top}]] table)"
+        elif kind in {"missing", "lowwater_missing"}:
+            ways = [flag_for(setting), f"'{setting}' in the config file", env_var_for(setting)]
+            ways += [str(ctx["alternative"])] if "alternative" in ctx else []
+            reason, source = f"not set (use {', '.join(ways[:-1])} or {ways[-1]})", None
+        elif kind == "extra_forbidden" and top in _TABLES:
+            key = setting.rpartition(".")[2]
+            close = difflib.get_close_matches(key, list(_TABLES[top].model_fields), n=1)
+            reason = "unknown setting" + (f", did you mean '{close[0]}'?" if close else "")
         problems.setdefault(setting, Problem(setting, reason, source))
     return list(problems.values())
+
+
+def _setting_at(loc: tuple[int | str, ...]) -> str:
+    """``("subscriptions", 1, "ttl", <union member>)`` -> ``subscriptions[1].ttl``."""
+    if not loc:
+        return "settings"
+    setting = str(loc[0])
+    if len(loc) > 1 and isinstance(loc[1], int):
+        setting += f"[{loc[1]}]"
+        if len(loc) > 2 and isinstance(loc[2], str):
+            setting += f".{loc[2]}"
+    return setting
+
+
+def _top_level(setting: str) -> str:
+    """``subscriptions[1].ttl`` -> ``subscriptions``; ``kafka.x`` and ``lease`` are their own."""
+    return setting.partition("[")[0]

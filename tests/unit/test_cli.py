@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from coordinator import cli
-from coordinator.config import ConfigError, Settings, flag_for
+from coordinator.config import (
+    FILE_ONLY_SETTINGS,
+    ConfigError,
+    Settings,
+    SubscriptionPolicy,
+    flag_for,
+)
 
 REQUIRED_ARGS = ["--bootstrap-servers", "kafka:9092", "--group", "g", "--topic", "t"]
 LOWWATER_BIN = Path(sys.executable).parent / "lowwater"
@@ -72,7 +78,16 @@ def test_flags() -> None:
             "--lease",
             "45s",
             "--max-attempts",
-            "unlimited",
+            "3",
+            "--dead-letter-topic",
+            "t.dlq",
+            "--expired-topic",
+            "t.expired",
+            "--ttl",
+            "5m",
+            "--expiry-header",
+            "expires-at",
+            "--create-topics",
             "--fetch-batch-size",
             "100",
             "--kafka",
@@ -89,7 +104,12 @@ def test_flags() -> None:
     assert settings.topics == ("t", "u", "v")
     assert settings.listen == "unix:///tmp/lw.sock"
     assert settings.lease == timedelta(seconds=45)
-    assert settings.max_attempts is None
+    assert settings.max_attempts == 3
+    assert settings.create_topics is True
+    assert settings.subscription_policies() == tuple(
+        SubscriptionPolicy(topic, "at_least_once", 3, "t.dlq", "t.expired", 300.0, "expires-at")
+        for topic in ("t", "u", "v")
+    )
     assert settings.fetch_batch_size == 100
     assert dict(settings.kafka) == {"fetch.wait.max.ms": "50", "client.id": "a=b"}
     assert settings.log_level == "DEBUG"
@@ -100,7 +120,10 @@ def test_every_setting_has_a_flag() -> None:
     cli.add_settings_arguments(parser)
     help_text = parser.format_help()
     for name in Settings.model_fields:
-        assert flag_for(name) in help_text
+        if name in FILE_ONLY_SETTINGS:
+            assert flag_for(name) not in help_text
+        else:
+            assert flag_for(name) in help_text
 
 
 def test_precedence_flag_file_environment_default(tmp_path: Path) -> None:
@@ -173,6 +196,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
+@pytest.mark.usefixtures("fake_sidecar", "restore_logging")
 @pytest.mark.parametrize(
     ("args", "setting"),
     [
@@ -207,6 +231,13 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("default_retry_delay", [*REQUIRED_ARGS, "--default-retry-delay=-1s"], {}),
     ("max_retry_delay", [*REQUIRED_ARGS, "--max-retry-delay", "junk"], {}),
     ("max_attempts", [*REQUIRED_ARGS, "--max-attempts", "0"], {}),
+    ("guarantee", [*REQUIRED_ARGS, "--guarantee", "exactly_once"], {}),
+    ("dead_letter_topic", [*REQUIRED_ARGS, "--dead-letter-topic", "^dlq"], {}),
+    ("dead_letter_topic", [*REQUIRED_ARGS, "--max-attempts", "3"], {}),  # none to dead-letter to
+    ("expired_topic", [*REQUIRED_ARGS, "--expired-topic", ".."], {}),
+    ("ttl", [*REQUIRED_ARGS, "--ttl", "0s"], {}),
+    ("expiry_header", [*REQUIRED_ARGS, "--expiry-header", " "], {}),
+    ("create_topics", REQUIRED_ARGS, {"LOWWATER_CREATE_TOPICS": "sometimes"}),
     ("commit_interval", [*REQUIRED_ARGS, "--commit-interval", "0"], {}),
     ("max_pending_per_partition", [*REQUIRED_ARGS, "--max-pending-per-partition", "0"], {}),
     ("fetch_batch_size", [*REQUIRED_ARGS, "--fetch-batch-size", "100001"], {}),
@@ -215,23 +246,73 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("log_level", REQUIRED_ARGS, {"LOWWATER_LOG_LEVEL": "chatty"}),
     ("kafka", [*REQUIRED_ARGS, "--kafka", "=5"], {}),
 ]
-"""(setting, argv, environment) giving the setting an invalid value; every setting has one."""
+"""(setting, argv, environment) giving the setting an invalid value; every setting but the
+file-only ones (see INVALID_SUBSCRIPTIONS) has one."""
 
 
 def test_every_setting_has_an_invalid_case() -> None:
-    assert {setting for setting, _, _ in INVALID_SETTINGS} == set(Settings.model_fields)
+    settings = {setting for setting, _, _ in INVALID_SETTINGS}
+    settings |= {setting.partition("[")[0] for setting, _ in INVALID_SUBSCRIPTIONS}
+    assert settings == set(Settings.model_fields)
 
 
-@pytest.mark.parametrize(("setting", "args", "environ"), INVALID_SETTINGS,
-                         ids=[setting for setting, _, _ in INVALID_SETTINGS])
+@pytest.mark.usefixtures("fake_sidecar", "restore_logging")
+@pytest.mark.parametrize(
+    ("setting", "args", "environ"),
+    INVALID_SETTINGS,
+    ids=[setting for setting, _, _ in INVALID_SETTINGS],
+)
 def test_every_invalid_setting_exits_2_naming_it(
-    setting: str, args: list[str], environ: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    args: list[str],
+    environ: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert cli.main(["serve", *args]) == 2
     assert one_line_error(capsys).startswith(f"lowwater: invalid setting '{setting}': ")
+
+
+INVALID_SUBSCRIPTIONS: list[tuple[str, str]] = [
+    ("subscriptions", "subscriptions = 5"),
+    ("subscriptions[0].topic", '[[subscriptions]]\ntopic = "a b"'),
+    ("subscriptions[0].topic", '[[subscriptions]]\nttl = "5m"'),
+    ("subscriptions[0].topic", '[[subscriptions]]\ntopic = "t"'),  # --topic t already
+    ("subscriptions[0].max_attempts", '[[subscriptions]]\ntopic = "a"\nmax_attempts = -1'),
+    ("subscriptions[0].dead_letter_topic", '[[subscriptions]]\ntopic = "a"\nmax_attempts = 2'),
+    ("subscriptions[0].expired_topic", '[[subscriptions]]\ntopic = "a"\nexpired_topic = "^e"'),
+    ("subscriptions[0].ttl", '[[subscriptions]]\ntopic = "a"\nttl = "soon"'),
+    ("subscriptions[0].guarantee", '[[subscriptions]]\ntopic = "a"\nguarantee = "exactly_once"'),
+    ("subscriptions[0].expiry_header", '[[subscriptions]]\ntopic = "a"\nexpiry_header = ""'),
+    ("subscriptions[0].ordering", '[[subscriptions]]\ntopic = "a"\nordering = "key"'),
+]
+"""(setting named, config file) for the file-only settings."""
+
+
+@pytest.mark.usefixtures("fake_sidecar", "restore_logging")
+@pytest.mark.parametrize(("setting", "toml"), INVALID_SUBSCRIPTIONS)
+def test_a_bad_subscription_exits_2_naming_it(
+    setting: str, toml: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lowwater.toml"
+    config.write_text(toml + "\n")
+    assert cli.main(["serve", *REQUIRED_ARGS, "--config", str(config)]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"lowwater: invalid setting '{setting}': ")
+    assert err.endswith(f"(from {config})\n")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_subscriptions_alone_name_the_topics(tmp_path: Path, fake_sidecar: list[Settings]) -> None:
+    config = tmp_path / "lowwater.toml"
+    config.write_text('[[subscriptions]]\ntopic = "sms"\nttl = "5m"\n')
+    args = ["--bootstrap-servers", "kafka:9092", "--group", "g", "--config", str(config)]
+    assert cli.main(["serve", *args]) == 0
+    [settings] = fake_sidecar
+    assert settings.all_topics() == ("sms",)
+    assert settings.subscription_policies()[0].ttl == 300.0
 
 
 def test_reserved_kafka_key_message_says_what_to_use(capsys: pytest.CaptureFixture[str]) -> None:
@@ -365,13 +446,33 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 DOC_EXAMPLES = re.findall(r"^\$ lowwater (.*)\n(lowwater: .*)$", DOC.read_text(), re.MULTILINE)
 
 
+DOC_SUBSCRIPTIONS_TOML = """
+[[subscriptions]]
+topic = "sms-verification"
+ttl = "5m"
+
+[[subscriptions]]
+topic = "app-push"
+ttl = "5 minutes"
+"""
+"""``subscriptions.toml`` of the docs' example: its second table has a bad ``ttl``."""
+
+
+@pytest.mark.usefixtures("fake_sidecar", "restore_logging")
 @pytest.mark.parametrize(("command", "message"), DOC_EXAMPLES)
 def test_docs_console_examples_are_current(
-    command: str, message: str, capsys: pytest.CaptureFixture[str]
+    command: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "subscriptions.toml").write_text(DOC_SUBSCRIPTIONS_TOML)
     assert cli.main(shlex.split(command)) == 2
     assert capsys.readouterr().err == message + "\n"
 
 
 def test_docs_have_console_examples() -> None:
-    assert len(DOC_EXAMPLES) >= 4
+    assert len(DOC_EXAMPLES) >= 5
+    assert any("subscriptions[1].ttl" in message for _, message in DOC_EXAMPLES)

@@ -14,9 +14,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from coordinator.config import (
+    INHERIT,
+    PRODUCER_PASSTHROUGH_NAMES,
+    PRODUCER_PASSTHROUGH_PREFIXES,
     RESERVED_KAFKA_KEYS,
     ConfigError,
     Settings,
+    Subscription,
+    SubscriptionPolicy,
     format_duration,
     parse_duration,
     resolve_settings,
@@ -166,6 +171,11 @@ def test_defaults() -> None:
     assert settings.default_retry_delay == timedelta(seconds=1)
     assert settings.max_retry_delay == timedelta(minutes=15)
     assert settings.max_attempts is None
+    assert settings.dead_letter_topic is None
+    assert settings.expired_topic is None
+    assert settings.ttl is None
+    assert settings.expiry_header is None
+    assert settings.create_topics is False
     assert settings.commit_interval == timedelta(seconds=1)
     assert settings.max_pending_per_partition == 10_000
     assert settings.fetch_batch_size == 500
@@ -173,6 +183,7 @@ def test_defaults() -> None:
     assert settings.drain_timeout == timedelta(seconds=30)
     assert settings.log_level == "INFO"
     assert dict(settings.kafka) == {}
+    assert settings.subscriptions == ()
 
 
 def test_every_field_is_documented() -> None:
@@ -221,47 +232,92 @@ def test_rebalance_timeout_must_stay_below_max_poll_interval() -> None:
     ("value", "expected"), [("unlimited", None), ("None", None), ("3", 3), (1, 1), (None, None)]
 )
 def test_max_attempts(value: object, expected: int | None) -> None:
-    assert resolve_settings(flags={**REQUIRED, "max_attempts": value}).max_attempts == expected
+    flags = {**REQUIRED, "max_attempts": value, "dead_letter_topic": "dlq"}
+    assert resolve_settings(flags=flags).max_attempts == expected
 
 
 BAD_VALUES: list[tuple[str, object]] = [
-        ("max_attempts", 0),
-        ("max_attempts", True),
-        ("max_attempts", "many"),
-        ("max_pending_per_partition", 0),
-        ("max_pending_per_partition", "1.5"),
-        ("fetch_batch_size", 0),
-        ("fetch_batch_size", 100_001),
-        ("fetch_batch_size", False),
-        ("log_level", "TRACE"),
-        ("allow_remote_listen", "maybe"),
-        ("allow_remote_listen", 1),
-        ("bootstrap_servers", "  "),
-        ("group", ""),
-        ("topics", []),
-        ("topics", ["a", "b", "a"]),
-        ("topics", ["has space"]),
-        ("topics", [""]),
-        ("topics", "a"),
-        ("listen", "junk"),
-        ("listen", "127.0.0.1:70000"),
-        ("lease", "-1s"),
-        ("max_lease", "1s"),  # below the default lease
-        ("max_lease", 0),
-        ("default_retry_delay", "-1s"),
-        ("default_retry_delay", "soon"),
-        ("max_retry_delay", -1),
-        ("max_retry_delay", "0.5s"),  # below the default default_retry_delay
-        ("commit_interval", "0ms"),
-        ("rebalance_timeout", "10m"),  # not below librdkafka's max.poll.interval.ms
-        ("drain_timeout", "never"),
-        ("kafka", "fetch.wait.max.ms=50"),  # not a table of properties
+    ("guarantee", "exactly_once"),
+    ("guarantee", ""),
+    ("max_attempts", 0),
+    ("max_attempts", True),
+    ("max_attempts", "many"),
+    ("max_pending_per_partition", 0),
+    ("max_pending_per_partition", "1.5"),
+    ("fetch_batch_size", 0),
+    ("fetch_batch_size", 100_001),
+    ("fetch_batch_size", False),
+    ("log_level", "TRACE"),
+    ("allow_remote_listen", "maybe"),
+    ("allow_remote_listen", 1),
+    ("bootstrap_servers", "  "),
+    ("group", ""),
+    ("topics", []),
+    ("topics", ["a", "b", "a"]),
+    ("topics", ["has space"]),
+    ("topics", [""]),
+    ("topics", "a"),
+    ("listen", "junk"),
+    ("listen", "127.0.0.1:70000"),
+    ("lease", "-1s"),
+    ("max_lease", "1s"),  # below the default lease
+    ("max_lease", 0),
+    ("default_retry_delay", "-1s"),
+    ("default_retry_delay", "soon"),
+    ("max_retry_delay", -1),
+    ("max_retry_delay", "0.5s"),  # below the default default_retry_delay
+    ("commit_interval", "0ms"),
+    ("rebalance_timeout", "10m"),  # not below librdkafka's max.poll.interval.ms
+    ("drain_timeout", "never"),
+    ("kafka", "fetch.wait.max.ms=50"),  # not a table of properties
+    ("dead_letter_topic", ""),
+    ("dead_letter_topic", "^dlq-.*"),  # a pattern: nothing to produce to
+    ("dead_letter_topic", "has space"),
+    ("dead_letter_topic", ".."),
+    ("expired_topic", "  "),
+    ("expired_topic", "x" * 250),
+    ("expired_topic", "."),
+    ("ttl", "0s"),
+    ("ttl", "-5m"),
+    ("ttl", "5 minutes"),
+    ("expiry_header", ""),
+    ("expiry_header", " "),
+    ("create_topics", "maybe"),
+    ("create_topics", 1),
 ]
 """(setting, invalid value); every setting of the model has at least one."""
 
 
+BAD_FILE_VALUES: list[tuple[str, str]] = [
+    ("subscriptions", 'subscriptions = "t"'),
+    ("subscriptions[0]", "subscriptions = [1]"),
+    ("subscriptions[0].topic", "[[subscriptions]]\nttl = 5"),
+    ("subscriptions[0].topic", '[[subscriptions]]\ntopic = "has space"'),
+    ("subscriptions[0].max_attempts", '[[subscriptions]]\ntopic = "a"\nmax_attempts = 0'),
+    (
+        "subscriptions[0].dead_letter_topic",
+        '[[subscriptions]]\ntopic = "a"\ndead_letter_topic = "^d"',
+    ),
+    ("subscriptions[0].expired_topic", '[[subscriptions]]\ntopic = "a"\nexpired_topic = ""'),
+    ("subscriptions[0].ttl", '[[subscriptions]]\ntopic = "a"\nttl = "0s"'),
+    ("subscriptions[0].expiry_header", '[[subscriptions]]\ntopic = "a"\nexpiry_header = " "'),
+    ("subscriptions[0].guarantee", '[[subscriptions]]\ntopic = "a"\nguarantee = "x"'),
+]
+"""(the setting named, TOML text) for the settings only the file can set."""
+
+
 def test_every_setting_has_a_bad_value_case() -> None:
-    assert {setting for setting, _ in BAD_VALUES} == set(Settings.model_fields)
+    file_only = {setting.partition("[")[0] for setting, _ in BAD_FILE_VALUES}
+    assert {setting for setting, _ in BAD_VALUES} | file_only == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize(("setting", "toml"), BAD_FILE_VALUES)
+def test_bad_file_values_name_their_setting(setting: str, toml: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(flags=REQUIRED, toml=toml, tmp_path=tmp_path)
+    assert info.value.setting == setting
+    assert str(info.value).startswith(f"invalid setting '{setting}': ")
+    assert str(info.value).endswith(f"(from {tmp_path / 'lowwater.toml'})")
 
 
 @pytest.mark.parametrize(("setting", "value"), BAD_VALUES)
@@ -333,6 +389,259 @@ def test_malformed_listen_addresses_are_refused(listen: str) -> None:
     assert config_error(listen=listen, allow_remote_listen=True).setting == "listen"
 
 
+# --- subscriptions ------------------------------------------------------------------------------
+
+EXAMPLE = """
+bootstrap_servers = "kafka:9092"
+group = "g"
+topics = ["app-push", "^promo-.*"]
+max_attempts = 5
+dead_letter_topic = "push.dlq"
+expiry_header = "expires-at"
+
+[[subscriptions]]
+topic = "sms-verification"
+ttl = "5m"
+expired_topic = "sms.expired"
+
+[[subscriptions]]
+topic = "^wechat-.*"
+max_attempts = "unlimited"
+dead_letter_topic = "wechat.dlq"
+expiry_header = "x-expiry"
+"""
+
+
+def test_subscriptions_resolve_to_policies(tmp_path: Path) -> None:
+    settings = resolve(toml=EXAMPLE, tmp_path=tmp_path)
+    assert settings.subscription_policies() == (
+        SubscriptionPolicy("app-push", "at_least_once", 5, "push.dlq", None, None, "expires-at"),
+        SubscriptionPolicy("^promo-.*", "at_least_once", 5, "push.dlq", None, None, "expires-at"),
+        SubscriptionPolicy("sms-verification", "at_least_once", 5, "push.dlq", "sms.expired", 300.0, "expires-at"),
+        SubscriptionPolicy("^wechat-.*", "at_least_once", None, "wechat.dlq", None, None, "x-expiry"),
+    )
+    assert settings.all_topics() == ("app-push", "^promo-.*", "sms-verification", "^wechat-.*")
+    assert settings.handoff_topics() == ("push.dlq", "sms.expired", "wechat.dlq")
+
+
+def test_handoff_topics_are_those_of_the_policies(tmp_path: Path) -> None:
+    toml = (
+        'dead_letter_topic = "unused.dlq"\nexpired_topic = "shared"\n'
+        '[[subscriptions]]\ntopic = "a"\ndead_letter_topic = "a.dlq"\n'
+        '[[subscriptions]]\ntopic = "b"\ndead_letter_topic = "shared"\n'
+    )
+    settings = resolve(
+        flags={"bootstrap_servers": "k:1", "group": "g"}, toml=toml, tmp_path=tmp_path
+    )
+    assert settings.handoff_topics() == ("a.dlq", "shared")
+
+
+def test_left_out_is_not_unlimited(tmp_path: Path) -> None:
+    settings = resolve(toml=EXAMPLE, tmp_path=tmp_path)
+    left_out, unlimited = settings.subscriptions
+    assert left_out.max_attempts is INHERIT
+    assert left_out.dead_letter_topic is INHERIT
+    assert unlimited.max_attempts is None
+    assert Subscription(topic="a", max_attempts="none").max_attempts is None
+    with pytest.raises(ValidationError):  # the sentinel has no spelling in a file
+        Subscription.model_validate({"topic": "a", "max_attempts": "inherit"})
+
+
+def test_a_dump_validates_back(tmp_path: Path) -> None:
+    settings = resolve(toml=EXAMPLE, tmp_path=tmp_path)
+    dumped = settings.model_dump(mode="json")
+    assert dumped["subscriptions"][0] == {
+        "topic": "sms-verification",
+        "expired_topic": "sms.expired",
+        "ttl": "5m",
+    }
+    assert Settings.model_validate(dumped) == settings
+
+
+def test_subscriptions_are_frozen(tmp_path: Path) -> None:
+    settings = resolve(toml=EXAMPLE, tmp_path=tmp_path)
+    assert isinstance(settings.subscriptions, tuple)
+    with pytest.raises(ValidationError):
+        settings.subscriptions[0].ttl = None  # type: ignore[misc]
+    policy = settings.subscription_policies()[0]
+    with pytest.raises(AttributeError):
+        policy.ttl = 1.0  # type: ignore[misc]
+    assert not hasattr(policy, "__dict__")  # slots
+
+
+def test_subscriptions_may_stand_in_for_topics(tmp_path: Path) -> None:
+    toml = '[[subscriptions]]\ntopic = "a"\n'
+    settings = resolve(
+        flags={"bootstrap_servers": "k:1", "group": "g"}, toml=toml, tmp_path=tmp_path
+    )
+    assert settings.topics == ()
+    assert settings.all_topics() == ("a",)
+    assert settings.handoff_topics() == ()
+
+
+@pytest.mark.parametrize("toml", ["", "topics = []", "topics = []\nsubscriptions = []"])
+def test_no_topics_and_no_subscriptions_names_topics(toml: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(flags={"bootstrap_servers": "k:1", "group": "g"}, toml=toml, tmp_path=tmp_path)
+    assert info.value.setting == "topics"
+    assert "[[subscriptions]]" in str(info.value)
+
+
+def test_errors_in_a_subscription_name_it_by_index(tmp_path: Path) -> None:
+    toml = (
+        '[[subscriptions]]\ntopic = "a"\n'
+        '[[subscriptions]]\ntopic = "b"\nttl = "5 minutes"\nttll = "5m"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        resolve(flags=REQUIRED, toml=toml, tmp_path=tmp_path)
+    ttl, unknown = info.value.problems
+    assert ttl.setting == "subscriptions[1].ttl"
+    assert "invalid duration '5 minutes'" in ttl.reason
+    assert ttl.source == str(tmp_path / "lowwater.toml")
+    assert unknown.setting == "subscriptions[1].ttll"
+    assert unknown.reason == "unknown setting, did you mean 'ttl'?"
+
+
+@pytest.mark.parametrize(
+    ("topics", "subscribed", "setting", "earlier"),
+    [
+        (["a"], ["a"], "subscriptions[0].topic", "topics"),
+        (["a"], ["b", "a"], "subscriptions[1].topic", "topics"),
+        ([], ["a", "b", "a"], "subscriptions[2].topic", "subscriptions[0]"),
+        (["^x.*"], ["^x.*"], "subscriptions[0].topic", "topics"),
+    ],
+)
+def test_a_topic_appears_once(
+    topics: list[str], subscribed: list[str], setting: str, earlier: str, tmp_path: Path
+) -> None:
+    toml = f"topics = {topics!r}\n" + "".join(
+        f'[[subscriptions]]\ntopic = "{t}"\n' for t in subscribed
+    )
+    with pytest.raises(ConfigError) as info:
+        resolve(flags={"bootstrap_servers": "k:1", "group": "g"}, toml=toml, tmp_path=tmp_path)
+    assert info.value.setting == setting
+    assert f"is already consumed by {earlier}" in str(info.value)
+
+
+def test_max_attempts_needs_a_dead_letter_topic() -> None:
+    error = config_error(max_attempts=3)
+    assert error.setting == "dead_letter_topic"
+    assert "max_attempts is 3" in str(error)
+    assert resolve_settings(flags={**REQUIRED, "max_attempts": "unlimited"}).max_attempts is None
+
+
+@pytest.mark.parametrize(
+    ("globals_", "subscription", "error"),
+    [
+        ("", "max_attempts = 2", "subscriptions[0].dead_letter_topic"),
+        ("max_attempts = 2", "", "subscriptions[0].dead_letter_topic"),  # inherited
+        ("max_attempts = 2", 'dead_letter_topic = "d"', None),
+        ('max_attempts = 2\ndead_letter_topic = "d"', "", None),  # both inherited
+        ("max_attempts = 2", 'max_attempts = "unlimited"', None),
+        ('dead_letter_topic = "d"', "max_attempts = 2", None),
+    ],
+)
+def test_a_subscription_with_max_attempts_needs_a_dead_letter_topic(
+    globals_: str, subscription: str, error: str | None, tmp_path: Path
+) -> None:
+    # No topics: the global max_attempts alone then needs no dead-letter topic.
+    toml = f'{globals_}\n[[subscriptions]]\ntopic = "a"\n{subscription}\n'
+    flags = {"bootstrap_servers": "k:1", "group": "g"}
+    if error is None:
+        assert resolve(flags=flags, toml=toml, tmp_path=tmp_path).subscriptions
+        return
+    with pytest.raises(ConfigError) as info:
+        resolve(flags=flags, toml=toml, tmp_path=tmp_path)
+    assert info.value.setting == error
+    assert "max_attempts is 2" in str(info.value)
+
+
+@pytest.mark.parametrize("topic", ["^dlq.*", "has space", "", ".", "x" * 250])
+def test_dead_letter_and_expired_topics_are_topic_names(topic: str, tmp_path: Path) -> None:
+    assert config_error(dead_letter_topic=topic).setting == "dead_letter_topic"
+    toml = f'[[subscriptions]]\ntopic = "a"\nexpired_topic = "{topic}"\n'
+    with pytest.raises(ConfigError) as info:
+        resolve(flags=REQUIRED, toml=toml, tmp_path=tmp_path)
+    assert info.value.setting == "subscriptions[0].expired_topic"
+
+
+def test_blank_expiry_header_is_refused(tmp_path: Path) -> None:
+    assert "must not be empty" in str(config_error(expiry_header="  "))
+    toml = '[[subscriptions]]\ntopic = "a"\nexpiry_header = ""\n'
+    with pytest.raises(
+        ConfigError, match=r"'subscriptions\[0\]\.expiry_header': must not be empty"
+    ):
+        resolve(flags=REQUIRED, toml=toml, tmp_path=tmp_path)
+
+
+def test_subscriptions_come_from_the_file_only() -> None:
+    with pytest.raises(ConfigError, match="can only be set in the config file") as info:
+        resolve_settings(flags={**REQUIRED, "subscriptions": [{"topic": "a"}]})
+    assert info.value.setting == "subscriptions"
+    environ = {"LOWWATER_SUBSCRIPTIONS": "a", "LOWWATER_TTL": "5m"}
+    assert resolve_settings(flags=REQUIRED, environ=environ).subscriptions == ()
+    assert unknown_environment_variables(environ) == ["LOWWATER_SUBSCRIPTIONS"]
+
+
+def test_policy_settings_from_the_environment() -> None:
+    environ = {
+        "LOWWATER_MAX_ATTEMPTS": "4",
+        "LOWWATER_DEAD_LETTER_TOPIC": "dlq",
+        "LOWWATER_EXPIRED_TOPIC": "expired",
+        "LOWWATER_TTL": "5m",
+        "LOWWATER_EXPIRY_HEADER": "expires-at",
+        "LOWWATER_CREATE_TOPICS": "yes",
+    }
+    settings = resolve_settings(flags=REQUIRED, environ=environ)
+    assert settings.subscription_policies() == (
+        SubscriptionPolicy("t", "at_least_once", 4, "dlq", "expired", 300.0, "expires-at"),
+    )
+    assert settings.create_topics is True
+    assert settings.handoff_topics() == ("dlq", "expired")
+
+
+_names = st.from_regex(r"[a-z][a-z0-9._-]{0,10}", fullmatch=True)
+_POLICY_VALUES = {
+    "guarantee": st.sampled_from(["at_least_once", "at_most_once"]),
+    "max_attempts": st.one_of(st.integers(1, 10), st.just("unlimited")),
+    "dead_letter_topic": _names,
+    "expired_topic": _names,
+    "ttl": st.integers(1, 10**6).map(lambda ms: f"{ms}ms"),
+    "expiry_header": _names,
+}
+
+
+def _expected(key: str, raw: object) -> object:
+    """The policy value of a raw setting value (None: not set anywhere)."""
+    if key == "guarantee" and raw is None:
+        return "at_least_once"  # the default
+    if key == "ttl" and raw is not None:
+        return parse_duration(str(raw)).total_seconds()
+    return None if raw == "unlimited" else raw
+
+
+@given(
+    globals_=st.fixed_dictionaries({}, optional=_POLICY_VALUES),
+    subscribed=st.lists(st.fixed_dictionaries({}, optional=_POLICY_VALUES), max_size=4),
+)
+def test_policies_inherit_what_a_subscription_leaves_out(
+    globals_: dict[str, object], subscribed: list[dict[str, object]]
+) -> None:
+    # Always a dead-letter topic, so that any max_attempts is valid.
+    globals_ = {"dead_letter_topic": "dlq", **globals_}
+    subscriptions = [{"topic": f"s{i}", **own} for i, own in enumerate(subscribed)]
+    settings = Settings.model_validate({**REQUIRED, **globals_, "subscriptions": subscriptions})
+    topic_policy, *policies = settings.subscription_policies()
+    assert topic_policy.topic == "t"
+    for key in _POLICY_VALUES:
+        assert getattr(topic_policy, key) == _expected(key, globals_.get(key))
+    assert len(policies) == len(subscriptions)
+    for policy, own in zip(policies, subscriptions, strict=True):
+        assert policy.topic == own["topic"]
+        for key in _POLICY_VALUES:
+            assert getattr(policy, key) == _expected(key, own.get(key, globals_.get(key)))
+
+
 # --- the librdkafka passthrough -----------------------------------------------------------------
 
 
@@ -357,6 +666,76 @@ def test_consumer_config() -> None:
 def test_auto_offset_reset_can_be_passed_through() -> None:
     settings = Settings.model_validate({**REQUIRED, "kafka": {"auto.offset.reset": "latest"}})
     assert settings.consumer_config()["auto.offset.reset"] == "latest"
+
+
+def test_producer_config() -> None:
+    kafka = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.password": "hunter2",
+        "ssl.ca.location": "/ca.pem",
+        "client.id": "lw",
+        "debug": "broker",
+        "fetch.wait.max.ms": 50,
+        "session.timeout.ms": 6000,
+        "auto.offset.reset": "latest",
+    }
+    settings = Settings.model_validate({**REQUIRED, "kafka": kafka})
+    config = settings.producer_config()
+    assert config == {
+        "bootstrap.servers": "kafka:9092",
+        "enable.idempotence": True,
+        "acks": "all",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.password": "hunter2",
+        "ssl.ca.location": "/ca.pem",
+        "client.id": "lw",
+        "debug": "broker",
+    }
+    config["extra"] = 1
+    assert "extra" not in settings.producer_config()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        *(prefix + "x" for prefix in PRODUCER_PASSTHROUGH_PREFIXES),
+        *PRODUCER_PASSTHROUGH_NAMES,
+        "socket.keepalive.enable",
+        "broker.address.family",
+        "topic.metadata.refresh.interval.ms",
+        "api.version.request",
+        "log.connection.close",
+        "SSL.Key.Location",
+    ],
+)
+def test_connection_security_and_logging_properties_reach_the_producer(key: str) -> None:
+    settings = Settings.model_validate({**REQUIRED, "kafka": {key: "v"}})
+    assert settings.producer_config()[key] == "v"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "allow.auto.create.topics",
+        "statistics.interval.ms",
+        "fetch.wait.max.ms",
+        "session.timeout.ms",
+        "max.poll.interval.ms",
+        "auto.offset.reset",
+        "partition.assignment.strategy",
+        "enable.partition.eof",
+        "acks",
+        "enable.idempotence",
+        "linger.ms",
+        "debugging",
+    ],
+)
+def test_consumer_tuning_stays_out_of_the_producer(key: str) -> None:
+    settings = Settings.model_validate({**REQUIRED, "kafka": {key: "600000"}})
+    config = settings.producer_config()
+    assert config.get(key) == {"acks": "all", "enable.idempotence": True}.get(key)
 
 
 @pytest.mark.parametrize("key", sorted(RESERVED_KAFKA_KEYS))
@@ -583,10 +962,53 @@ def test_docs_example_toml_is_valid(tmp_path: Path) -> None:
     assert examples
     for example in examples:
         settings = resolve(toml=example, tmp_path=tmp_path)
-        assert settings.topics
+        assert settings.all_topics()
+
+
+def test_guarantee_is_case_and_dash_insensitive() -> None:
+    settings = resolve_settings(flags={**REQUIRED, "guarantee": " At-Most-Once "})
+    assert [p.guarantee for p in settings.subscription_policies()] == ["at_most_once"]
 
 
 def test_docs_mention_every_setting() -> None:
     text = DOC.read_text()
     for name in Settings.model_fields:
         assert f"`{name}`" in text or name == "kafka"
+
+
+def test_docs_mention_every_subscription_key() -> None:
+    section = DOC.read_text().split("## Subscriptions")[1].split("\n## ")[0]
+    for name in Subscription.model_fields:
+        assert f"`{name}`" in section
+
+
+def test_docs_subscriptions_example_gives_the_policies_in_its_table(tmp_path: Path) -> None:
+    section = DOC.read_text().split("## Subscriptions")[1].split("\n## ")[0]
+    [example] = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
+    settings = resolve(toml=example, tmp_path=tmp_path)
+    rows = re.findall(r"^\| `([^`]+)` \| (.*) \|$", section, re.MULTILINE)
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return format_duration(timedelta(seconds=value))
+        if isinstance(value, str):
+            return f"`{value}`"
+        return str(value)
+
+    assert [
+        (
+            p.topic,
+            " | ".join(
+                cell(v) if v is not None else ("unlimited" if k == "max_attempts" else "none")
+                for k, v in [
+                    ("guarantee", p.guarantee),
+                    ("max_attempts", p.max_attempts),
+                    ("dead_letter_topic", p.dead_letter_topic),
+                    ("expired_topic", p.expired_topic),
+                    ("ttl", p.ttl),
+                    ("expiry_header", p.expiry_header),
+                ]
+            ),
+        )
+        for p in settings.subscription_policies()
+    ] == rows
