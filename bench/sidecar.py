@@ -4,7 +4,9 @@
    ``consume(500)`` and does nothing else (``bench/ceiling.py``).
 2. lowwater: the same N records through ``lowwater serve`` (a real sidecar
    process) to one SDK ``AsyncWorker`` whose handler returns at once, timed until
-   every partition's committed offset reaches the log end.
+   every partition's committed offset reaches the log end; once with the default
+   ``at_least_once`` guarantee and once with ``at_most_once`` (records finished
+   when dispatched), each in a group of its own.
 3. Memory: the sidecar's peak RSS in run 2, and the RSS each pending record costs
    when 100,000 records are held pending (no worker attached, so the pending cap
    stops the fetch).
@@ -66,13 +68,6 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
-def status(target: str) -> admin_pb2.GetStatusResponse:
-    with grpc.insecure_channel(target) as channel:
-        resp: admin_pb2.GetStatusResponse = admin_pb2_grpc.AdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest())
-        return resp
-
-
 async def through_sidecar(target: str, n: int) -> float:
     """Seconds from the first handled record until all ``n`` are committed."""
     handled = 0
@@ -111,7 +106,7 @@ def pending_rss(bootstrap: str, topic: str, pending: int, extra: list[str]) -> t
     with SidecarProcess(bootstrap, unique_name("bench-pending"), [topic], extra=args) as full:
         full.wait_assigned(PARTITIONS)
         deadline = time.monotonic() + RUN_DEADLINE_S
-        while (held := sum(p.pending_count for p in status(full.target).partitions)) < pending:
+        while (held := sum(p.pending_count for p in full.status().partitions)) < pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {held} pending after {RUN_DEADLINE_S:g}s")
             time.sleep(0.1)
@@ -137,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = measure_consume(bootstrap, topic, args.n)
 
         console.print("2/3 lowwater: sidecar process -> one SDK AsyncWorker, until committed")
-        with SidecarProcess(bootstrap, unique_name("bench-lw"), [topic], extra=extra) as sc:
-            sc.wait_assigned(PARTITIONS)
-            seconds = asyncio.run(through_sidecar(sc.target, args.n))
-            peak = rss_kib(sc.pid, "VmHWM")
-        lw_rate = args.n / seconds
+        rates, peaks = {}, {}
+        for guarantee in ("at_least_once", "at_most_once"):
+            with SidecarProcess(bootstrap, unique_name("bench-lw"), [topic],
+                                extra=[*extra, "--guarantee", guarantee]) as sc:
+                sc.wait_assigned(PARTITIONS)
+                rates[guarantee] = args.n / asyncio.run(through_sidecar(sc.target, args.n))
+                peaks[guarantee] = rss_kib(sc.pid, "VmHWM")
+            console.print(f"    {guarantee}: {rates[guarantee]:,.0f} rec/s")
+        lw_rate, peak = rates["at_least_once"], peaks["at_least_once"]
 
         console.print(f"3/3 memory: {args.pending:,} records pending, no worker")
         held, per_pending = pending_rss(bootstrap, topic, args.pending, extra)
@@ -153,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("ceiling: raw consume(500)", f"{ceiling.per_second:,.0f} rec/s")
     table.add_row("lowwater: sidecar + SDK worker, to commit", f"{lw_rate:,.0f} rec/s")
     table.add_row("ratio lowwater / ceiling (target >= 0.3)", f"{lw_rate / ceiling.per_second:.3f}")
+    table.add_row("lowwater at_most_once, to commit", f"{rates['at_most_once']:,.0f} rec/s")
+    table.add_row("ratio at_most_once / at_least_once",
+                  f"{rates['at_most_once'] / lw_rate:.2f}")
     table.add_row("sidecar peak RSS", f"{peak / 1024:,.1f} MiB")
     table.add_row(f"RSS per pending record ({held:,} pending; target <= 1 KiB)",
                   f"{per_pending * 1024:,.0f} bytes")

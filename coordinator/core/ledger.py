@@ -21,9 +21,12 @@ from coordinator.core.records import (
     DONE,
     HANDOFF,
     LEASED,
+    NEVER,
     PARKED,
     READY,
     CommitPoint,
+    Handoff,
+    HandoffKind,
     Holder,
     Lease,
     LeaseTimes,
@@ -35,10 +38,14 @@ from coordinator.core.records import (
 # Enum members as module constants: on Python 3.11 each ``Enum.MEMBER`` lookup costs ~150 ns.
 _OK, _ALREADY_SETTLED, _NOT_OWNER = SettleStatus.OK, SettleStatus.ALREADY_SETTLED, SettleStatus.NOT_OWNER
 _FINISH, _DEAD_LETTER = Action.FINISH, Action.DEAD_LETTER
+_EXPIRED = HandoffKind.EXPIRED
 
 __all__ = [
+    "NEVER",
     "PULL_HOLDER_MAX_IN_FLIGHT",
     "CommitPoint",
+    "Handoff",
+    "HandoffKind",
     "Holder",
     "Lease",
     "LeaseTimes",
@@ -79,12 +86,13 @@ class Ledger:
         self._seq = itertools.count()
         self._generations = itertools.count(1)
         self._gate_changes: list[tuple[TopicPartition, GateChange]] = []
-        self._handoffs: list[tuple[Record, str]] = []
+        self._handoffs: list[Handoff] = []
 
     # -- partitions -------------------------------------------------------
 
     def assign(
-        self, tp: TopicPartition, committed: int | None = None, generation: int | None = None
+        self, tp: TopicPartition, committed: int | None = None, generation: int | None = None,
+        policy: RetryPolicy | None = None, *, at_most_once: bool = False,
     ) -> PartitionState:
         """Starts a new generation for ``tp``.
 
@@ -92,6 +100,12 @@ class Ledger:
             committed: the group's committed offset, if known.
             generation: the caller's generation number (the fetcher's, so that
                 it can check commits against it); by default the ledger's own.
+            policy: attempts and delays for this partition (its subscription's);
+                by default the ledger's.
+            at_most_once: a record is finished as soon as it is leased: its
+                lease only bounds the holder's credits, and whatever becomes
+                of it (settled, lapsed, its stream gone) it is never delivered
+                again.
         """
         old = self.partitions.get(tp)
         gen = next(self._generations) if generation is None else generation
@@ -100,7 +114,7 @@ class Ledger:
                 raise ValueError(
                     f"generation {gen} of {tp} is not newer than its current {old.generation}")
             self._drop(old)
-        part = PartitionState(tp, gen, committed, self._cap)
+        part = PartitionState(tp, gen, committed, self._cap, policy or self.policy, at_most_once)
         self.partitions[tp] = part
         return part
 
@@ -141,9 +155,10 @@ class Ledger:
 
     def _drop(self, part: PartitionState) -> None:
         part.revoking = part.revoked = True
-        for holder in self.holders.values():  # a revoked delivery is not settled: stop charging
-            for msg_id in [m for m, rec in holder.lapsed.items() if rec.part is part]:
-                self._answered(holder, msg_id)
+        if not part.at_most_once:  # a revoked delivery is dropped unsettled: stop charging
+            for holder in self.holders.values():  # (at-most-once ones are not revoked)
+                for msg_id in [m for m, rec in holder.lapsed.items() if rec.part is part]:
+                    self._answered(holder, msg_id)
         queued = 0
         for rec in part.records.values():
             if rec.state is LEASED and rec.lease is not None:
@@ -160,23 +175,33 @@ class Ledger:
 
     # -- records ----------------------------------------------------------
 
-    def add(self, tp: TopicPartition, offset: int, size: int, payload: object, now: float) -> bool:
-        """Records a fetched record; False (and ignored) if ``tp`` is not assigned here."""
+    def add(self, tp: TopicPartition, offset: int, size: int, payload: object, now: float,
+            expires: float = NEVER) -> bool:
+        """Records a fetched record; False (and ignored) if ``tp`` is not assigned here.
+
+        A record that ``expires`` (passes its TTL) by ``now`` is never delivered:
+        it is handed off as EXPIRED at once, and so is a queued one whose expiry
+        passes before a holder leases it.
+        """
         part = self.partitions.get(tp)
         if part is None:
             return False
-        return self.add_to(part, offset, size, payload, now)
+        return self.add_to(part, offset, size, payload, now, expires)
 
     def add_to(self, part: PartitionState, offset: int, size: int, payload: object,
-               now: float) -> bool:
+               now: float, expires: float = NEVER) -> bool:
         """:meth:`add` for a caller that looked the partition up once for many records."""
         if part.revoking:
             return False
         part.offsets.fetched(offset)
-        rec = Record(part, offset, size, payload, now)
+        rec = Record(part, offset, size, payload, now, expires)
         part.records[offset] = rec
-        self._ready.append(rec)
-        self.ready_count += 1
+        if expires <= now:
+            rec.state = HANDOFF
+            self._handoffs.append(Handoff(rec, _EXPIRED, "expired before it was delivered"))
+        else:
+            self._ready.append(rec)
+            self.ready_count += 1
         gate = part.gate
         if not gate.paused and len(part.records) >= gate.cap:  # adding can only ever pause
             self._check_gate(part)
@@ -187,13 +212,13 @@ class Ledger:
         changes, self._gate_changes = self._gate_changes, []
         return changes
 
-    def take_handoffs(self) -> list[tuple[Record, str]]:
-        """Records given up on (dead-letter) since the last call, with the reason."""
+    def take_handoffs(self) -> list[Handoff]:
+        """Records given up on (dead-lettered) or expired since the last call, oldest first."""
         out, self._handoffs = self._handoffs, []
         return out
 
     def finish_handoff(self, rec: Record) -> None:
-        """The dead-letter path has durably taken ``rec``: it is finished."""
+        """The hand-off's topic has durably taken ``rec`` (or it has none): it is finished."""
         if rec.state is HANDOFF:
             self._finish(rec)
 
@@ -247,6 +272,14 @@ class Ledger:
                 self.ready_count -= 1
                 rec.state = PARKED
                 continue
+            if rec.expires <= now:  # past its TTL while it waited: never delivered
+                ready.popleft()
+                self.ready_count -= 1
+                rec.state = HANDOFF
+                why = (f"expired after {rec.attempt} attempt(s)" if rec.attempt
+                       else "expired before it was delivered")
+                self._handoffs.append(Handoff(rec, _EXPIRED, why))
+                continue
             if not credits.allows(rec.size):
                 break
             ready.popleft()
@@ -257,8 +290,11 @@ class Ledger:
             rec.state = LEASED
             credits.take(rec.size)
             holder.leases[lease.msg_id] = lease
-            part.in_flight += 1
             out.append(lease)
+            if part.at_most_once:  # finished once dispatched; the lease holds only credit
+                self._finish(rec)
+            else:
+                part.in_flight += 1
         if out:
             table.watch(deadline, out[0].msg_id, out[-1].msg_id)
         return out
@@ -272,6 +308,7 @@ class Ledger:
         outcome: Outcome | None,
         delay: float | None,
         now: float,
+        reason: str = "",
     ) -> SettleStatus:
         """Applies one settlement.
 
@@ -280,6 +317,7 @@ class Ledger:
                 settle Pull leases only).
             outcome: None for an unspecified or unknown outcome (INVALID).
             delay: RETRY only, seconds; None for the default.
+            reason: the worker's words, carried into a dead-letter hand-off.
         """
         lease = self._table.get(msg_id)
         if lease is None:
@@ -295,7 +333,12 @@ class Ledger:
             return SettleStatus.INVALID
         rec = lease.record
         self._unlease(lease, _ALREADY_SETTLED)
-        self._apply(rec, self.policy.on_settle(outcome, lease.attempt, delay), now)
+        if rec.state is DONE:  # at most once: finished when it was dispatched
+            return _OK
+        decision = rec.part.policy.on_settle(outcome, lease.attempt, delay)
+        if reason and decision.action is _DEAD_LETTER:
+            decision = Decision(_DEAD_LETTER, reason=f"{decision.reason}: {reason}")
+        self._apply(rec, decision, now)
         return _OK
 
     def ack_many(self, holder: Holder, msg_ids: Iterable[int]) -> list[tuple[int, SettleStatus]]:
@@ -323,11 +366,13 @@ class Ledger:
             release(lease, _ALREADY_SETTLED)
             del leases[msg_id]
             rec = lease.record
-            part = rec.part
             credits.messages -= 1
             credits.bytes -= rec.size
-            part.in_flight -= 1
             rec.lease = None
+            if rec.state is DONE:  # at most once: finished when it was dispatched
+                continue
+            part = rec.part
+            part.in_flight -= 1
             rec.state = DONE
             part.offsets.finished(rec.offset)
             del part.records[rec.offset]
@@ -405,7 +450,8 @@ class Ledger:
         del holder.leases[lease.msg_id]
         rec = lease.record
         holder.credits.give(rec.size)
-        rec.part.in_flight -= 1
+        if rec.state is not DONE:  # an at-most-once record was never counted in flight
+            rec.part.in_flight -= 1
         rec.lease = None
 
     def _lapse(self, lease: Lease, why: str, now: float) -> None:
@@ -414,7 +460,8 @@ class Ledger:
         if not holder.pull and self.holders.get(holder.name) is holder:
             holder.credits.take(rec.size)  # still charged: see Holder.lapsed
             holder.lapsed[lease.msg_id] = rec
-        self._apply(rec, self.policy.on_lapse(lease.attempt, why), now)
+        if rec.state is not DONE:  # at most once: never delivered again
+            self._apply(rec, rec.part.policy.on_lapse(lease.attempt, why), now)
 
     def _answered(self, holder: Holder, msg_id: int) -> None:
         """``holder`` answered for ``msg_id``, which holds no lease: if it had lapsed on this
@@ -428,7 +475,7 @@ class Ledger:
             self._finish(rec)
         elif decision.action is _DEAD_LETTER:
             rec.state = HANDOFF
-            self._handoffs.append((rec, decision.reason))
+            self._handoffs.append(Handoff(rec, HandoffKind.DEAD_LETTER, decision.reason))
         elif decision.delay > 0:
             rec.state = DELAYED
             heapq.heappush(self._delayed, (now + decision.delay, next(self._seq), rec))

@@ -7,12 +7,14 @@ owner; nothing here has behaviour beyond construction.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from coordinator.core.flow import Credits, PauseGate
 from coordinator.core.leases import Lease as _Lease
 from coordinator.core.model import TopicPartition
 from coordinator.core.offsets import PartitionOffsets
+from coordinator.core.policy import RetryPolicy
 
 
 class State(enum.Enum):
@@ -35,6 +37,13 @@ READY, LEASED, DELAYED, PARKED, HANDOFF, DONE = (
     State.READY, State.LEASED, State.DELAYED, State.PARKED, State.HANDOFF, State.DONE)
 
 
+class HandoffKind(enum.Enum):
+    DEAD_LETTER = "dead_letter"
+    """Given up on: max attempts used, or the worker answered DEAD_LETTER."""
+    EXPIRED = "expired"
+    """Past its TTL: it is never delivered again."""
+
+
 class PartitionState:
     """One assignment of one partition to this sidecar.
 
@@ -43,21 +52,28 @@ class PartitionState:
     """
 
     __slots__ = (
+        "at_most_once",
         "commit_sent",
         "committed",
         "gate",
         "generation",
         "in_flight",
         "offsets",
+        "policy",
         "records",
         "revoked",
         "revoking",
         "tp",
     )
 
-    def __init__(self, tp: TopicPartition, generation: int, committed: int | None, cap: int):
+    def __init__(self, tp: TopicPartition, generation: int, committed: int | None, cap: int,
+                 policy: RetryPolicy, at_most_once: bool = False):
         self.tp = tp
         self.generation = generation
+        self.policy = policy
+        """Attempts and delays for this partition's records (its subscription's)."""
+        self.at_most_once = at_most_once
+        """Records are finished when leased (see :meth:`Ledger.assign`)."""
         self.offsets = PartitionOffsets()
         self.records: dict[int, Record] = {}
         self.gate = PauseGate(cap)
@@ -70,17 +86,25 @@ class PartitionState:
         """The last offset handed to the committer for this generation."""
 
 
+NEVER = math.inf
+"""The expiry of a record without a TTL."""
+
+
 class Record:
     """One fetched record, pending until finished. ``payload`` is opaque to the core."""
 
-    __slots__ = ("attempt", "fetched_at", "lease", "offset", "part", "payload", "size", "state")
+    __slots__ = ("attempt", "expires", "fetched_at", "lease", "offset", "part", "payload", "size",
+                 "state")
 
-    def __init__(self, part: PartitionState, offset: int, size: int, payload: object, now: float):
+    def __init__(self, part: PartitionState, offset: int, size: int, payload: object, now: float,
+                 expires: float = NEVER):
         self.part = part
         self.offset = offset
         self.size = size
         self.payload = payload
         self.fetched_at = now
+        self.expires = expires
+        """When it passes its TTL, on the ledger's clock; NEVER without one."""
         self.attempt = 0
         self.lease: Lease | None = None
         self.state = READY
@@ -120,6 +144,15 @@ class LeaseTimes:
     def __post_init__(self) -> None:
         if not 0 < self.default <= self.maximum:
             raise ValueError("leases need 0 < default <= maximum")
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A record leaving the normal flow: it stays pending until :meth:`Ledger.finish_handoff`."""
+
+    record: Record
+    kind: HandoffKind
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

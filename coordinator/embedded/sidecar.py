@@ -121,15 +121,20 @@ class SidecarProcess:
                     raise TimeoutError(f"sidecar not {name} after {timeout}s:\n{self.log()}")
                 time.sleep(0.1)
 
+    def status(self, timeout: float = 5.0) -> admin_pb2.GetStatusResponse:
+        """Admin/GetStatus."""
+        with grpc.insecure_channel(self.target) as channel:
+            resp: admin_pb2.GetStatusResponse = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=timeout)
+            return resp
+
     def wait_assigned(self, partitions: int, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
         """Waits until Admin/GetStatus shows ``partitions`` assigned partitions."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            admin = admin_pb2_grpc.AdminStub(channel)
-            while len(admin.GetStatus(admin_pb2.GetStatusRequest()).partitions) < partitions:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"not assigned after {timeout}s:\n{self.log()}")
-                time.sleep(0.1)
+        while len(self.status().partitions) < partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not assigned after {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
 
     def stop(self, timeout: float = SIDECAR_STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then wait; SIGKILL after ``timeout``. Returns the exit code."""

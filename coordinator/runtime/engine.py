@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from coordinator.core.flow import GateChange
-from coordinator.core.ledger import CommitPoint, Holder, Lease, Ledger
+from coordinator.core.ledger import NEVER, CommitPoint, Handoff, HandoffKind, Holder, Lease, Ledger
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.kafka.fetcher import Commit, Pause
+from coordinator.runtime.subscriptions import Router
 
 acks_log = logging.getLogger("coordinator.acks")
 flow_log = logging.getLogger("coordinator.flow")
 rebalance_log = logging.getLogger("coordinator.rebalance")
-dlq_log = logging.getLogger("coordinator.deadletter")
+handoff_log = logging.getLogger("coordinator.handoff")
 
 TIMER_RESOLUTION = 0.05
 """Seconds between timer ticks: lease expiry and retry due times are this precise."""
@@ -32,10 +33,19 @@ DELIVERY_BATCH = 500
 """Most deliveries put into one stream message."""
 PULL_MAX_MESSAGES = 1000
 """Cap on ``PullRequest.max_messages``."""
+HANDOFF_RETRY_S = 1.0
+"""Seconds before a hand-off whose produce failed is tried again (the record stays pending)."""
 
 
 class CommandSink(Protocol):
     def submit(self, command: Commit | Pause) -> None: ...
+
+
+class HandoffSink(Protocol):
+    """Where hand-offs are produced (:class:`coordinator.kafka.producer.HandoffProducer`)."""
+
+    def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
+             report: Callable[[str | None], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +121,8 @@ class StatusView:
     buffered: int
 
 
-Settlement = tuple[int, Outcome | None, float | None]
-"""(msg_id, outcome or None when unspecified, retry delay in seconds or None)."""
+Settlement = tuple[int, Outcome | None, float | None, str]
+"""(msg_id, outcome or None when unspecified, retry delay in seconds or None, reason)."""
 
 
 class Engine:
@@ -127,12 +137,23 @@ class Engine:
         ledger: Ledger,
         commands: CommandSink,
         *,
+        router: Router | None = None,
+        handoffs: HandoffSink | None = None,
         commit_interval: float = 1.0,
         rebalance_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """Without a ``router`` every topic gets the ledger's policy and no TTL; without
+        ``handoffs`` a hand-off with a topic is an error (the sidecar always passes one when
+        a subscription names a topic)."""
         self.ledger = ledger
         self._commands = commands
+        self._router = router
+        self._handoffs = handoffs
+        self._wall = wall_clock
+        self.handoffs_in_flight = 0
+        """Hand-offs sent to a topic and not yet confirmed: drain waits for them too."""
         self._commit_interval = commit_interval
         self._rebalance_timeout = rebalance_timeout
         self._clock = clock
@@ -144,35 +165,50 @@ class Engine:
         """Set whenever records may be ready: what Pull waits on."""
         self._draining = False
         self.counters: dict[str, int] = dict.fromkeys(
-            ("fetched", "ignored", "delivered", "settled", "rejected", "lapsed", "dead_lettered"), 0
+            ("fetched", "ignored", "delivered", "settled", "rejected", "lapsed", "dead_lettered",
+             "expired", "dropped_dead_letters"), 0
         )
+        self.per_topic: dict[tuple[str, str], int] = {}
+        """(counter, topic) -> count, for "dead_lettered" and "expired" per subscribed topic."""
 
     # -- from the fetcher (via the bridge) ------------------------------------
 
     def intake(self, records: list[Any]) -> None:
-        """Adds fetched confluent-kafka messages to the ledger."""
+        """Adds fetched confluent-kafka messages to the ledger, with their expiry if their
+        subscription has a TTL."""
         now = self._clock()
+        to_local = now - self._wall()  # epoch seconds + to_local = the ledger's clock
         ledger = self.ledger
         add = ledger.add_to
         ignored = 0
-        topic, partition, part = None, -1, None
+        topic, partition, part, lane = None, -1, None, None
         for msg in records:
             t, p = msg.topic(), msg.partition()
             if p != partition or t != topic:  # batches come in runs of one partition
                 topic, partition = t, p
                 part = ledger.partitions.get(TopicPartition(t, p))
+                lane = self._router.lane(t) if self._router is not None else None
+                if lane is not None and not lane.expires:
+                    lane = None
             value = msg.value()
             key = msg.key()
             size = (len(value) if value else 0) + (len(key) if key else 0)
-            if part is None or not add(part, msg.offset(), size, msg, now):
+            expires = NEVER if lane is None else lane.expiry_ms(msg) / 1000.0 + to_local
+            if part is None or not add(part, msg.offset(), size, msg, now, expires):
                 ignored += 1
         self.counters["fetched"] += len(records) - ignored
         self.counters["ignored"] += ignored
         self._after_change()
 
     def assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
+        router = self._router
         for tp, generation, committed in parts:
-            self.ledger.assign(tp, committed, generation)
+            if router is None:
+                self.ledger.assign(tp, committed, generation)
+                continue
+            lane = router.lane(tp.topic)
+            self.ledger.assign(tp, committed, generation, lane.retry,
+                               at_most_once=lane.subscription.guarantee == "at_most_once")
 
     async def revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
         """Stops dispatch from ``tps``, waits boundedly for their leases, releases them."""
@@ -244,9 +280,9 @@ class Engine:
         rejected: list[tuple[int, SettleStatus]] = []
         ok = SettleStatus.OK
         count = 0
-        for msg_id, outcome, delay in settlements:
+        for msg_id, outcome, delay, reason in settlements:
             count += 1
-            status = settle(holder, msg_id, outcome, delay, now)
+            status = settle(holder, msg_id, outcome, delay, now, reason)
             if status is not ok:
                 rejected.append((msg_id, status))
         self._count_settled(count, rejected)
@@ -337,10 +373,11 @@ class Engine:
             session.notices.append(Draining(timeout))
             session.wake.set()
         self._ready.set()
-        done = await self._wait(lambda: self.ledger.leased == 0, timeout)
+        done = await self._wait(
+            lambda: self.ledger.leased == 0 and self.handoffs_in_flight == 0, timeout)
         if not done:
-            acks_log.warning("drain: %d lease(s) still out after %.1fs",
-                             self.ledger.leased, timeout)
+            acks_log.warning("drain: %d lease(s) and %d hand-off(s) still out after %.1fs",
+                             self.ledger.leased, self.handoffs_in_flight, timeout)
         return done
 
     async def final_commit(self) -> bool:
@@ -360,19 +397,63 @@ class Engine:
         changes = ledger.take_gate_changes()
         if changes:
             self._apply_gates(changes)
-        handoffs = ledger.take_handoffs()
-        for rec, reason in handoffs:
-            # Dead-letter topics come later; until then a dead letter is dropped, loudly.
-            dlq_log.warning("dead-lettering %s[%d]@%d (%s): no dead-letter topic yet; dropped",
-                            rec.part.tp.topic, rec.part.tp.partition, rec.offset, reason)
-            ledger.finish_handoff(rec)
-        self.counters["dead_lettered"] += len(handoffs)
+        for handoff in ledger.take_handoffs():
+            self._hand_off(handoff)
         self._changed.set()
         if ledger.ready_count:
             self._ready.set()
             for session in self._sessions.values():
                 if session.holder.credits.messages < session.holder.credits.max_messages:
                     session.wake.set()
+
+    def _hand_off(self, handoff: Handoff) -> None:
+        """Sends a dead-lettered or expired record to its subscription's topic; the record is
+        finished when the topic has it. Without a topic it is finished at once: an expired
+        record is counted, a dead letter is counted and dropped, with a warning."""
+        rec = handoff.record
+        tp = rec.part.tp
+        sub = self._router.lane(tp.topic).subscription if self._router is not None else None
+        expired = handoff.kind is HandoffKind.EXPIRED
+        counter = "expired" if expired else "dead_lettered"
+        self.counters[counter] += 1
+        self.per_topic[counter, tp.topic] = self.per_topic.get((counter, tp.topic), 0) + 1
+        topic = None if sub is None else sub.expired_topic if expired else sub.dead_letter_topic
+        if topic is None:
+            if not expired:
+                self.counters["dropped_dead_letters"] += 1
+                handoff_log.warning("dropping dead letter %s[%d]@%d (%s): %s has no "
+                                    "dead_letter_topic", tp.topic, tp.partition, rec.offset,
+                                    handoff.reason, tp.topic)
+            self.ledger.finish_handoff(rec)
+            return
+        if self._handoffs is None:
+            raise RuntimeError(f"a hand-off to {topic} needs a producer")
+        self._send_handoff(handoff, topic)
+
+    def _send_handoff(self, handoff: Handoff, topic: str) -> None:
+        self.handoffs_in_flight += 1
+        self._produce(handoff, topic)
+
+    def _produce(self, handoff: Handoff, topic: str) -> None:
+        """Produces until the topic has the record, or its partition is gone."""
+        rec = handoff.record
+
+        def report(error: str | None) -> None:  # on the loop
+            if error is not None and not rec.part.revoked:
+                handoff_log.error("hand-off of %s[%d]@%d to %s failed (%s); retrying in %.0fs",
+                                  rec.part.tp.topic, rec.part.tp.partition, rec.offset, topic,
+                                  error, HANDOFF_RETRY_S)
+                asyncio.get_running_loop().call_later(
+                    HANDOFF_RETRY_S, self._produce, handoff, topic)
+                return
+            self.handoffs_in_flight -= 1
+            if error is None:
+                self.ledger.finish_handoff(rec)  # a no-op if its partition was revoked meanwhile
+            self._after_change()
+
+        assert self._handoffs is not None
+        self._handoffs.send(topic, rec.payload, kind=handoff.kind.value, reason=handoff.reason,
+                            attempts=rec.attempt, report=report)
 
     def _apply_gates(self, changes: list[tuple[TopicPartition, GateChange]]) -> None:
         last = dict(changes)  # a partition that paused and resumed in one batch ends resumed

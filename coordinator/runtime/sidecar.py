@@ -24,7 +24,10 @@ from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.policy import RetryPolicy
 from coordinator.kafka.fetcher import Fetcher, StopFetching
+from coordinator.kafka.producer import HandoffProducer
+from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
+from coordinator.runtime.subscriptions import Router
 from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
 from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
@@ -123,16 +126,28 @@ class Sidecar:
         self._closing: asyncio.Task[None] | None = None
         self._broker_up = False
         self._health_update: asyncio.Future[None] | None = None
+        self.failure: str | None = None
+        """Why the sidecar shut itself down, if it did (the exit code is then 1)."""
+        self.producer: HandoffProducer | None = None
+        self._topics_checked = not settings.handoff_topics()
 
     async def start(self) -> None:
         """Binds the gRPC server and starts the consumer thread. Call once."""
         settings = self.settings
+        loop = asyncio.get_running_loop()
         self.fetcher = Fetcher(
-            settings.consumer_config(), settings.topics, Bridge(asyncio.get_running_loop(), self),
+            settings.consumer_config(), settings.all_topics(), Bridge(loop, self),
             batch_size=settings.fetch_batch_size,
         )
+        if settings.handoff_topics():
+            self.producer = HandoffProducer(settings.producer_config(), settings.group,
+                                            loop.call_soon_threadsafe)
         self.engine = Engine(
             self.ledger, self.fetcher,
+            router=Router(settings.subscription_policies(),
+                          default_delay=settings.default_retry_delay.total_seconds(),
+                          max_delay=settings.max_retry_delay.total_seconds()),
+            handoffs=self.producer,
             commit_interval=settings.commit_interval.total_seconds(),
             rebalance_timeout=settings.rebalance_timeout.total_seconds(),
         )
@@ -157,6 +172,8 @@ class Sidecar:
         except ConfigError:
             await self.server.stop(None)
             raise
+        if self.producer is not None:
+            self.producer.start()
         await self.server.start()
         log.info("serving on %s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}")
@@ -171,6 +188,25 @@ class Sidecar:
     def broker_health(self, up: bool) -> None:
         self._broker_up = up
         self._health_update = asyncio.ensure_future(self._set_health(self._serving()))
+        if up and not self._topics_checked:
+            self._topics_checked = True
+            asyncio.ensure_future(self._check_handoff_topics())
+
+    async def _check_handoff_topics(self) -> None:
+        """Once the broker answers: every dead-letter and expired topic must exist, or be
+        created (``create_topics``). Otherwise the sidecar shuts down with exit code 1."""
+        settings = self.settings
+        try:
+            created = await asyncio.to_thread(
+                ensure_topics, settings.producer_config(), settings.handoff_topics(),
+                create=settings.create_topics)
+        except TopicCheckError as exc:
+            self.failure = str(exc)
+            log.error("%s; shutting down", exc)
+            self.request_close()
+            return
+        for topic in created:
+            log.info("created hand-off topic %s (create_topics = true)", topic)
 
     def fetcher_stopped(self, error: BaseException | None) -> None:
         if error is not None and self._closing is None:
@@ -205,6 +241,8 @@ class Sidecar:
             log.info("final commit %s", "done" if ok else "FAILED")
         except TimeoutError:
             log.error("final commit timed out after %.0fs", CLOSE_TIMEOUT)
+        if self.producer is not None:
+            await asyncio.to_thread(self.producer.close, CLOSE_TIMEOUT)
         self.fetcher.close()
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(None, self.fetcher.join, CLOSE_TIMEOUT):
@@ -244,7 +282,7 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sidecar.request_close)
     await sidecar.closed.wait()
-    return 1 if sidecar.fetcher.error is not None else 0
+    return 1 if sidecar.fetcher.error is not None or sidecar.failure is not None else 0
 
 
 def serve(settings: Settings) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -13,11 +12,10 @@ from google.protobuf.duration_pb2 import Duration
 
 from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus
+from coordinator.kafka.records import record_headers
 from coordinator.runtime.engine import Settlement, StatusView
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
-
-records_log = logging.getLogger("coordinator.records")
 
 MAX_DURATION_SECONDS = 315_576_000_000
 """The largest ``seconds`` of a valid ``google.protobuf.Duration`` (about 10,000 years)."""
@@ -68,7 +66,7 @@ def settlements(items: Iterable[pb.Settlement]) -> Iterator[Settlement]:
             delay = span_seconds(s.retry_delay)
             if delay is None:
                 outcome = None
-        yield s.msg_id, outcome, delay
+        yield s.msg_id, outcome, delay, s.reason
 
 
 def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
@@ -100,28 +98,6 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
         headers = record_headers(msg)
         if headers:
             d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
-
-
-def record_headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
-    """``msg.headers()``, or no headers when the Kafka client cannot decode them.
-
-    confluent-kafka decodes header keys as strict UTF-8. For a key that is not (any
-    producer but the Python client can write one), ``headers()`` raises SystemError once,
-    and every later call returns a list holding a NULL that crashes the interpreter when
-    it is unpacked. So the record's headers are replaced with none, for good, and it is
-    delivered with its key and value intact: it must neither kill the stream nor, being
-    redelivered, the sidecar.
-    """
-    try:
-        headers: list[tuple[str, bytes | None]] | None = msg.headers()
-    except (SystemError, ValueError) as exc:  # SystemError from a UnicodeDecodeError, today
-        msg.set_headers([])
-        records_log.warning(
-            "%s[%d]@%d: the Kafka client cannot decode its headers (%s: %s); delivering it "
-            "without headers", msg.topic(), msg.partition(), msg.offset(), type(exc).__name__,
-            exc.__cause__ or exc)
-        return None
-    return headers
 
 
 def duration(seconds: float) -> Duration:

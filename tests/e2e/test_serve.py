@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 import lowwater
 from coordinator.embedded import SidecarProcess, TansuBroker, create_topic, pick_free_port
 from coordinator.embedded.tansu import NO_AUTO_CREATE
-from tests.support.broker import id_records, produce
+from tests.support.broker import TopicFactory, id_records, produce, unique_name
 
 HEALTH_TIMEOUT_S = 30.0
 """Seconds for a log line or a result to show up."""
@@ -117,3 +117,26 @@ def test_a_missing_topic_is_waited_for_and_consumed_once_created(tansu_bin: str)
                 time.sleep(0.05)
         assert sidecar.stop() == 0, sidecar.log()
     assert sorted(got) == sorted(r.value for r in id_records(10))
+
+
+def test_a_missing_hand_off_topic_exits_1_naming_it_unless_created(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic, dlq = new_topic(1), unique_name("dlq")
+    missing = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
+                             extra=["--dead-letter-topic", dlq]).start(wait_serving=False)
+    try:
+        assert missing.proc is not None
+        assert missing.proc.wait(HEALTH_TIMEOUT_S) == 1, missing.log()
+        assert f"hand-off topic(s) {dlq} do not exist" in missing.log()
+    finally:
+        missing.kill()
+    with SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
+                        extra=["--dead-letter-topic", dlq, "--create-topics"]) as created:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while f"created hand-off topic {dlq}" not in created.log():
+            assert time.monotonic() < deadline, created.log()
+            time.sleep(0.1)
+        assert created.stop() == 0, created.log()
+    listed = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    assert dlq in listed

@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, Self, TypeVar, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -413,6 +413,8 @@ class ConsumedRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: dict[str, bytes | None] | None = None
+    """The headers by key (the last value of a repeated key), or None without headers."""
 
 
 def _probe_consumer(bootstrap: str) -> Consumer:
@@ -515,7 +517,10 @@ def read_all(
     records: list[ConsumedRecord] = []
 
     def keep(msg: Message) -> None:
-        records.append(ConsumedRecord(*_position(msg), msg.key(), _value(msg)))
+        # A consumed message's headers are a list of (str, bytes or None).
+        headers = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+        records.append(ConsumedRecord(*_position(msg), msg.key(), _value(msg),
+                                      dict(headers) or None))
 
     with _closing(_probe_consumer(bootstrap)) as consumer:
         partitions = topic_partitions(bootstrap, topic, timeout=deadline.remaining())

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize
 
-from coordinator.core.ledger import Holder, LeaseTimes, Ledger, Record, State
+from coordinator.core.ledger import HandoffKind, Holder, LeaseTimes, Ledger, Record, State
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.policy import RetryPolicy
 
-TPS = (TopicPartition("t", 0), TopicPartition("t", 1))
+TPS = (TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("fast", 0))
+AT_MOST_ONCE = frozenset({TopicPartition("fast", 0)})
+"""Partitions whose records are finished when leased (the at_most_once guarantee)."""
 TIMES = LeaseTimes(default=20.0, maximum=50.0)
 POLICY = RetryPolicy(default_delay=2.0, max_delay=20.0, max_attempts=3)
 CAP = 6
@@ -34,6 +36,8 @@ class Active:
     offset: int
     deadline: float
     size: int
+    at_most_once: bool = False
+    """Its record was finished when leased: this lease holds only credit."""
 
 
 class LedgerModel(RuleBasedStateMachine):
@@ -120,9 +124,13 @@ class LedgerModel(RuleBasedStateMachine):
         return self.active.pop(msg_id)
 
     def _collect_handoffs(self) -> None:
-        for rec, reason in self.led.take_handoffs():
+        for handoff in self.led.take_handoffs():
+            rec, reason = handoff.record, handoff.reason
             assert rec.state is State.HANDOFF
-            assert "dead-lettered" in reason or rec.attempt == POLICY.max_attempts, reason
+            if handoff.kind is HandoffKind.EXPIRED:  # found expired at fetch or when leasing
+                assert rec.expires <= self.now, (rec.expires, self.now)
+            else:
+                assert "dead-lettered" in reason or rec.attempt == POLICY.max_attempts, reason
             assert rec.part.generation == self.gen[rec.part.tp]
             self.handoffs.append(rec)
 
@@ -136,17 +144,25 @@ class LedgerModel(RuleBasedStateMachine):
             assert lease.msg_id > self.max_id  # strictly increasing, never reused
             self.max_id = lease.msg_id
             assert rec.part.generation == self.gen[rec.part.tp] and rec.part.tp not in self.revoking
-            assert rec.offset in self.pending[rec.part.tp] and rec.state is State.LEASED
+            assert rec.offset in self.pending[rec.part.tp]
+            assert rec.expires > self.now  # an expired record is never delivered
+            at_most_once = rec.part.tp in AT_MOST_ONCE
+            if at_most_once:  # finished on dispatch: never held back, never delivered again
+                assert rec.state is State.DONE and rec.offset not in rec.part.records
+                self.pending[rec.part.tp].remove(rec.offset)
+            else:
+                assert rec.state is State.LEASED
             key = (rec.part.generation, rec.offset)
             self.leased_times[key] = self.leased_times.get(key, 0) + 1
             assert lease.attempt == self.leased_times[key] <= POLICY.max_attempts
             assert lease.deadline == self.now + TIMES.default
             self.active[lease.msg_id] = Active(holder.name, rec.part.tp, rec.offset,
-                                            lease.deadline, rec.size)
+                                            lease.deadline, rec.size, at_most_once)
         if len(leases) < limit:  # stopped early: nothing deliverable, or no credit for it
             nxt = next((r for r in self.led._ready
                         if r.state is State.READY and not r.part.revoking), None)
             assert nxt is None or not holder.credits.allows(nxt.size)
+        self._collect_handoffs()  # the expired ones it skipped
         return leases
 
     def _settle(self, holder: Holder | None, msg_id: int, outcome: Outcome | None,
@@ -163,7 +179,7 @@ class LedgerModel(RuleBasedStateMachine):
                 assert self._snapshot() == before  # a rejected settlement changes nothing
             return
         done = self._end_lease(msg_id, self.settled)
-        if outcome in FINISHING:
+        if outcome in FINISHING and not done.at_most_once:
             self.pending[done.tp].remove(done.offset)
         self._collect_handoffs()
 
@@ -206,9 +222,9 @@ class LedgerModel(RuleBasedStateMachine):
             assert self._snapshot() == before  # its generation is gone: nothing moves
 
     def _drop_generation(self, tp: TopicPartition) -> None:
-        for msg_id in [m for m, a in self.active.items() if a.tp == tp]:
-            self._end_lease(msg_id, self.stale)
-        self.lapsed = {m: a for m, a in self.lapsed.items() if a.tp != tp}
+        for msg_id in [m for m, a in self.active.items() if a.tp == tp and not a.at_most_once]:
+            self._end_lease(msg_id, self.stale)  # at-most-once leases live on: nothing to undo
+        self.lapsed = {m: a for m, a in self.lapsed.items() if a.tp != tp or a.at_most_once}
         self.gen[tp], self.next_pos[tp], self.pending[tp] = None, None, set()
         self.revoking.discard(tp)
         self.handoffs = [r for r in self.handoffs if r.part.tp != tp]
@@ -218,7 +234,7 @@ class LedgerModel(RuleBasedStateMachine):
         if old is not None:
             self._drop_generation(tp)
         self.led.take_gate_changes()  # the old generation's, as the engine does on revoke
-        part = self.led.assign(tp, self.committed[tp])
+        part = self.led.assign(tp, self.committed[tp], at_most_once=tp in AT_MOST_ONCE)
         self.paused[tp] = False
         assert part.generation > max((g for g in self.gen.values() if g), default=0)
         assert old is None or part.generation > old

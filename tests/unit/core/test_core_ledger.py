@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator.core.flow import GateChange
-from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger, State
+from coordinator.core.ledger import CommitPoint, HandoffKind, LeaseTimes, Ledger, State
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.policy import RetryPolicy
 
@@ -422,13 +422,91 @@ def test_max_attempts_hands_off_and_finish_handoff_finishes() -> None:
     [a2] = led.lease(h, 0.0, 1)
     assert a2.record.offset == 3 and a2.attempt == 2  # served first: it holds the mark
     led.settle(h, a2.msg_id, RETRY, None, 0.0)
-    [(rec, reason)] = led.take_handoffs()
-    assert rec is a2.record and rec.state is State.HANDOFF and "2 of 2" in reason
+    [handoff] = led.take_handoffs()
+    rec = handoff.record
+    assert rec is a2.record and rec.state is State.HANDOFF and "2 of 2" in handoff.reason
+    assert handoff.kind is HandoffKind.DEAD_LETTER
     assert led.take_handoffs() == []
     assert points(led) == {TP0: 3}  # still pending until the dead-letter path confirms
     led.finish_handoff(rec)
     led.finish_handoff(rec)  # a second confirmation changes nothing
     assert points(led) == {TP0: 4}
+
+
+def test_each_partition_follows_its_own_policy() -> None:
+    led = Ledger(policy=RetryPolicy(default_delay=0.0))  # unlimited attempts by default
+    led.assign(TP0, policy=RetryPolicy(max_attempts=1, default_delay=0.0))
+    led.assign(TP1)
+    fetch(led, TP0, 0)
+    fetch(led, TP1, 0)
+    h = led.open_holder("s1", "w", 10)
+    for lease in led.lease(h, 0.0, 10):
+        led.settle(h, lease.msg_id, RETRY, None, 0.0)
+    [handoff] = led.take_handoffs()  # only TP0's record: one attempt is all it had
+    assert handoff.record.part.tp == TP0
+    [again] = led.lease(h, 0.0, 10)
+    assert again.record.part.tp == TP1 and again.attempt == 2
+
+
+def test_a_dead_letter_carries_the_workers_reason() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0)
+    h = led.open_holder("s1", "w", 10)
+    [lease] = led.lease(h, 0.0, 10)
+    assert led.settle(h, lease.msg_id, Outcome.DEAD_LETTER, None, 0.0,
+                      reason="phone number invalid") is SettleStatus.OK
+    [handoff] = led.take_handoffs()
+    assert handoff.kind is HandoffKind.DEAD_LETTER and "phone number invalid" in handoff.reason
+
+
+def test_expired_records_are_never_delivered() -> None:
+    """At fetch, when redelivered, and when a retry falls due: past its TTL, a record is handed
+    off as EXPIRED and stays pending (it holds the commit) until the hand-off is finished."""
+    led = Ledger(policy=RetryPolicy(default_delay=5.0))
+    led.assign(TP0)
+    assert led.add(TP0, 0, 1, None, now=10.0, expires=10.0)  # already expired at fetch
+    assert led.add(TP0, 1, 1, None, now=10.0, expires=12.0)
+    assert led.add(TP0, 2, 1, None, now=10.0, expires=20.0)
+    assert led.add(TP0, 3, 1, None, now=10.0)  # no TTL
+    [at_fetch] = led.take_handoffs()
+    assert (at_fetch.record.offset, at_fetch.kind) == (0, HandoffKind.EXPIRED)
+    assert "before it was delivered" in at_fetch.reason
+    h = led.open_holder("s1", "w", 10)
+    leases = led.lease(h, 12.0, 10)  # offset 1 expires at 12.0: it waited too long
+    assert [lease.record.offset for lease in leases] == [2, 3]
+    [waited] = led.take_handoffs()
+    assert waited.record.offset == 1 and led.ready_count == 0
+    led.settle(h, leases[0].msg_id, RETRY, None, 13.0)  # due at 18.0, expires at 20.0
+    led.tick(18.0)
+    [again] = led.lease(h, 18.0, 10)
+    assert again.record.offset == 2 and again.attempt == 2
+    led.settle(h, again.msg_id, RETRY, None, 18.0)  # due at 23.0: past its expiry
+    led.tick(23.0)
+    assert led.lease(h, 23.0, 10) == []
+    [retried] = led.take_handoffs()
+    assert retried.record.offset == 2 and "after 2 attempt(s)" in retried.reason
+    assert points(led) == {TP0: 0}  # every hand-off still pending
+    for handoff in (at_fetch, waited, retried):
+        led.finish_handoff(handoff.record)
+    assert points(led) == {TP0: 3}  # offset 3 is still leased
+
+
+def test_at_most_once_finishes_a_record_when_it_is_dispatched() -> None:
+    led = Ledger(leases=LeaseTimes(default=30.0))
+    led.assign(TP0, at_most_once=True)
+    fetch(led, TP0, 0, 1, 2)
+    h = led.open_holder("s1", "w", 2)
+    first = led.lease(h, 0.0, 10)
+    assert [lease.record.offset for lease in first] == [0, 1]
+    assert points(led) == {TP0: 2}  # committed past them at once: the loss window
+    assert led.partitions[TP0].in_flight == 0 and led.begin_revoke([]) == {}
+    assert led.settle(h, first[0].msg_id, RETRY, None, 1.0) is SettleStatus.OK
+    assert led.ready_count == 1  # no retry: only offset 2 is left to deliver
+    led.tick(31.0)  # the other lease lapses: nothing comes back, but its credit stays held
+    assert led.take_handoffs() == [] and list(h.lapsed) == [first[1].msg_id]
+    [last] = led.lease(h, 31.0, 10)
+    assert last.record.offset == 2 and points(led) == {TP0: 3}
 
 
 def test_invalid_configuration_is_rejected_up_front() -> None:

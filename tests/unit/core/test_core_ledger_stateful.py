@@ -7,6 +7,7 @@ the invariants. ``HYPOTHESIS_PROFILE=soak`` runs many more and longer examples.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -25,6 +26,8 @@ DELAY = st.one_of(st.none(), st.floats(-1.0, 30.0))
 TP_SETS = st.sets(st.sampled_from(TPS), min_size=1)
 SOURCES = ["own", "own", "active", "stale", "settled", "unknown"]
 RARELY = st.integers(0, 3).map(lambda n: n == 3)
+TTL = st.one_of(st.none(), st.none(), st.just(0.0), st.floats(0.5, 40.0))
+"""No TTL (mostly), already expired, or expiring while the machine runs."""
 """Destructive rules act one time in four (and not on the simplest draw, 0)."""
 
 
@@ -32,9 +35,12 @@ class LedgerMachine(LedgerModel):
     # -- rules ----------------------------------------------------------------
 
     @rule(tp=st.sampled_from(TPS), gaps=st.lists(st.integers(0, 3), min_size=1, max_size=6),
-          size=st.integers(1, 50))
-    def add_records(self, tp: TopicPartition, gaps: list[int], size: int) -> None:
-        """Fetches records (named to sort first: hypothesis favours the first rule)."""
+          size=st.integers(1, 50), ttl=TTL)
+    def add_records(self, tp: TopicPartition, gaps: list[int], size: int,
+                    ttl: float | None) -> None:
+        """Fetches records (named to sort first: hypothesis favours the first rule), some with
+        a TTL (already past, when 0)."""
+        expires = math.inf if ttl is None else self.now + ttl
         part = self.led.partitions.get(tp)
         if part is None or tp in self.revoking:
             before = self._snapshot()
@@ -43,11 +49,12 @@ class LedgerMachine(LedgerModel):
             return
         for gap in gaps:
             if part.gate.paused:  # the runtime stops fetching a paused partition
-                return
+                break
             offset = self.fetch_pos[tp] + gap
-            assert self.led.add(tp, offset, size + gap, None, self.now)
+            assert self.led.add(tp, offset, size + gap, None, self.now, expires)
             self.pending[tp].add(offset)
             self.next_pos[tp] = self.fetch_pos[tp] = offset + 1
+        self._collect_handoffs()  # the ones expired at fetch
 
     add_more_records = add_records  # listed twice: hypothesis then picks it twice as often
 
@@ -139,7 +146,8 @@ class LedgerMachine(LedgerModel):
             status = self._expect(msg_id, holder)
             if status is OK:
                 done = self._end_lease(msg_id, self.settled)
-                self.pending[done.tp].remove(done.offset)
+                if not done.at_most_once:
+                    self.pending[done.tp].remove(done.offset)
             else:
                 self._answer(msg_id, holder)
                 expected.append((msg_id, status))
@@ -176,8 +184,8 @@ class LedgerMachine(LedgerModel):
         if not really:
             return
         expected: dict[str, list[int]] = {}
-        for msg_id, a in self.active.items():
-            if a.tp in tps and a.tp not in self.revoking:
+        for msg_id, a in self.active.items():  # at-most-once leases are not revoked
+            if a.tp in tps and a.tp not in self.revoking and not a.at_most_once:
                 expected.setdefault(a.holder, []).append(msg_id)
         got = self.led.begin_revoke(sorted(tps))
         assert {h: sorted(ids) for h, ids in got.items()} == expected
@@ -300,7 +308,8 @@ class LedgerMachine(LedgerModel):
             if part is None:
                 continue
             assert set(part.records) == self.pending[tp]
-            assert part.in_flight == sum(1 for a in self.active.values() if a.tp == tp)
+            assert part.in_flight == sum(1 for a in self.active.values()
+                                         if a.tp == tp and not a.at_most_once)
             for rec in part.records.values():
                 state = rec.state
                 assert (state is State.LEASED) == (rec.lease is not None)

@@ -1,0 +1,101 @@
+"""The hand-off producer: dead-lettered and expired records go to their topics through it.
+
+One idempotent confluent-kafka producer with its own thread, which serves the
+delivery reports. ``send`` is thread-safe and never blocks; each report is
+handed to the caller's callback on the event loop (through ``post``). A record
+handed off stays pending in the ledger until its report says the topic has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from coordinator.kafka.records import record_headers
+
+log = logging.getLogger("coordinator.handoff")
+
+POLL_TIMEOUT = 0.1
+"""Seconds one ``poll()`` for delivery reports may wait."""
+
+HEADER_PREFIX = "lowwater."
+HEADER_TOPIC = HEADER_PREFIX + "topic"
+HEADER_PARTITION = HEADER_PREFIX + "partition"
+HEADER_OFFSET = HEADER_PREFIX + "offset"
+HEADER_ATTEMPTS = HEADER_PREFIX + "attempts"
+HEADER_REASON = HEADER_PREFIX + "reason"
+HEADER_KIND = HEADER_PREFIX + "handoff"
+HEADER_GROUP = HEADER_PREFIX + "group"
+"""Headers added to a handed-off record, after its own: where it came from, how many
+deliveries it had, why it left (``dead_letter`` or ``expired``) and the consumer group."""
+
+Report = Callable[[str | None], None]
+"""Called with None when the topic has the record, or with the error."""
+
+
+class HandoffProducer:
+    """Produces records to dead-letter and expired topics and reports each delivery.
+
+    Lifecycle: :meth:`start`, then :meth:`send` from any thread; :meth:`close`
+    flushes (boundedly) and stops the report thread.
+    """
+
+    def __init__(self, config: dict[str, Any], group: str,
+                 post: Callable[..., object]) -> None:
+        """``post(fn, arg)`` runs ``fn(arg)`` on the event loop (``call_soon_threadsafe``)."""
+        self._producer = Producer({**config, "error_cb": self._on_error})
+        self._group = group.encode()
+        self._post = post
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lowwater-handoff", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
+             report: Report) -> None:
+        """Produces ``msg`` (a fetched confluent-kafka message) to ``topic`` with its key,
+        value, headers and timestamp, plus the hand-off headers. ``report`` is called once."""
+        headers: list[tuple[str, str | bytes | None]] = list(record_headers(msg) or [])
+        headers += [
+            (HEADER_TOPIC, msg.topic().encode()),
+            (HEADER_PARTITION, str(msg.partition()).encode()),
+            (HEADER_OFFSET, str(msg.offset()).encode()),
+            (HEADER_ATTEMPTS, str(attempts).encode()),
+            (HEADER_REASON, reason.encode()),
+            (HEADER_KIND, kind.encode()),
+            (HEADER_GROUP, self._group),
+        ]
+        ts_type, ts = msg.timestamp()
+        extra = {"timestamp": ts} if ts_type and ts > 0 else {}
+
+        def delivered(err: KafkaError | None, _: Message) -> None:  # on the report thread
+            self._post(report, None if err is None else err.str())
+
+        try:
+            self._producer.produce(topic, value=msg.value(), key=msg.key(), headers=headers,
+                                   on_delivery=delivered, **extra)
+        except (BufferError, KafkaException) as exc:  # local queue full, or refused at once
+            report(f"{type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            self._producer.poll(POLL_TIMEOUT)
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("hand-off producer: %s", err.str())
+
+    def close(self, timeout: float) -> int:
+        """Waits up to ``timeout`` seconds for outstanding deliveries; returns how many are left."""
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        left: int = self._producer.flush(timeout)
+        if left:
+            log.error("%d hand-off(s) undelivered at shutdown; their records stay uncommitted "
+                      "and are fetched again", left)
+        return left

@@ -1,0 +1,81 @@
+"""Which subscription a fetched record belongs to, and what that means for it.
+
+The consumer subscribes to every topic and pattern at once; records then find
+their subscription by topic name (exact names first, then patterns in the
+order they were declared). The answer is cached per topic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
+from coordinator.config import SubscriptionPolicy
+from coordinator.core.ledger import NEVER
+from coordinator.core.policy import RetryPolicy
+from coordinator.kafka.records import record_headers
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """A subscription as the engine applies it to one topic."""
+
+    subscription: SubscriptionPolicy
+    retry: RetryPolicy
+
+    @property
+    def expires(self) -> bool:
+        """Whether its records can expire (a TTL or an expiry header)."""
+        return self.subscription.ttl is not None or self.subscription.expiry_header is not None
+
+    def expiry_ms(self, msg: Any) -> float:
+        """When ``msg`` expires, milliseconds since the Unix epoch; NEVER if it cannot.
+
+        The expiry header (decimal milliseconds since the epoch) wins over the record
+        timestamp plus the TTL; a header that is not a number is ignored.
+        """
+        sub = self.subscription
+        if sub.expiry_header is not None:
+            for key, value in record_headers(msg) or ():
+                if key == sub.expiry_header and value:
+                    try:
+                        return float(int(value))
+                    except ValueError:
+                        break
+        if sub.ttl is not None:
+            ts_type, ts = msg.timestamp()
+            if ts_type != TIMESTAMP_NOT_AVAILABLE:
+                return float(ts) + sub.ttl * 1000.0
+        return NEVER
+
+
+class Router:
+    """Maps topic names to :class:`Lane` objects. Owned by the event loop."""
+
+    def __init__(self, subscriptions: Sequence[SubscriptionPolicy], *, default_delay: float,
+                 max_delay: float) -> None:
+        if not subscriptions:
+            raise ValueError("at least one subscription is needed")
+        self._lanes = [
+            (s, Lane(s, RetryPolicy(default_delay, max_delay, s.max_attempts)))
+            for s in subscriptions
+        ]
+        self._exact = {s.topic: lane for s, lane in self._lanes if not s.topic.startswith("^")}
+        self._patterns = [(re.compile(s.topic), lane) for s, lane in self._lanes
+                          if s.topic.startswith("^")]
+        self._cache: dict[str, Lane] = {}
+
+    def lane(self, topic: str) -> Lane:
+        """The lane of ``topic``; the first subscription's when none matches (the broker only
+        sends subscribed topics, so that is a pattern librdkafka and ``re`` disagree on)."""
+        lane = self._cache.get(topic)
+        if lane is None:
+            lane = self._exact.get(topic) or next(
+                (lane for pattern, lane in self._patterns if pattern.search(topic)),
+                self._lanes[0][1])
+            self._cache[topic] = lane
+        return lane

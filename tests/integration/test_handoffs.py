@@ -1,0 +1,122 @@
+"""Dead letters and expired records leave through their topics, against a real broker.
+
+A record that keeps failing goes to the dead-letter topic after max_attempts, with the reason
+and its origin in headers, while the rest of its partition flows and commits. Records past
+their TTL never reach a worker, after a broker outage as in the seed's case of 5-minute
+verification codes; they are produced to the expired topic instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import lowwater
+from coordinator.embedded import SidecarProcess, TansuBroker
+from tests.integration.workload import wait_committed_to_end
+from tests.support.aio import async_test
+from tests.support.broker import (
+    OutRecord,
+    TopicFactory,
+    create_topic,
+    produce,
+    read_all,
+    unique_name,
+)
+
+N = 200
+WAIT_S = 60.0
+
+
+async def _until(predicate: object, what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        await asyncio.sleep(0.05)
+
+
+@async_test
+async def test_a_record_that_keeps_failing_is_dead_lettered_while_the_rest_flows(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic, dlq, group = new_topic(4), new_topic(1), unique_name("g")
+    produce(kafka_bootstrap, topic,
+            [OutRecord(value=f"id-{i}".encode(), partition=i % 4) for i in range(N)]
+            + [OutRecord(value=b"poison", partition=0), OutRecord(value=b"gives-up", partition=1)])
+    attempts: dict[bytes, list[int]] = defaultdict(list)
+
+    async def handle(msg: lowwater.Message) -> None:
+        attempts[msg.value].append(msg.attempt)
+        if msg.value == b"poison":
+            raise lowwater.Retry(reason="the SMS gateway said 500")
+        if msg.value == b"gives-up":
+            raise lowwater.DeadLetter("phone number 123 is not a number")
+
+    with SidecarProcess(kafka_bootstrap, group, [topic], extra=[
+            "--max-attempts", "3", "--default-retry-delay", "0s",
+            "--dead-letter-topic", dlq]) as sidecar:
+        async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=20):
+            await _until(lambda: len(attempts) == N + 2 and len(attempts[b"poison"]) == 3,
+                         "every record handled, the poison three times")
+            end = await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
+        assert sidecar.stop() == 0, sidecar.log()
+    assert sum(end.values()) == N + 2  # the dead letters finished: the commits passed them
+    assert attempts[b"poison"] == [1, 2, 3] and attempts[b"gives-up"] == [1]
+    assert all(a == [1] for v, a in attempts.items() if v.startswith(b"id-"))
+    letters = {r.value: r for r in await asyncio.to_thread(read_all, kafka_bootstrap, dlq)}
+    assert set(letters) == {b"poison", b"gives-up"}
+    poison = letters[b"poison"].headers or {}
+    assert (poison["lowwater.topic"], poison["lowwater.partition"]) == (topic.encode(), b"0")
+    assert poison["lowwater.offset"] == str(N // 4).encode()  # after the 50 ids of partition 0
+    assert poison["lowwater.attempts"] == b"3" and poison["lowwater.handoff"] == b"dead_letter"
+    assert b"3 of 3 attempts" in (poison["lowwater.reason"] or b"")
+    assert poison["lowwater.group"] == group.encode()
+    gives_up = letters[b"gives-up"].headers or {}
+    assert b"phone number 123 is not a number" in (gives_up["lowwater.reason"] or b"")
+
+
+async def _codes(bootstrap: str, topic: str, prefix: str, n: int, *,
+                 timestamp_ms: int | None = None) -> set[bytes]:
+    records = [OutRecord(value=f"{prefix}-{i}".encode(), partition=i % 2,
+                         timestamp_ms=timestamp_ms) for i in range(n)]
+    await asyncio.to_thread(produce, bootstrap, topic, records)
+    return {r.value for r in records if r.value}
+
+
+@async_test
+async def test_codes_past_their_ttl_never_reach_a_worker(private_tansu: TansuBroker) -> None:
+    """The seed's case: verification codes that wait out a broker outage come back late."""
+    bootstrap = private_tansu.bootstrap_servers
+    topic, expired_topic, group = unique_name("codes"), unique_name("expired"), unique_name("g")
+    create_topic(bootstrap, topic, 2)
+    create_topic(bootstrap, expired_topic, 1)
+    seen: list[bytes] = []
+
+    async def handle(msg: lowwater.Message) -> None:
+        seen.append(msg.value)
+
+    with SidecarProcess(bootstrap, group, [topic], extra=[
+            "--ttl", "3s", "--expired-topic", expired_topic]) as sidecar:
+        async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=10):
+            fresh = await _codes(bootstrap, topic, "fresh", 20)
+            await _until(lambda: fresh <= set(seen), "the fresh codes")
+        stale = await _codes(bootstrap, topic, "old", 20,  # produced 10 minutes ago
+                             timestamp_ms=int(time.time() * 1000) - 600_000)
+        late = await _codes(bootstrap, topic, "late", 20)
+        # The sidecar fetches the late codes now, but no worker is there to take them.
+        await _until(lambda: sum(p.pending_count for p in sidecar.status().partitions) == 20,
+                     "the late codes fetched and waiting")
+        private_tansu.freeze()  # an outage longer than the codes' TTL
+        await asyncio.sleep(4)
+        private_tansu.thaw()
+        async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=10):
+            after = await _codes(bootstrap, topic, "after", 20)
+            await _until(lambda: after <= set(seen), "the codes produced after the outage")
+            await asyncio.to_thread(wait_committed_to_end, bootstrap, group, topic)
+        assert sidecar.stop() == 0, sidecar.log()
+    assert not (stale | late) & set(seen), "an expired code reached a worker"
+    assert set(seen) == fresh | after
+    dropped = await asyncio.to_thread(read_all, bootstrap, expired_topic)
+    assert {r.value for r in dropped} == stale | late  # counted, and kept for inspection
+    assert all((r.headers or {}).get("lowwater.handoff") == b"expired" for r in dropped)
