@@ -236,5 +236,10 @@ Guarantee = Literal["at_least_once", "at_most_once"]
 """What a subscription promises about its records (see the `guarantee` setting)."""
 
 
-def _to_guarantee(value: object) -> object:
+Ordering = Literal["unordered", "key", "partition"]
+"""How a subscription orders the delivery of its records (see the `ordering` setting)."""
+
+
+def _to_choice(value: object) -> object:
+    """A choice as written by hand: any case, dashes for underscores, spaces around."""
     return value.strip().lower().replace("-", "_") if isinstance(value, str) else value

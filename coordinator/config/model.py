@@ -24,6 +24,7 @@ from coordinator.config.fields import (
     Guarantee,
     KafkaValue,
     LogLevel,
+    Ordering,
     _AtLeastOne,
     _check_kafka,
     _check_listen,
@@ -32,7 +33,7 @@ from coordinator.config.fields import (
     _MaxAttempts,
     _NonBlank,
     _to_bool,
-    _to_guarantee,
+    _to_choice,
     _to_log_level,
     _TopicName,
     is_loopback_listen,
@@ -81,10 +82,15 @@ class Settings(BaseModel):
     """Delay before redelivery when a worker answers RETRY without a delay."""
     max_retry_delay: NonNegativeDuration = timedelta(minutes=15)
     """Cap on the delay a worker may ask for with RETRY; at least `default_retry_delay`."""
-    guarantee: Annotated[Guarantee, BeforeValidator(_to_guarantee)] = "at_least_once"
+    guarantee: Annotated[Guarantee, BeforeValidator(_to_choice)] = "at_least_once"
     """For records of `topics`: `at_least_once` finishes a record when a worker settles it;
     `at_most_once` finishes it as soon as it is sent to a worker, so it is never redelivered and
     is lost if the worker fails before handling it (the fast lane)."""
+    ordering: Annotated[Ordering, BeforeValidator(_to_choice)] = "unordered"
+    """For records of `topics`: `unordered` delivers them concurrently in any order; `key`
+    delivers the records of one Kafka key one at a time, in offset order (a retry holds back the
+    key's later records; records with a null key are unordered); `partition` does so for the
+    whole partition."""
     max_attempts: _MaxAttempts = None
     """Deliveries of a record of `topics` before it goes to the dead-letter topic: at least 1
     (needs `dead_letter_topic`), or `"unlimited"`."""
@@ -204,6 +210,7 @@ class Settings(BaseModel):
         return SubscriptionPolicy(
             topic=topic,
             guarantee=self.guarantee,
+            ordering=self.ordering,
             max_attempts=self.max_attempts,
             dead_letter_topic=self.dead_letter_topic,
             expired_topic=self.expired_topic,

@@ -18,9 +18,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from coordinator.config.durations import PositiveDuration
 from coordinator.config.fields import (
     Guarantee,
+    Ordering,
     _MaxAttempts,
     _NonBlank,
-    _to_guarantee,
+    _to_choice,
     _TopicName,
     _TopicOrPattern,
 )
@@ -58,6 +59,7 @@ class SubscriptionPolicy:
     Attributes:
         topic: a topic name, or ``^regex`` for a pattern subscription.
         guarantee: ``at_least_once`` or ``at_most_once`` (finished when dispatched).
+        ordering: ``unordered``, ``key`` or ``partition``.
         max_attempts: deliveries of a record before it is dead-lettered; None: unlimited.
         dead_letter_topic: where dead-lettered records are produced; None: nowhere.
         expired_topic: where records past their TTL are produced; None: they are only counted.
@@ -68,6 +70,7 @@ class SubscriptionPolicy:
 
     topic: str
     guarantee: Guarantee
+    ordering: Ordering
     max_attempts: int | None
     dead_letter_topic: str | None
     expired_topic: str | None
@@ -86,8 +89,10 @@ class Subscription(BaseModel):
 
     topic: _TopicOrPattern
     """The topic, or `^regex` for a pattern; consumed by no other subscription nor `topics`."""
-    guarantee: Annotated[Guarantee, BeforeValidator(_to_guarantee)] | _Inherited = _left_out()
+    guarantee: Annotated[Guarantee, BeforeValidator(_to_choice)] | _Inherited = _left_out()
     """As the global `guarantee`: `at_least_once` or `at_most_once`."""
+    ordering: Annotated[Ordering, BeforeValidator(_to_choice)] | _Inherited = _left_out()
+    """As the global `ordering`: `unordered`, `key` or `partition`."""
     max_attempts: _MaxAttempts | _Inherited = _left_out()
     """As the global `max_attempts`: at least 1, or `"unlimited"`."""
     dead_letter_topic: _TopicName | None | _Inherited = _left_out()
@@ -109,6 +114,7 @@ class Subscription(BaseModel):
         return SubscriptionPolicy(
             topic=self.topic,
             guarantee=_pick(self.guarantee, defaults.guarantee),
+            ordering=_pick(self.ordering, defaults.ordering),
             max_attempts=_pick(self.max_attempts, defaults.max_attempts),
             dead_letter_topic=_pick(self.dead_letter_topic, defaults.dead_letter_topic),
             expired_topic=_pick(self.expired_topic, defaults.expired_topic),

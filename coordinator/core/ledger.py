@@ -24,6 +24,8 @@ from coordinator.core.records import (
     NEVER,
     PARKED,
     READY,
+    WAITING,
+    WHOLE_PARTITION,
     CommitPoint,
     Handoff,
     HandoffKind,
@@ -43,6 +45,7 @@ _EXPIRED = HandoffKind.EXPIRED
 __all__ = [
     "NEVER",
     "PULL_HOLDER_MAX_IN_FLIGHT",
+    "WHOLE_PARTITION",
     "CommitPoint",
     "Handoff",
     "HandoffKind",
@@ -155,6 +158,8 @@ class Ledger:
 
     def _drop(self, part: PartitionState) -> None:
         part.revoking = part.revoked = True
+        part.busy.clear()
+        part.waiting.clear()
         if not part.at_most_once:  # a revoked delivery is dropped unsettled: stop charging
             for holder in self.holders.values():  # (at-most-once ones are not revoked)
                 for msg_id in [m for m, rec in holder.lapsed.items() if rec.part is part]:
@@ -176,25 +181,29 @@ class Ledger:
     # -- records ----------------------------------------------------------
 
     def add(self, tp: TopicPartition, offset: int, size: int, payload: object, now: float,
-            expires: float = NEVER) -> bool:
+            expires: float = NEVER, okey: object = None) -> bool:
         """Records a fetched record; False (and ignored) if ``tp`` is not assigned here.
 
         A record that ``expires`` (passes its TTL) by ``now`` is never delivered:
         it is handed off as EXPIRED at once, and so is a queued one whose expiry
         passes before a holder leases it.
+
+        Records with the same ordering key ``okey`` (not None) are delivered one at
+        a time, in offset order: a record waits until every earlier one of its key
+        is finished or handed off, retries and redeliveries included.
         """
         part = self.partitions.get(tp)
         if part is None:
             return False
-        return self.add_to(part, offset, size, payload, now, expires)
+        return self.add_to(part, offset, size, payload, now, expires, okey)
 
     def add_to(self, part: PartitionState, offset: int, size: int, payload: object,
-               now: float, expires: float = NEVER) -> bool:
+               now: float, expires: float = NEVER, okey: object = None) -> bool:
         """:meth:`add` for a caller that looked the partition up once for many records."""
         if part.revoking:
             return False
         part.offsets.fetched(offset)
-        rec = Record(part, offset, size, payload, now, expires)
+        rec = Record(part, offset, size, payload, now, expires, okey)
         part.records[offset] = rec
         if expires <= now:
             rec.state = HANDOFF
@@ -279,7 +288,23 @@ class Ledger:
                 why = (f"expired after {rec.attempt} attempt(s)" if rec.attempt
                        else "expired before it was delivered")
                 self._handoffs.append(Handoff(rec, _EXPIRED, why))
+                if rec.okey is not None:
+                    self._release_key(rec)
                 continue
+            okey = rec.okey
+            if okey is not None:
+                holding = part.busy.get(okey)
+                if holding is None:
+                    part.busy[okey] = rec
+                elif holding is not rec:  # an earlier record of its key is not done yet
+                    ready.popleft()
+                    self.ready_count -= 1
+                    rec.state = WAITING
+                    waiting = part.waiting.get(okey)
+                    if waiting is None:
+                        part.waiting[okey] = waiting = deque()
+                    waiting.append(rec)
+                    continue
             if not credits.allows(rec.size):
                 break
             ready.popleft()
@@ -376,6 +401,8 @@ class Ledger:
             rec.state = DONE
             part.offsets.finished(rec.offset)
             del part.records[rec.offset]
+            if rec.okey is not None:
+                self._release_key(rec)
             if part.gate.paused:
                 paused.add(part)
         for part in paused:
@@ -476,6 +503,8 @@ class Ledger:
         elif decision.action is _DEAD_LETTER:
             rec.state = HANDOFF
             self._handoffs.append(Handoff(rec, HandoffKind.DEAD_LETTER, decision.reason))
+            if rec.okey is not None:  # out of the flow: the records behind it go on
+                self._release_key(rec)
         elif decision.delay > 0:
             rec.state = DELAYED
             heapq.heappush(self._delayed, (now + decision.delay, next(self._seq), rec))
@@ -500,8 +529,26 @@ class Ledger:
             return
         part.offsets.finished(rec.offset)
         del part.records[rec.offset]
+        if rec.okey is not None:
+            self._release_key(rec)
         if part.gate.paused:  # finishing can only ever resume a partition
             self._check_gate(part)
+
+    def _release_key(self, rec: Record) -> None:
+        """``rec`` no longer holds its ordering key (if it did): the next record waiting for
+        the key takes it and goes to the front of the queue."""
+        part, okey = rec.part, rec.okey
+        if part.busy.get(okey) is not rec:
+            return
+        waiting = part.waiting.get(okey)
+        if not waiting:
+            del part.busy[okey]
+            return
+        nxt = waiting.popleft()
+        if not waiting:
+            del part.waiting[okey]
+        part.busy[okey] = nxt
+        self._requeue(nxt, front=True)
 
     def _check_gate(self, part: PartitionState) -> None:
         change = part.gate.update(len(part.records))

@@ -17,10 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from coordinator.core.flow import GateChange
-from coordinator.core.ledger import NEVER, CommitPoint, Handoff, HandoffKind, Holder, Lease, Ledger
+from coordinator.core.ledger import (
+    NEVER,
+    WHOLE_PARTITION,
+    CommitPoint,
+    Handoff,
+    HandoffKind,
+    Holder,
+    Lease,
+    Ledger,
+)
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.kafka.fetcher import Commit, Pause
-from coordinator.runtime.subscriptions import Router
+from coordinator.runtime.subscriptions import Lane, Router
 
 acks_log = logging.getLogger("coordinator.acks")
 flow_log = logging.getLogger("coordinator.flow")
@@ -181,20 +190,24 @@ class Engine:
         ledger = self.ledger
         add = ledger.add_to
         ignored = 0
-        topic, partition, part, lane = None, -1, None, None
+        topic, partition, part = None, -1, None
+        expiring: Lane | None = None
+        ordering = "unordered"
         for msg in records:
             t, p = msg.topic(), msg.partition()
             if p != partition or t != topic:  # batches come in runs of one partition
                 topic, partition = t, p
                 part = ledger.partitions.get(TopicPartition(t, p))
                 lane = self._router.lane(t) if self._router is not None else None
-                if lane is not None and not lane.expires:
-                    lane = None
+                expiring = lane if lane is not None and lane.expires else None
+                ordering = "unordered" if lane is None else lane.subscription.ordering
             value = msg.value()
             key = msg.key()
             size = (len(value) if value else 0) + (len(key) if key else 0)
-            expires = NEVER if lane is None else lane.expiry_ms(msg) / 1000.0 + to_local
-            if part is None or not add(part, msg.offset(), size, msg, now, expires):
+            expires = NEVER if expiring is None else expiring.expiry_ms(msg) / 1000.0 + to_local
+            okey = (None if ordering == "unordered" else key if ordering == "key"
+                    else WHOLE_PARTITION)
+            if part is None or not add(part, msg.offset(), size, msg, now, expires, okey):
                 ignored += 1
         self.counters["fetched"] += len(records) - ignored
         self.counters["ignored"] += ignored

@@ -107,7 +107,7 @@ def test_flags() -> None:
     assert settings.max_attempts == 3
     assert settings.create_topics is True
     assert settings.subscription_policies() == tuple(
-        SubscriptionPolicy(topic, "at_least_once", 3, "t.dlq", "t.expired", 300.0, "expires-at")
+        SubscriptionPolicy(topic, "at_least_once", "unordered", 3, "t.dlq", "t.expired", 300.0, "expires-at")
         for topic in ("t", "u", "v")
     )
     assert settings.fetch_batch_size == 100
@@ -232,6 +232,7 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("max_retry_delay", [*REQUIRED_ARGS, "--max-retry-delay", "junk"], {}),
     ("max_attempts", [*REQUIRED_ARGS, "--max-attempts", "0"], {}),
     ("guarantee", [*REQUIRED_ARGS, "--guarantee", "exactly_once"], {}),
+    ("ordering", [*REQUIRED_ARGS, "--ordering", "sorted"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--dead-letter-topic", "^dlq"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--max-attempts", "3"], {}),  # none to dead-letter to
     ("expired_topic", [*REQUIRED_ARGS, "--expired-topic", ".."], {}),
@@ -286,7 +287,8 @@ INVALID_SUBSCRIPTIONS: list[tuple[str, str]] = [
     ("subscriptions[0].ttl", '[[subscriptions]]\ntopic = "a"\nttl = "soon"'),
     ("subscriptions[0].guarantee", '[[subscriptions]]\ntopic = "a"\nguarantee = "exactly_once"'),
     ("subscriptions[0].expiry_header", '[[subscriptions]]\ntopic = "a"\nexpiry_header = ""'),
-    ("subscriptions[0].ordering", '[[subscriptions]]\ntopic = "a"\nordering = "key"'),
+    ("subscriptions[0].ordering", '[[subscriptions]]\ntopic = "a"\nordering = "sorted"'),
+    ("subscriptions[0].unknown", '[[subscriptions]]\ntopic = "a"\nunknown = "key"'),
 ]
 """(setting named, config file) for the file-only settings."""
 

@@ -238,6 +238,7 @@ def test_max_attempts(value: object, expected: int | None) -> None:
 
 BAD_VALUES: list[tuple[str, object]] = [
     ("guarantee", "exactly_once"),
+    ("ordering", "by_key"),
     ("guarantee", ""),
     ("max_attempts", 0),
     ("max_attempts", True),
@@ -415,10 +416,10 @@ expiry_header = "x-expiry"
 def test_subscriptions_resolve_to_policies(tmp_path: Path) -> None:
     settings = resolve(toml=EXAMPLE, tmp_path=tmp_path)
     assert settings.subscription_policies() == (
-        SubscriptionPolicy("app-push", "at_least_once", 5, "push.dlq", None, None, "expires-at"),
-        SubscriptionPolicy("^promo-.*", "at_least_once", 5, "push.dlq", None, None, "expires-at"),
-        SubscriptionPolicy("sms-verification", "at_least_once", 5, "push.dlq", "sms.expired", 300.0, "expires-at"),
-        SubscriptionPolicy("^wechat-.*", "at_least_once", None, "wechat.dlq", None, None, "x-expiry"),
+        SubscriptionPolicy("app-push", "at_least_once", "unordered", 5, "push.dlq", None, None, "expires-at"),
+        SubscriptionPolicy("^promo-.*", "at_least_once", "unordered", 5, "push.dlq", None, None, "expires-at"),
+        SubscriptionPolicy("sms-verification", "at_least_once", "unordered", 5, "push.dlq", "sms.expired", 300.0, "expires-at"),
+        SubscriptionPolicy("^wechat-.*", "at_least_once", "unordered", None, "wechat.dlq", None, None, "x-expiry"),
     )
     assert settings.all_topics() == ("app-push", "^promo-.*", "sms-verification", "^wechat-.*")
     assert settings.handoff_topics() == ("push.dlq", "sms.expired", "wechat.dlq")
@@ -594,7 +595,7 @@ def test_policy_settings_from_the_environment() -> None:
     }
     settings = resolve_settings(flags=REQUIRED, environ=environ)
     assert settings.subscription_policies() == (
-        SubscriptionPolicy("t", "at_least_once", 4, "dlq", "expired", 300.0, "expires-at"),
+        SubscriptionPolicy("t", "at_least_once", "unordered", 4, "dlq", "expired", 300.0, "expires-at"),
     )
     assert settings.create_topics is True
     assert settings.handoff_topics() == ("dlq", "expired")
@@ -603,6 +604,7 @@ def test_policy_settings_from_the_environment() -> None:
 _names = st.from_regex(r"[a-z][a-z0-9._-]{0,10}", fullmatch=True)
 _POLICY_VALUES = {
     "guarantee": st.sampled_from(["at_least_once", "at_most_once"]),
+    "ordering": st.sampled_from(["unordered", "key", "partition"]),
     "max_attempts": st.one_of(st.integers(1, 10), st.just("unlimited")),
     "dead_letter_topic": _names,
     "expired_topic": _names,
@@ -613,8 +615,8 @@ _POLICY_VALUES = {
 
 def _expected(key: str, raw: object) -> object:
     """The policy value of a raw setting value (None: not set anywhere)."""
-    if key == "guarantee" and raw is None:
-        return "at_least_once"  # the default
+    if raw is None and key in ("guarantee", "ordering"):
+        return {"guarantee": "at_least_once", "ordering": "unordered"}[key]  # the defaults
     if key == "ttl" and raw is not None:
         return parse_duration(str(raw)).total_seconds()
     return None if raw == "unlimited" else raw
@@ -1002,6 +1004,7 @@ def test_docs_subscriptions_example_gives_the_policies_in_its_table(tmp_path: Pa
                 cell(v) if v is not None else ("unlimited" if k == "max_attempts" else "none")
                 for k, v in [
                     ("guarantee", p.guarantee),
+                    ("ordering", p.ordering),
                     ("max_attempts", p.max_attempts),
                     ("dead_letter_topic", p.dead_letter_topic),
                     ("expired_topic", p.expired_topic),

@@ -20,6 +20,8 @@ from coordinator.core.policy import RetryPolicy
 TPS = (TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("fast", 0))
 AT_MOST_ONCE = frozenset({TopicPartition("fast", 0)})
 """Partitions whose records are finished when leased (the at_most_once guarantee)."""
+KEYED = frozenset({TopicPartition("t", 1)})
+"""Partitions whose records carry ordering keys (the `key` ordering)."""
 TIMES = LeaseTimes(default=20.0, maximum=50.0)
 POLICY = RetryPolicy(default_delay=2.0, max_delay=20.0, max_attempts=3)
 CAP = 6
@@ -54,6 +56,8 @@ class LedgerModel(RuleBasedStateMachine):
         self.revoking: set[TopicPartition] = set()
         self.paused = dict.fromkeys(TPS, False)
         self.active: dict[int, Active] = {}
+        self.keys: dict[tuple[TopicPartition, int], str | None] = {}
+        """(partition, offset) -> ordering key, for the records of KEYED partitions."""
         self.lapsed: dict[int, Active] = {}
         """Lapsed on a stream holder that still holds the credit (see Holder.lapsed)."""
         self.settled: set[int] = set()
@@ -146,6 +150,8 @@ class LedgerModel(RuleBasedStateMachine):
             assert rec.part.generation == self.gen[rec.part.tp] and rec.part.tp not in self.revoking
             assert rec.offset in self.pending[rec.part.tp]
             assert rec.expires > self.now  # an expired record is never delivered
+            if rec.part.tp in KEYED and rec.okey is not None:
+                self._check_key_order(rec)
             at_most_once = rec.part.tp in AT_MOST_ONCE
             if at_most_once:  # finished on dispatch: never held back, never delivered again
                 assert rec.state is State.DONE and rec.offset not in rec.part.records
@@ -164,6 +170,17 @@ class LedgerModel(RuleBasedStateMachine):
             assert nxt is None or not holder.credits.allows(nxt.size)
         self._collect_handoffs()  # the expired ones it skipped
         return leases
+
+    def _check_key_order(self, rec: Record) -> None:
+        """A keyed record is leased only when every earlier record of its key is finished or
+        handed off, and no other record of its key is in flight."""
+        tp, key, records = rec.part.tp, rec.okey, rec.part.records
+        earlier = [o for o in self.pending[tp] if o < rec.offset and self.keys.get((tp, o)) == key
+                   and records[o].state is not State.HANDOFF]  # handed off: out of the flow
+        assert not earlier, f"{tp}@{rec.offset} (key {key!r}) leased before {earlier}"
+        flying = [a.offset for a in self.active.values()
+                  if a.tp == tp and self.keys.get((tp, a.offset)) == key]
+        assert flying in ([], [rec.offset]), (rec.offset, flying)
 
     def _settle(self, holder: Holder | None, msg_id: int, outcome: Outcome | None,
                 delay: float | None) -> None:

@@ -11,8 +11,8 @@ import math
 import os
 
 import pytest
-from core_ledger_model import CAP, OK, RESUME_BELOW, TPS, LedgerModel
-from hypothesis import settings
+from core_ledger_model import CAP, KEYED, OK, RESUME_BELOW, TPS, LedgerModel
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
@@ -26,6 +26,8 @@ DELAY = st.one_of(st.none(), st.floats(-1.0, 30.0))
 TP_SETS = st.sets(st.sampled_from(TPS), min_size=1)
 SOURCES = ["own", "own", "active", "stale", "settled", "unknown"]
 RARELY = st.integers(0, 3).map(lambda n: n == 3)
+KEY = st.sampled_from([None, "a", "a", "b"])
+"""Ordering keys: few, so that records of one key queue up; None has no order."""
 TTL = st.one_of(st.none(), st.none(), st.just(0.0), st.floats(0.5, 40.0))
 """No TTL (mostly), already expired, or expiring while the machine runs."""
 """Destructive rules act one time in four (and not on the simplest draw, 0)."""
@@ -35,11 +37,11 @@ class LedgerMachine(LedgerModel):
     # -- rules ----------------------------------------------------------------
 
     @rule(tp=st.sampled_from(TPS), gaps=st.lists(st.integers(0, 3), min_size=1, max_size=6),
-          size=st.integers(1, 50), ttl=TTL)
+          size=st.integers(1, 50), ttl=TTL, keys=st.lists(KEY, min_size=6, max_size=6))
     def add_records(self, tp: TopicPartition, gaps: list[int], size: int,
-                    ttl: float | None) -> None:
+                    ttl: float | None, keys: list[str | None]) -> None:
         """Fetches records (named to sort first: hypothesis favours the first rule), some with
-        a TTL (already past, when 0)."""
+        a TTL (already past, when 0), with ordering keys on KEYED partitions."""
         expires = math.inf if ttl is None else self.now + ttl
         part = self.led.partitions.get(tp)
         if part is None or tp in self.revoking:
@@ -47,11 +49,13 @@ class LedgerMachine(LedgerModel):
             assert not self.led.add(tp, self.fetch_pos[tp], size, None, self.now)
             assert self._snapshot() == before
             return
-        for gap in gaps:
+        for gap, key in zip(gaps, keys, strict=False):
             if part.gate.paused:  # the runtime stops fetching a paused partition
                 break
             offset = self.fetch_pos[tp] + gap
-            assert self.led.add(tp, offset, size + gap, None, self.now, expires)
+            okey = key if tp in KEYED else None
+            assert self.led.add(tp, offset, size + gap, None, self.now, expires, okey)
+            self.keys[tp, offset] = okey
             self.pending[tp].add(offset)
             self.next_pos[tp] = self.fetch_pos[tp] = offset + 1
         self._collect_handoffs()  # the ones expired at fetch
@@ -302,7 +306,9 @@ class LedgerMachine(LedgerModel):
         queued = [id(r) for r in self.led._ready if r.state is State.READY]
         assert len(queued) == len(set(queued)) == self.led.ready_count  # each READY one once
         where = {State.READY: set(queued), State.DELAYED: {id(r) for _, _, r in self.led._delayed},
-                 State.HANDOFF: {id(r) for r in self.handoffs}}
+                 State.HANDOFF: {id(r) for r in self.handoffs},
+                 State.WAITING: {id(r) for p in self.led.partitions.values()
+                                 for q in p.waiting.values() for r in q}}
         for tp in TPS:
             part = self.led.partitions.get(tp)
             if part is None:
@@ -320,6 +326,14 @@ class LedgerMachine(LedgerModel):
                     assert part.revoking
                 else:  # READY, DELAYED or HANDOFF (never DONE while pending)
                     assert id(rec) in where[state]
+        for p in self.led.partitions.values():  # each key: one holder, the rest behind it
+            for key, queue in p.waiting.items():
+                event("a record waited behind an earlier one of its key")
+                holder = p.busy[key]
+                assert queue and holder.state is not State.WAITING
+                assert all(r.okey == key and r.offset > holder.offset for r in queue)
+                assert [r.offset for r in queue] == sorted(r.offset for r in queue)
+            assert all(r.okey == key and p.records.get(r.offset) is r for key, r in p.busy.items())
         ready = sum(r.state is State.READY for p in self.led.partitions.values()
                     for r in p.records.values())
         assert ready == self.led.ready_count
