@@ -62,6 +62,16 @@ class Sink(Protocol):
         ...
 
 
+class _EveryId:
+    """A container of every msg_id."""
+
+    def __contains__(self, msg_id: object) -> bool:
+        return True
+
+
+EVERY_ID = _EveryId()
+
+
 def withdraw_queued(
     queue: collections.deque[Message], msg_ids: Container[int] | None
 ) -> list[Message]:
@@ -309,7 +319,11 @@ class Session:
             deadline = _seconds(response.draining.deadline, self._settings.shutdown_timeout)
             _log.info("sidecar is draining stream %s; closing within %.1f s", self.stream_id, deadline)
             self._drained_by_sidecar = True
-            self._begin_drain(time.monotonic() + deadline)
+            # What a sink starts at once still runs: a delivery left unsettled would hold its
+            # partition's commit below later ones, which would then be processed again after
+            # the restart. A sink whose user takes messages at their own pace drops them, as
+            # on a revoke.
+            self._begin_drain(time.monotonic() + deadline, withdraw=False)
 
     def _on_rejected(self, rejected: Any) -> None:
         counts = collections.Counter(
@@ -423,7 +437,10 @@ class Session:
 
     # -- closing ------------------------------------------------------------
 
-    def _begin_drain(self, deadline: float) -> None:
+    def _begin_drain(self, deadline: float, *, withdraw: bool = True) -> None:
+        """Stops taking deliveries and closes once every outstanding one is settled, or at
+        ``deadline``. ``withdraw`` drops the deliveries not started yet (the sidecar redelivers
+        them); otherwise the sink keeps those it would keep on a revoke."""
         if self._closing:
             self._drain_deadline = min(self._drain_deadline, deadline)
             self._idle.set()  # re-check the deadline
@@ -433,7 +450,8 @@ class Session:
         if self._call is None or not self.opened:
             self._cancel_call()
             return
-        for msg in self._sink.withdraw(None):
+        dropped = self._sink.withdraw(None) if withdraw else self._sink.withdraw_revoked(EVERY_ID)
+        for msg in dropped:
             self._outstanding.pop(msg._id, None)
         self._tasks.append(self._loop.create_task(self._drain()))
 
