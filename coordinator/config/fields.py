@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Annotated, Final, Literal
 
@@ -234,6 +235,34 @@ _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Guarantee = Literal["at_least_once", "at_most_once"]
 """What a subscription promises about its records (see the `guarantee` setting)."""
+
+
+def _to_list(value: object) -> object:
+    """A list as a flag or an environment variable writes it: comma-separated."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _check_tiers(tiers: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+    if list(tiers) != sorted(set(tiers)):
+        raise ValueError("retry tiers must be distinct and in increasing order")
+    return tiers
+
+
+DEFAULT_RETRY_TOPIC_FORMAT: Final = "{topic}.retry.{delay}"
+"""How a retry tier's topic is named: ``orders.retry.10s``."""
+
+
+def _check_retry_topic_format(value: str) -> str:
+    try:
+        name = value.format(topic="t", delay="1s")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"use only the fields {{topic}} and {{delay}}: {exc}") from None
+    if "{topic}" not in value or "{delay}" not in value:
+        raise ValueError("must contain both {topic} and {delay}")
+    _check_topic_name(name)
+    return value
 
 
 Ordering = Literal["unordered", "key", "partition"]

@@ -21,6 +21,7 @@ from pydantic import (
 from coordinator.config.durations import NonNegativeDuration, PositiveDuration, format_duration
 from coordinator.config.errors import _missing_error, _setting_error
 from coordinator.config.fields import (
+    DEFAULT_RETRY_TOPIC_FORMAT,
     Guarantee,
     KafkaValue,
     LogLevel,
@@ -28,6 +29,7 @@ from coordinator.config.fields import (
     _AtLeastOne,
     _check_kafka,
     _check_listen,
+    _check_retry_topic_format,
     _check_topics,
     _freeze,
     _MaxAttempts,
@@ -40,7 +42,7 @@ from coordinator.config.fields import (
     is_producer_property,
     is_sensitive_property,
 )
-from coordinator.config.subscriptions import Subscription, SubscriptionPolicy
+from coordinator.config.subscriptions import RetryTiers, Subscription, SubscriptionPolicy
 
 DEFAULT_AUTO_OFFSET_RESET: Final = "earliest"
 """``auto.offset.reset`` unless passed through: a new group loses nothing produced before it."""
@@ -106,6 +108,15 @@ class Settings(BaseModel):
     expiry_header: _NonBlank | None = None
     """Name of a record header holding an absolute expiry time, decimal milliseconds since the Unix
     epoch; a record that has it expires then, whatever `ttl` says."""
+    retry: RetryTiers = ()
+    """Delay tiers of retry topics for records of `topics`, e.g. `["1s", "10s", "60s"]` (a flag
+    takes `1s,10s,60s`). A RETRY answer sends the record to the retry topic of the first tier at
+    least as long as the delay asked for (without a delay: the tier of its attempt number),
+    where it waits without holding up its partition. Empty: retries wait in memory. Not for
+    ordered subscriptions or patterns."""
+    retry_topic_format: Annotated[str, AfterValidator(_check_retry_topic_format)] = (
+        DEFAULT_RETRY_TOPIC_FORMAT)
+    """How retry topics are named, from `{topic}` and `{delay}` (a duration such as `10s`)."""
     create_topics: Annotated[bool, BeforeValidator(_to_bool)] = False
     """Create missing dead-letter and expired topics at start-up instead of failing."""
     commit_interval: PositiveDuration = timedelta(seconds=1)
@@ -186,7 +197,22 @@ class Settings(BaseModel):
                 f" {format_duration(self.rebalance_timeout)}",
             )
         self._check_dead_letter_topics()
+        self._check_retry_tiers()
         return self
+
+    def _check_retry_tiers(self) -> None:
+        """Retry topics reorder records, and a pattern has no topic name to derive theirs from."""
+        for index, policy in enumerate(self.subscription_policies()):
+            if not policy.retry:
+                continue
+            where = ("retry" if index < len(self.topics)
+                     else f"subscriptions[{index - len(self.topics)}].retry")
+            if policy.ordering != "unordered":
+                raise _setting_error(where, f"{policy.topic!r} is ordered by {policy.ordering}:"
+                                     " its retries wait in place, not in retry topics")
+            if policy.topic.startswith("^"):
+                raise _setting_error(where, f"{policy.topic!r} is a pattern: name its topics to"
+                                     " give them retry topics")
 
     def _check_dead_letter_topics(self) -> None:
         """Every policy with a limit on attempts needs somewhere to put the records past it."""
@@ -216,7 +242,18 @@ class Settings(BaseModel):
             expired_topic=self.expired_topic,
             ttl=None if self.ttl is None else self.ttl.total_seconds(),
             expiry_header=self.expiry_header,
+            retry=tuple(tier.total_seconds() for tier in self.retry),
         )
+
+    def retry_topic(self, topic: str, delay: float) -> str:
+        """The retry topic of ``topic`` for the tier of ``delay`` seconds."""
+        return self.retry_topic_format.format(
+            topic=topic, delay=format_duration(timedelta(seconds=delay)))
+
+    def retry_topics(self) -> tuple[str, ...]:
+        """Every retry topic of every policy, in policy and tier order."""
+        return tuple(self.retry_topic(p.topic, d) for p in self.subscription_policies()
+                     for d in p.retry)
 
     def subscription_policies(self) -> tuple[SubscriptionPolicy, ...]:
         """The policy of every topic consumed: one per entry of ``topics`` (the global settings),
@@ -226,14 +263,16 @@ class Settings(BaseModel):
         )
 
     def all_topics(self) -> tuple[str, ...]:
-        """What the consumer subscribes to: ``topics``, then each subscription's topic."""
-        return self.topics + tuple(s.topic for s in self.subscriptions)
+        """What the consumer subscribes to: ``topics``, each subscription's topic, and the retry
+        topics (the sidecar consumes its own retries)."""
+        return self.topics + tuple(s.topic for s in self.subscriptions) + self.retry_topics()
 
     def handoff_topics(self) -> tuple[str, ...]:
-        """The distinct dead-letter and expired topics of every policy, sorted."""
+        """The distinct dead-letter, expired and retry topics of every policy, sorted: the
+        topics the sidecar produces to, which must exist."""
         policies = self.subscription_policies()
         topics = {p.dead_letter_topic for p in policies} | {p.expired_topic for p in policies}
-        return tuple(sorted(t for t in topics if t is not None))
+        return tuple(sorted({t for t in topics if t is not None} | set(self.retry_topics())))
 
     def consumer_config(self) -> dict[str, KafkaValue]:
         """The full librdkafka consumer configuration: the passthrough plus lowwater's own keys.

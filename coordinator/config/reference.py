@@ -49,7 +49,10 @@ def _kind(annotation: object) -> str:
     if typing.get_origin(annotation) is Literal:
         return " / ".join(f"`{a}`" for a in args)
     if typing.get_origin(annotation) is tuple:
-        return "list of strings" if args[0] is str else "list of tables"
+        item = _bare(args[0])
+        if item is str:
+            return "list of strings"
+        return "list of durations" if item is timedelta else "list of tables"
     if typing.get_origin(annotation) is Mapping:
         return "table"
     raise TypeError(f"no documentation kind for {annotation!r}")

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Final, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from coordinator.config.durations import PositiveDuration
 from coordinator.config.fields import (
     Guarantee,
     Ordering,
+    _check_tiers,
     _MaxAttempts,
     _NonBlank,
     _to_choice,
+    _to_list,
     _TopicName,
     _TopicOrPattern,
 )
@@ -41,6 +43,10 @@ class Inherit(enum.Enum):
 INHERIT: Final = Inherit.INHERIT
 """A :class:`Subscription` setting that is not set there: the global setting applies. Distinct
 from None, which for ``max_attempts`` means unlimited."""
+
+RetryTiers = Annotated[
+    tuple[PositiveDuration, ...], BeforeValidator(_to_list), AfterValidator(_check_tiers)]
+"""Retry delay tiers: distinct, increasing durations; a comma-separated string from a flag."""
 
 _Inherited = Annotated[Inherit, Strict()]
 """Only :data:`INHERIT` itself: no value from a file or a flag validates as it."""
@@ -66,6 +72,8 @@ class SubscriptionPolicy:
         ttl: maximum age of a record in seconds, from its timestamp; None: no TTL.
         expiry_header: header holding a record's absolute expiry time (decimal milliseconds since
             the Unix epoch), which wins over ``ttl``; None: no such header.
+        retry: the delays of its retry topics, seconds, increasing; empty: retries wait in
+            memory.
     """
 
     topic: str
@@ -76,6 +84,7 @@ class SubscriptionPolicy:
     expired_topic: str | None
     ttl: float | None
     expiry_header: str | None
+    retry: tuple[float, ...] = ()
 
 
 class Subscription(BaseModel):
@@ -103,6 +112,8 @@ class Subscription(BaseModel):
     """As the global `ttl`, for this topic."""
     expiry_header: _NonBlank | None | _Inherited = _left_out()
     """As the global `expiry_header`, for this topic."""
+    retry: RetryTiers | _Inherited = _left_out()
+    """As the global `retry`, for this topic; `[]` retries in memory."""
 
     def policy(self, defaults: SubscriptionPolicy) -> SubscriptionPolicy:
         """This subscription's policy: what it sets, and the rest from ``defaults``.
@@ -120,6 +131,8 @@ class Subscription(BaseModel):
             expired_topic=_pick(self.expired_topic, defaults.expired_topic),
             ttl=ttl,
             expiry_header=_pick(self.expiry_header, defaults.expiry_header),
+            retry=defaults.retry if isinstance(self.retry, Inherit) else tuple(
+                tier.total_seconds() for tier in self.retry),
         )
 
 

@@ -39,7 +39,7 @@ from coordinator.core.records import (
 
 # Enum members as module constants: on Python 3.11 each ``Enum.MEMBER`` lookup costs ~150 ns.
 _OK, _ALREADY_SETTLED, _NOT_OWNER = SettleStatus.OK, SettleStatus.ALREADY_SETTLED, SettleStatus.NOT_OWNER
-_FINISH, _DEAD_LETTER = Action.FINISH, Action.DEAD_LETTER
+_FINISH, _DEAD_LETTER, _RETRY_TOPIC = Action.FINISH, Action.DEAD_LETTER, Action.RETRY_TOPIC
 _EXPIRED = HandoffKind.EXPIRED
 
 __all__ = [
@@ -181,7 +181,8 @@ class Ledger:
     # -- records ----------------------------------------------------------
 
     def add(self, tp: TopicPartition, offset: int, size: int, payload: object, now: float,
-            expires: float = NEVER, okey: object = None) -> bool:
+            expires: float = NEVER, okey: object = None, *, attempts: int = 0,
+            not_before: float = 0.0) -> bool:
         """Records a fetched record; False (and ignored) if ``tp`` is not assigned here.
 
         A record that ``expires`` (passes its TTL) by ``now`` is never delivered:
@@ -191,23 +192,33 @@ class Ledger:
         Records with the same ordering key ``okey`` (not None) are delivered one at
         a time, in offset order: a record waits until every earlier one of its key
         is finished or handed off, retries and redeliveries included.
+
+        A record back from a retry topic brings the ``attempts`` it had, and is
+        held until ``not_before`` (it is delivered with the next attempt number).
         """
         part = self.partitions.get(tp)
         if part is None:
             return False
-        return self.add_to(part, offset, size, payload, now, expires, okey)
+        return self.add_to(part, offset, size, payload, now, expires, okey,
+                           attempts=attempts, not_before=not_before)
 
     def add_to(self, part: PartitionState, offset: int, size: int, payload: object,
-               now: float, expires: float = NEVER, okey: object = None) -> bool:
+               now: float, expires: float = NEVER, okey: object = None, *, attempts: int = 0,
+               not_before: float = 0.0) -> bool:
         """:meth:`add` for a caller that looked the partition up once for many records."""
         if part.revoking:
             return False
         part.offsets.fetched(offset)
         rec = Record(part, offset, size, payload, now, expires, okey)
         part.records[offset] = rec
+        if attempts:
+            rec.attempt = attempts
         if expires <= now:
             rec.state = HANDOFF
             self._handoffs.append(Handoff(rec, _EXPIRED, "expired before it was delivered"))
+        elif not_before > now:
+            rec.state = DELAYED
+            heapq.heappush(self._delayed, (not_before, next(self._seq), rec))
         else:
             self._ready.append(rec)
             self.ready_count += 1
@@ -361,8 +372,8 @@ class Ledger:
         if rec.state is DONE:  # at most once: finished when it was dispatched
             return _OK
         decision = rec.part.policy.on_settle(outcome, lease.attempt, delay)
-        if reason and decision.action is _DEAD_LETTER:
-            decision = Decision(_DEAD_LETTER, reason=f"{decision.reason}: {reason}")
+        if reason and decision.action is not _FINISH:  # for the dead-letter or retry headers
+            decision = Decision(decision.action, decision.delay, f"{decision.reason}: {reason}")
         self._apply(rec, decision, now)
         return _OK
 
@@ -500,9 +511,10 @@ class Ledger:
     def _apply(self, rec: Record, decision: Decision, now: float) -> None:
         if decision.action is _FINISH:
             self._finish(rec)
-        elif decision.action is _DEAD_LETTER:
+        elif decision.action is _DEAD_LETTER or decision.action is _RETRY_TOPIC:
             rec.state = HANDOFF
-            self._handoffs.append(Handoff(rec, HandoffKind.DEAD_LETTER, decision.reason))
+            kind = HandoffKind.DEAD_LETTER if decision.action is _DEAD_LETTER else HandoffKind.RETRY
+            self._handoffs.append(Handoff(rec, kind, decision.reason, decision.delay))
             if rec.okey is not None:  # out of the flow: the records behind it go on
                 self._release_key(rec)
         elif decision.delay > 0:

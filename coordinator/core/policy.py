@@ -15,6 +15,8 @@ class Action(enum.Enum):
     """Deliver the record again, after ``Decision.delay`` seconds."""
     DEAD_LETTER = "dead_letter"
     """Give up on the record and hand it to the dead-letter path."""
+    RETRY_TOPIC = "retry_topic"
+    """Hand the record to the retry topic of the tier ``Decision.delay``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class Decision:
 
 
 _RETRY, _DEAD_LETTER = Outcome.RETRY, Outcome.DEAD_LETTER  # enum access is slow on 3.11
+_REDELIVER, _RETRY_TOPIC = Action.REDELIVER, Action.RETRY_TOPIC
 
 FINISH = Decision(Action.FINISH)
 """The decision for every finishing outcome (shared: decisions are immutable)."""
@@ -39,11 +42,17 @@ class RetryPolicy:
         max_delay: the cap on a requested delay, seconds.
         max_attempts: deliveries allowed before the record is dead-lettered;
             None for no limit.
+        tiers: the delays of the retry topics, seconds, increasing. With
+            tiers, a RETRY answer hands the record to the first tier at least
+            as long as the delay asked for (without one: the tier of its
+            attempt number); without, it waits in memory. A lapsed lease or
+            a broken stream always redelivers in memory.
     """
 
     default_delay: float = 1.0
     max_delay: float = 900.0
     max_attempts: int | None = None
+    tiers: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.default_delay < 0 or self.max_delay < 0:
@@ -53,10 +62,14 @@ class RetryPolicy:
                 f"default_delay {self.default_delay}s exceeds max_delay {self.max_delay}s")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if list(self.tiers) != sorted(set(self.tiers)) or any(t <= 0 for t in self.tiers):
+            raise ValueError(f"retry tiers must be positive and increasing, got {self.tiers}")
 
     def on_settle(self, outcome: Outcome, attempt: int, delay: float | None) -> Decision:
         """Decides the next step for a record whose delivery ``attempt`` was settled."""
         if outcome is _RETRY:
+            if self.tiers:
+                return self._to_tier(attempt, delay)
             wait = self.default_delay if delay is None else min(max(delay, 0.0), self.max_delay)
             return self._again(attempt, wait, "worker asked for a retry")
         if outcome is _DEAD_LETTER:
@@ -66,6 +79,17 @@ class RetryPolicy:
     def on_lapse(self, attempt: int, why: str) -> Decision:
         """Decides the next step for a delivery whose lease lapsed or whose stream broke."""
         return self._again(attempt, 0.0, why)
+
+    def _to_tier(self, attempt: int, delay: float | None) -> Decision:
+        decision = self._again(attempt, 0.0, "worker asked for a retry")
+        if decision.action is not _REDELIVER:
+            return decision  # out of attempts
+        tiers = self.tiers
+        if delay is None:
+            tier = tiers[min(attempt, len(tiers)) - 1]
+        else:
+            tier = next((t for t in tiers if t >= delay), tiers[-1])
+        return Decision(_RETRY_TOPIC, delay=tier, reason=decision.reason)
 
     def _again(self, attempt: int, delay: float, why: str) -> Decision:
         if self.max_attempts is not None and attempt >= self.max_attempts:

@@ -49,6 +49,8 @@ class HandoffKind(enum.Enum):
     """Given up on: max attempts used, or the worker answered DEAD_LETTER."""
     EXPIRED = "expired"
     """Past its TTL: it is never delivered again."""
+    RETRY = "retry"
+    """To a retry topic, to come back after ``Handoff.delay``."""
 
 
 class PartitionState:
@@ -170,6 +172,8 @@ class Handoff:
     record: Record
     kind: HandoffKind
     reason: str
+    delay: float = 0.0
+    """RETRY only: the tier, seconds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,13 @@ class StopFetching:
     """Pause everything now and everything assigned later; keep polling."""
 
 
-Command = Commit | Pause | StopFetching
+@dataclass
+class Resubscribe:
+    """Subscribe again to the same topics: some were just created, and librdkafka would only
+    notice at its next periodic metadata refresh (5 minutes by default)."""
+
+
+Command = Commit | Pause | StopFetching | Resubscribe
 
 
 class Fetcher:
@@ -183,12 +189,7 @@ class Fetcher:
         finally:
             self._created.set()
         try:
-            consumer.subscribe(
-                self._topics,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            self._subscribe(consumer)
             self._probe(consumer)
             while not self._closing.is_set():
                 self._serve_commands(consumer)
@@ -211,6 +212,10 @@ class Fetcher:
         finally:
             self._close(consumer)
             self._sink.on_stopped(self.error)
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
 
     def _deliver(self, records: list[Message]) -> None:
         good: list[Message] = []
@@ -237,6 +242,12 @@ class Fetcher:
                 self._commit(consumer, command)
             elif isinstance(command, Pause):
                 self._pause(consumer, command)
+            elif isinstance(command, Resubscribe):
+                try:  # refreshes librdkafka's metadata cache, so the new topics are seen
+                    consumer.list_topics(timeout=PROBE_TIMEOUT)
+                except KafkaException as exc:
+                    log.warning("metadata refresh before resubscribing failed: %s", exc)
+                self._subscribe(consumer)
             else:
                 self._stopped_fetching = True
                 self._pause_all(consumer)
@@ -410,4 +421,4 @@ def _describe(points: list[CommitPoint]) -> str:
     return ", ".join(f"{p.tp.topic}[{p.tp.partition}]@{p.offset}" for p in points)
 
 
-__all__ = ["Commit", "FetchSink", "Fetcher", "Pause", "StopFetching"]
+__all__ = ["Commit", "FetchSink", "Fetcher", "Pause", "Resubscribe", "StopFetching"]

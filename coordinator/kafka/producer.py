@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from coordinator.kafka.records import record_headers
+from coordinator.kafka.records import (
+    HEADER_ATTEMPTS,
+    HEADER_GROUP,
+    HEADER_KIND,
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_REASON,
+    HEADER_TOPIC,
+    record_headers,
+)
 
 log = logging.getLogger("coordinator.handoff")
 
 POLL_TIMEOUT = 0.1
 """Seconds one ``poll()`` for delivery reports may wait."""
-
-HEADER_PREFIX = "lowwater."
-HEADER_TOPIC = HEADER_PREFIX + "topic"
-HEADER_PARTITION = HEADER_PREFIX + "partition"
-HEADER_OFFSET = HEADER_PREFIX + "offset"
-HEADER_ATTEMPTS = HEADER_PREFIX + "attempts"
-HEADER_REASON = HEADER_PREFIX + "reason"
-HEADER_KIND = HEADER_PREFIX + "handoff"
-HEADER_GROUP = HEADER_PREFIX + "group"
-"""Headers added to a handed-off record, after its own: where it came from, how many
-deliveries it had, why it left (``dead_letter`` or ``expired``) and the consumer group."""
 
 Report = Callable[[str | None], None]
 """Called with None when the topic has the record, or with the error."""
@@ -57,9 +55,11 @@ class HandoffProducer:
         self._thread.start()
 
     def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
-             report: Report) -> None:
-        """Produces ``msg`` (a fetched confluent-kafka message) to ``topic`` with its key,
-        value, headers and timestamp, plus the hand-off headers. ``report`` is called once."""
+             report: Report, extra: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Produces ``msg`` (a fetched confluent-kafka message, or a
+        :class:`~coordinator.kafka.records.RetriedMessage`) to ``topic`` with its key, value,
+        headers and timestamp, plus the hand-off headers and ``extra``. ``report`` is called
+        once."""
         headers: list[tuple[str, str | bytes | None]] = list(record_headers(msg) or [])
         headers += [
             (HEADER_TOPIC, msg.topic().encode()),
@@ -69,16 +69,17 @@ class HandoffProducer:
             (HEADER_REASON, reason.encode()),
             (HEADER_KIND, kind.encode()),
             (HEADER_GROUP, self._group),
+            *extra,
         ]
         ts_type, ts = msg.timestamp()
-        extra = {"timestamp": ts} if ts_type and ts > 0 else {}
+        stamp = {"timestamp": ts} if ts_type and ts > 0 else {}
 
         def delivered(err: KafkaError | None, _: Message) -> None:  # on the report thread
             self._post(report, None if err is None else err.str())
 
         try:
             self._producer.produce(topic, value=msg.value(), key=msg.key(), headers=headers,
-                                   on_delivery=delivered, **extra)
+                                   on_delivery=delivered, **stamp)
         except (BufferError, KafkaException) as exc:  # local queue full, or refused at once
             report(f"{type(exc).__name__}: {exc}")
 

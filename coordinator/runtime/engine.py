@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,13 +28,15 @@ from coordinator.core.ledger import (
     Ledger,
 )
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
-from coordinator.kafka.fetcher import Commit, Pause
+from coordinator.kafka.fetcher import Commit, Pause, Resubscribe
+from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, RetriedMessage, retried
 from coordinator.runtime.subscriptions import Lane, Router
 
 acks_log = logging.getLogger("coordinator.acks")
 flow_log = logging.getLogger("coordinator.flow")
 rebalance_log = logging.getLogger("coordinator.rebalance")
 handoff_log = logging.getLogger("coordinator.handoff")
+retry_log = logging.getLogger("coordinator.retry")
 
 TIMER_RESOLUTION = 0.05
 """Seconds between timer ticks: lease expiry and retry due times are this precise."""
@@ -47,14 +49,15 @@ HANDOFF_RETRY_S = 1.0
 
 
 class CommandSink(Protocol):
-    def submit(self, command: Commit | Pause) -> None: ...
+    def submit(self, command: Commit | Pause | Resubscribe) -> None: ...
 
 
 class HandoffSink(Protocol):
     """Where hand-offs are produced (:class:`coordinator.kafka.producer.HandoffProducer`)."""
 
     def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
-             report: Callable[[str | None], None]) -> None: ...
+             report: Callable[[str | None], None],
+             extra: Sequence[tuple[str, bytes]] = ()) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +178,11 @@ class Engine:
         self._draining = False
         self.counters: dict[str, int] = dict.fromkeys(
             ("fetched", "ignored", "delivered", "settled", "rejected", "lapsed", "dead_lettered",
-             "expired", "dropped_dead_letters"), 0
+             "expired", "dropped_dead_letters", "retried"), 0
         )
+        self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
+        """Retry partitions paused until their fetched records are due: (generation, until,
+        timer)."""
         self.per_topic: dict[tuple[str, str], int] = {}
         """(counter, topic) -> count, for "dead_lettered" and "expired" per subscribed topic."""
 
@@ -184,7 +190,8 @@ class Engine:
 
     def intake(self, records: list[Any]) -> None:
         """Adds fetched confluent-kafka messages to the ledger, with their expiry if their
-        subscription has a TTL."""
+        subscription has a TTL. A record back from a retry topic stands for the record it
+        retries, and waits until it is due; its retry partition pauses meanwhile."""
         now = self._clock()
         to_local = now - self._wall()  # epoch seconds + to_local = the ledger's clock
         ledger = self.ledger
@@ -193,6 +200,7 @@ class Engine:
         topic, partition, part = None, -1, None
         expiring: Lane | None = None
         ordering = "unordered"
+        tier: float | None = None
         for msg in records:
             t, p = msg.topic(), msg.partition()
             if p != partition or t != topic:  # batches come in runs of one partition
@@ -201,17 +209,54 @@ class Engine:
                 lane = self._router.lane(t) if self._router is not None else None
                 expiring = lane if lane is not None and lane.expires else None
                 ordering = "unordered" if lane is None else lane.subscription.ordering
+                tier = None if self._router is None else self._router.retry_tier(t)
             value = msg.value()
             key = msg.key()
             size = (len(value) if value else 0) + (len(key) if key else 0)
-            expires = NEVER if expiring is None else expiring.expiry_ms(msg) / 1000.0 + to_local
+            offset = msg.offset()
+            attempts, not_before, payload = 0, 0.0, msg
+            if tier is not None and part is not None:
+                back = retried(msg)
+                if back is None:
+                    retry_log.warning("%s[%d]@%d has no valid lowwater retry headers; "
+                                      "delivering it as it is", t, p, offset)
+                else:
+                    payload, attempts = back, back.attempts
+                    not_before = back.due_ms / 1000.0 + to_local
+                    if not_before > now:
+                        self._hold(part.tp, part.generation, not_before)
+            expires = NEVER if expiring is None else expiring.expiry_ms(payload) / 1000.0 + to_local
             okey = (None if ordering == "unordered" else key if ordering == "key"
                     else WHOLE_PARTITION)
-            if part is None or not add(part, msg.offset(), size, msg, now, expires, okey):
+            if part is None or not add(part, offset, size, payload, now, expires, okey,
+                                       attempts=attempts, not_before=not_before):
                 ignored += 1
         self.counters["fetched"] += len(records) - ignored
         self.counters["ignored"] += ignored
         self._after_change()
+
+    def _hold(self, tp: TopicPartition, generation: int, until: float) -> None:
+        """Pauses a retry partition until ``until`` (the ledger's clock): the records after a
+        record not yet due are due later still, so fetching them would only fill memory."""
+        held = self._holds.get(tp)
+        if held is not None and held[0] == generation and held[1] >= until:
+            return
+        if held is None or held[0] != generation:
+            retry_log.debug("pausing %s until its retries are due", tp)
+            self._commands.submit(Pause([(tp, generation)]))
+        else:
+            held[2].cancel()
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, until - self._clock()), self._unhold, tp, generation)
+        self._holds[tp] = (generation, until, timer)
+
+    def _unhold(self, tp: TopicPartition, generation: int) -> None:
+        held = self._holds.pop(tp, None)
+        if held is None or held[0] != generation:
+            return
+        part = self.ledger.partitions.get(tp)
+        if part is not None and part.generation == generation and not part.gate.paused:
+            self._commands.submit(Pause([(tp, generation)], resume=True))
 
     def assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
         router = self._router
@@ -425,7 +470,13 @@ class Engine:
         record is counted, a dead letter is counted and dropped, with a warning."""
         rec = handoff.record
         tp = rec.part.tp
-        sub = self._router.lane(tp.topic).subscription if self._router is not None else None
+        lane = self._router.lane(tp.topic) if self._router is not None else None
+        sub = None if lane is None else lane.subscription
+        if handoff.kind is HandoffKind.RETRY:
+            assert lane is not None  # only a lane's policy has retry tiers
+            self.counters["retried"] += 1
+            self._send_handoff(handoff, lane.retry_topics[handoff.delay])
+            return
         expired = handoff.kind is HandoffKind.EXPIRED
         counter = "expired" if expired else "dead_lettered"
         self.counters[counter] += 1
@@ -439,8 +490,6 @@ class Engine:
                                     handoff.reason, tp.topic)
             self.ledger.finish_handoff(rec)
             return
-        if self._handoffs is None:
-            raise RuntimeError(f"a hand-off to {topic} needs a producer")
         self._send_handoff(handoff, topic)
 
     def _send_handoff(self, handoff: Handoff, topic: str) -> None:
@@ -464,16 +513,29 @@ class Engine:
                 self.ledger.finish_handoff(rec)  # a no-op if its partition was revoked meanwhile
             self._after_change()
 
-        assert self._handoffs is not None
+        if self._handoffs is None:
+            raise RuntimeError(f"a hand-off to {topic} needs a producer")
         self._handoffs.send(topic, rec.payload, kind=handoff.kind.value, reason=handoff.reason,
-                            attempts=rec.attempt, report=report)
+                            attempts=rec.attempt, report=report, extra=self._retry_headers(handoff))
+
+    def _retry_headers(self, handoff: Handoff) -> list[tuple[str, bytes]]:
+        """When a retry is due and when its record was first fetched, in epoch milliseconds."""
+        if handoff.kind is not HandoffKind.RETRY:
+            return []
+        rec, wall, now = handoff.record, self._wall(), self._clock()
+        payload = rec.payload
+        first_seen = (payload.first_seen_ms if isinstance(payload, RetriedMessage)
+                      and payload.first_seen_ms else (wall - (now - rec.fetched_at)) * 1000.0)
+        return [(HEADER_DUE, str(int((wall + handoff.delay) * 1000.0)).encode()),
+                (HEADER_FIRST_SEEN, str(int(first_seen)).encode())]
 
     def _apply_gates(self, changes: list[tuple[TopicPartition, GateChange]]) -> None:
         last = dict(changes)  # a partition that paused and resumed in one batch ends resumed
         parts = self.ledger.partitions
         for change in GateChange:
             points = [(tp, parts[tp].generation) for tp, c in last.items()
-                      if c is change and tp in parts]
+                      if c is change and tp in parts
+                      and not (change is GateChange.RESUME and tp in self._holds)]
             if points:
                 flow_log.info("%s %s", "pausing (pending cap reached)" if change is GateChange.PAUSE
                               else "resuming (below the resume mark)", points)

@@ -23,7 +23,7 @@ from coordinator.config import ConfigError, Settings
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.policy import RetryPolicy
-from coordinator.kafka.fetcher import Fetcher, StopFetching
+from coordinator.kafka.fetcher import Fetcher, Resubscribe, StopFetching
 from coordinator.kafka.producer import HandoffProducer
 from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
@@ -146,7 +146,8 @@ class Sidecar:
             self.ledger, self.fetcher,
             router=Router(settings.subscription_policies(),
                           default_delay=settings.default_retry_delay.total_seconds(),
-                          max_delay=settings.max_retry_delay.total_seconds()),
+                          max_delay=settings.max_retry_delay.total_seconds(),
+                          retry_topic=settings.retry_topic),
             handoffs=self.producer,
             commit_interval=settings.commit_interval.total_seconds(),
             rebalance_timeout=settings.rebalance_timeout.total_seconds(),
@@ -207,6 +208,8 @@ class Sidecar:
             return
         for topic in created:
             log.info("created hand-off topic %s (create_topics = true)", topic)
+        if created:
+            self.fetcher.submit(Resubscribe())  # the consumer may have seen them missing
 
     def fetcher_stopped(self, error: BaseException | None) -> None:
         if error is not None and self._closing is None:

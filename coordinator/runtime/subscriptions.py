@@ -8,8 +8,8 @@ order they were declared). The answer is cached per topic.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
@@ -26,6 +26,8 @@ class Lane:
 
     subscription: SubscriptionPolicy
     retry: RetryPolicy
+    retry_topics: Mapping[float, str] = field(default_factory=dict)
+    """Retry tier (seconds) -> the topic its retries go to."""
 
     @property
     def expires(self) -> bool:
@@ -57,14 +59,26 @@ class Router:
     """Maps topic names to :class:`Lane` objects. Owned by the event loop."""
 
     def __init__(self, subscriptions: Sequence[SubscriptionPolicy], *, default_delay: float,
-                 max_delay: float) -> None:
+                 max_delay: float, retry_topic: Callable[[str, float], str] | None = None) -> None:
+        """``retry_topic(topic, tier)`` names a retry topic (``Settings.retry_topic``); needed
+        when a subscription has retry tiers."""
         if not subscriptions:
             raise ValueError("at least one subscription is needed")
-        self._lanes = [
-            (s, Lane(s, RetryPolicy(default_delay, max_delay, s.max_attempts)))
-            for s in subscriptions
-        ]
+        self._lanes = []
+        self._tiers: dict[str, float] = {}
+        """Retry topic -> its tier."""
+        for s in subscriptions:
+            topics = {}
+            if s.retry:
+                if retry_topic is None:
+                    raise ValueError(f"{s.topic} has retry tiers: a retry_topic namer is needed")
+                topics = {tier: retry_topic(s.topic, tier) for tier in s.retry}
+            lane = Lane(s, RetryPolicy(default_delay, max_delay, s.max_attempts, s.retry), topics)
+            self._lanes.append((s, lane))
+            self._tiers.update({name: tier for tier, name in topics.items()})
         self._exact = {s.topic: lane for s, lane in self._lanes if not s.topic.startswith("^")}
+        self._exact.update({name: lane for _, lane in self._lanes
+                            for name in lane.retry_topics.values()})
         self._patterns = [(re.compile(s.topic), lane) for s, lane in self._lanes
                           if s.topic.startswith("^")]
         self._cache: dict[str, Lane] = {}
@@ -79,3 +93,7 @@ class Router:
                 self._lanes[0][1])
             self._cache[topic] = lane
         return lane
+
+    def retry_tier(self, topic: str) -> float | None:
+        """The tier of ``topic`` if it is one of the retry topics, else None."""
+        return self._tiers.get(topic)

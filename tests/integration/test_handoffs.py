@@ -19,7 +19,9 @@ from tests.support.aio import async_test
 from tests.support.broker import (
     OutRecord,
     TopicFactory,
+    committed_offsets,
     create_topic,
+    log_end_offsets,
     produce,
     read_all,
     unique_name,
@@ -120,3 +122,48 @@ async def test_codes_past_their_ttl_never_reach_a_worker(private_tansu: TansuBro
     dropped = await asyncio.to_thread(read_all, bootstrap, expired_topic)
     assert {r.value for r in dropped} == stale | late  # counted, and kept for inspection
     assert all((r.headers or {}).get("lowwater.handoff") == b"expired" for r in dropped)
+
+
+@async_test
+async def test_a_retry_waits_in_a_retry_topic_while_its_partition_flows_and_commits(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """The issue's case: a record that fails twice, then succeeds."""
+    topic, dlq, group = new_topic(2), new_topic(1), unique_name("g")
+    records = [OutRecord(value=f"id-{i}".encode(), partition=i % 2) for i in range(N)]
+    records.insert(N // 2, OutRecord(value=b"flaky", partition=0, headers=[("trace", b"t-1")]))
+    result = produce(kafka_bootstrap, topic, records)
+    [origin] = [(d.partition, d.offset) for d in result.deliveries if d.value == b"flaky"]
+    deliveries: list[tuple[int, str, int, int, float]] = []
+    handled: dict[bytes, float] = {}
+
+    async def handle(msg: lowwater.Message) -> None:
+        if msg.value == b"flaky":
+            deliveries.append((msg.attempt, msg.topic, msg.partition, msg.offset, time.monotonic()))
+            assert msg.headers == (("trace", b"t-1"),)  # the record's own, without lowwater's
+            if msg.attempt < 3:
+                raise lowwater.Retry(reason=f"SMS gateway 503 on attempt {msg.attempt}")
+        handled[msg.value] = time.monotonic()
+
+    with SidecarProcess(kafka_bootstrap, group, [topic], extra=[
+            "--retry", "2s,4s", "--max-attempts", "4", "--dead-letter-topic", dlq,
+            "--create-topics"]) as sidecar:
+        async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=20):
+            await _until(lambda: len(deliveries) == 1, "the first delivery")
+            # The retry waits in its topic: the partition's commit passes it meanwhile.
+            await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
+            committed_at = time.monotonic()
+            await _until(lambda: b"flaky" in handled, "the third attempt")
+            for retry_topic in (f"{topic}.retry.2s", f"{topic}.retry.4s"):
+                end = await asyncio.to_thread(log_end_offsets, kafka_bootstrap, retry_topic)
+                assert sum(end.values()) == 1  # the one retry it took
+                await _until(lambda: {p: o or 0 for p, o in committed_offsets(
+                    kafka_bootstrap, group, retry_topic).items()} == end,  # noqa: B023
+                    f"{retry_topic} committed to its end")
+        assert sidecar.stop() == 0, sidecar.log()
+    assert [(a, t, p, o) for a, t, p, o, _ in deliveries] == [
+        (attempt, topic, *origin) for attempt in (1, 2, 3)]  # the original coordinates
+    first, second, third = (at for *_, at in deliveries)
+    assert second - first >= 2.0 - 0.1 and third - second >= 4.0 - 0.1  # the tiers' delays
+    assert committed_at < third  # the partition did not wait for its retried record
+    assert len(handled) == N + 1 and max(t for v, t in handled.items() if v != b"flaky") < third

@@ -9,6 +9,7 @@ and they succeeded in production order.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import defaultdict
@@ -56,7 +57,7 @@ def _check_one_at_a_time_in_order(log: list[Handled]) -> None:
         by_group[h.group].append(h)
     for group, handled in by_group.items():
         handled.sort(key=lambda h: h.start)
-        for before, after in zip(handled, handled[1:], strict=False):
+        for before, after in itertools.pairwise(handled):
             assert after.start >= before.end, f"{group!r}: {after} overlapped {before}"
         succeeded = [h.seq for h in handled if h.ok]
         assert succeeded == sorted(succeeded), f"{group!r} out of order: {succeeded}"

@@ -233,6 +233,8 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("max_attempts", [*REQUIRED_ARGS, "--max-attempts", "0"], {}),
     ("guarantee", [*REQUIRED_ARGS, "--guarantee", "exactly_once"], {}),
     ("ordering", [*REQUIRED_ARGS, "--ordering", "sorted"], {}),
+    ("retry", [*REQUIRED_ARGS, "--retry", "10s,1s"], {}),
+    ("retry_topic_format", [*REQUIRED_ARGS, "--retry-topic-format", "{topic}-retry"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--dead-letter-topic", "^dlq"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--max-attempts", "3"], {}),  # none to dead-letter to
     ("expired_topic", [*REQUIRED_ARGS, "--expired-topic", ".."], {}),
@@ -288,6 +290,9 @@ INVALID_SUBSCRIPTIONS: list[tuple[str, str]] = [
     ("subscriptions[0].guarantee", '[[subscriptions]]\ntopic = "a"\nguarantee = "exactly_once"'),
     ("subscriptions[0].expiry_header", '[[subscriptions]]\ntopic = "a"\nexpiry_header = ""'),
     ("subscriptions[0].ordering", '[[subscriptions]]\ntopic = "a"\nordering = "sorted"'),
+    ("subscriptions[0].retry", '[[subscriptions]]\ntopic = "a"\nretry = ["1s", "soon"]'),
+    ("subscriptions[0].retry", '[[subscriptions]]\ntopic = "a"\nordering = "key"\nretry = ["1s"]'),
+    ("subscriptions[0].retry", '[[subscriptions]]\ntopic = "^a.*"\nretry = ["1s"]'),
     ("subscriptions[0].unknown", '[[subscriptions]]\ntopic = "a"\nunknown = "key"'),
 ]
 """(setting named, config file) for the file-only settings."""

@@ -239,6 +239,11 @@ def test_max_attempts(value: object, expected: int | None) -> None:
 BAD_VALUES: list[tuple[str, object]] = [
     ("guarantee", "exactly_once"),
     ("ordering", "by_key"),
+    ("retry", "1s,1s"),
+    ("retry", ["10s", "1s"]),
+    ("retry_topic_format", "{topic}.retry"),
+    ("retry_topic_format", "{topic}.{delay}.{when}"),
+    ("retry_topic_format", "{topic} retry {delay}"),
     ("guarantee", ""),
     ("max_attempts", 0),
     ("max_attempts", True),
@@ -965,6 +970,31 @@ def test_docs_example_toml_is_valid(tmp_path: Path) -> None:
     for example in examples:
         settings = resolve(toml=example, tmp_path=tmp_path)
         assert settings.all_topics()
+
+
+def test_retry_tiers_name_retry_topics_that_are_consumed_and_checked() -> None:
+    settings = resolve_settings(flags={**REQUIRED, "retry": "1s, 10s,1m", "dead_letter_topic": "d"})
+    [policy] = settings.subscription_policies()
+    assert policy.retry == (1.0, 10.0, 60.0)
+    retries = ("t.retry.1s", "t.retry.10s", "t.retry.1m")
+    assert settings.retry_topics() == retries
+    assert settings.all_topics() == ("t", *retries)
+    assert settings.handoff_topics() == tuple(sorted(("d", *retries)))
+    named = resolve_settings(flags={**REQUIRED, "retry": "5s", "retry_topic_format": "r-{delay}-{topic}"})
+    assert named.retry_topics() == ("r-5s-t",)
+
+
+def test_a_zero_retry_tier_is_named_by_its_index() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_settings(flags={**REQUIRED, "retry": "1s,0s"})
+    assert info.value.problems[0].setting == "retry[1]"
+
+
+def test_ordered_or_pattern_subscriptions_get_no_retry_topics() -> None:
+    for flags in ({"ordering": "key"}, {"topics": ["^t.*"]}):
+        with pytest.raises(ConfigError) as info:
+            resolve_settings(flags={**REQUIRED, **flags, "retry": "1s"})
+        assert info.value.problems[0].setting == "retry"
 
 
 def test_guarantee_is_case_and_dash_insensitive() -> None:

@@ -509,6 +509,29 @@ def test_at_most_once_finishes_a_record_when_it_is_dispatched() -> None:
     assert last.record.offset == 2 and points(led) == {TP0: 3}
 
 
+def test_with_retry_tiers_a_retry_is_handed_off_and_a_retried_record_waits_until_due() -> None:
+    led = Ledger(policy=RetryPolicy(max_attempts=4, tiers=(1.0, 10.0)))
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1)
+    h = led.open_holder("s1", "w", 10)
+    first, _ = led.lease(h, 0.0, 10)
+    led.settle(h, first.msg_id, RETRY, 5.0, 1.0, reason="gateway 503")
+    [handoff] = led.take_handoffs()
+    assert (handoff.kind, handoff.delay, handoff.record.offset) == (HandoffKind.RETRY, 10.0, 0)
+    assert handoff.reason.endswith("gateway 503")
+    assert points(led) == {TP0: 0}  # pending until the retry topic has it
+    led.finish_handoff(handoff.record)
+    assert points(led) == {TP0: 1}  # the partition never waits for the retry
+
+    led.assign(TopicPartition("orders.retry.10s", 0))  # the record comes back from there
+    back = TopicPartition("orders.retry.10s", 0)
+    assert led.add(back, 0, 1, "retried", now=2.0, attempts=1, not_before=11.0)
+    assert led.ready_count == 0 and led.lease(h, 2.0, 10) == []
+    led.tick(11.0)
+    [again] = led.lease(h, 11.0, 10)
+    assert again.record.payload == "retried" and again.attempt == 2
+
+
 def test_invalid_configuration_is_rejected_up_front() -> None:
     with pytest.raises(ValueError, match="max_pending_per_partition"):
         Ledger(max_pending_per_partition=0)

@@ -88,3 +88,33 @@ def test_validation(kwargs: dict[str, float], match: str) -> None:
 def test_valid_edges_are_accepted() -> None:
     policy = RetryPolicy(default_delay=0.0, max_delay=0.0, max_attempts=1)
     assert policy.on_settle(Outcome.ACK, 1, None).action is Action.FINISH
+
+
+TIERED = RetryPolicy(max_attempts=5, tiers=(1.0, 10.0, 60.0))
+
+
+@pytest.mark.parametrize(("asked", "tier"), [(0.0, 1.0), (1.0, 1.0), (1.5, 10.0), (10.0, 10.0),
+                                             (59.0, 60.0), (3600.0, 60.0)])
+def test_a_retry_with_a_delay_goes_to_the_first_tier_at_least_that_long(
+    asked: float, tier: float
+) -> None:
+    assert TIERED.on_settle(Outcome.RETRY, 1, asked) == Decision(
+        Action.RETRY_TOPIC, delay=tier, reason="worker asked for a retry")
+
+
+@pytest.mark.parametrize(("attempt", "tier"), [(1, 1.0), (2, 10.0), (3, 60.0), (4, 60.0)])
+def test_a_retry_without_a_delay_goes_to_the_tier_of_its_attempt(attempt: int, tier: float) -> None:
+    decision = TIERED.on_settle(Outcome.RETRY, attempt, None)
+    assert (decision.action, decision.delay) == (Action.RETRY_TOPIC, tier)
+
+
+def test_tiers_still_dead_letter_past_max_attempts_and_lapses_stay_in_memory() -> None:
+    assert TIERED.on_settle(Outcome.RETRY, 5, 1.0).action is Action.DEAD_LETTER
+    assert TIERED.on_lapse(1, "its lease expired") == Decision(
+        Action.REDELIVER, reason="its lease expired")
+
+
+@pytest.mark.parametrize("tiers", [(0.0,), (10.0, 1.0), (1.0, 1.0), (-1.0,)])
+def test_tiers_must_be_positive_and_increasing(tiers: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="tiers"):
+        RetryPolicy(tiers=tiers)
