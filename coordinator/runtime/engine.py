@@ -239,21 +239,22 @@ class Engine:
         """Pauses a retry partition until ``until`` (the ledger's clock): the records after a
         record not yet due are due later still, so fetching them would only fill memory."""
         held = self._holds.get(tp)
-        if held is not None and held[0] == generation and held[1] >= until:
-            return
+        if held is not None:
+            if held[0] == generation and held[1] >= until:
+                return
+            held[2].cancel()
         if held is None or held[0] != generation:
             retry_log.debug("pausing %s until its retries are due", tp)
             self._commands.submit(Pause([(tp, generation)]))
-        else:
-            held[2].cancel()
         timer = asyncio.get_running_loop().call_later(
             max(0.0, until - self._clock()), self._unhold, tp, generation)
         self._holds[tp] = (generation, until, timer)
 
     def _unhold(self, tp: TopicPartition, generation: int) -> None:
-        held = self._holds.pop(tp, None)
-        if held is None or held[0] != generation:
+        held = self._holds.get(tp)
+        if held is None or held[0] != generation:  # a newer generation holds it now
             return
+        del self._holds[tp]
         part = self.ledger.partitions.get(tp)
         if part is not None and part.generation == generation and not part.gate.paused:
             self._commands.submit(Pause([(tp, generation)], resume=True))

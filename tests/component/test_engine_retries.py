@@ -1,0 +1,95 @@
+"""The engine's retry topics: a RETRY is handed off with its due time; a record back from a
+retry topic waits, with its retry partition paused, and returns as the original record."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from coordinator.config import SubscriptionPolicy
+from coordinator.core.ledger import Ledger
+from coordinator.core.model import Outcome, TopicPartition
+from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN
+from coordinator.runtime.engine import Engine
+from coordinator.runtime.subscriptions import Router
+from tests.support.aio import async_test
+
+from .harness import FakeMessage, RecordingSink
+
+MAIN, RETRY = TopicPartition("orders", 0), TopicPartition("orders.retry.1s", 0)
+WAIT = 5.0
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, dict[str, Any], Callable[[str | None], None]]] = []
+
+    def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
+             report: Callable[[str | None], None], extra: Sequence[tuple[str, bytes]] = ()) -> None:
+        info = {"kind": kind, "reason": reason, "attempts": attempts, **dict(extra)}
+        self.sent.append((topic, msg, info, report))
+
+
+def engine(sent: Sent, sink: RecordingSink) -> Engine:
+    policy = SubscriptionPolicy("orders", "at_least_once", "unordered", 5, "dlq", None, None,
+                                None, retry=(1.0,))
+    router = Router([policy], default_delay=0.0, max_delay=60.0,
+                    retry_topic=lambda topic, delay: f"{topic}.retry.{delay:g}s")
+    return Engine(Ledger(), sink, router=router, handoffs=sent, commit_interval=3600)
+
+
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@async_test
+async def test_a_retry_goes_to_its_tier_topic_and_finishes_its_record_there() -> None:
+    sent, sink = Sent(), RecordingSink()
+    e = engine(sent, sink)
+    e.assigned([(MAIN, 1, None)])
+    e.intake([FakeMessage("orders", 0, 7)])
+    holder = e.open_session("w", 10, 0).holder
+    [lease] = e.lease(holder)
+    before = time.time()
+    assert e.settle(holder, [(lease.msg_id, Outcome.RETRY, None, "busy")]) == []
+    [(topic, msg, info, report)] = sent.sent
+    assert (topic, msg.offset(), info["kind"], info["attempts"]) == ("orders.retry.1s", 7,
+                                                                     "retry", 1)
+    assert info["reason"].endswith("busy")
+    assert int(before * 1000) + 1000 <= int(info[HEADER_DUE]) <= time.time() * 1000 + 1000
+    assert int(info[HEADER_FIRST_SEEN]) <= time.time() * 1000
+    assert e.ledger.partitions[MAIN].offsets.commit_offset == 7  # pending until confirmed
+    report(None)  # the retry topic has it: the original is finished
+    assert e.ledger.partitions[MAIN].offsets.commit_offset == 8
+
+
+@async_test
+async def test_a_record_back_from_a_retry_topic_waits_paused_then_comes_back_as_the_original(
+) -> None:
+    sent, sink = Sent(), RecordingSink()
+    e = engine(sent, sink)
+    e.assigned([(RETRY, 3, None)])
+    run = asyncio.create_task(e.run())
+    try:
+        due = int((time.time() + 0.3) * 1000)
+        e.intake([FakeMessage("orders.retry.1s", 0, 0, _headers=[
+            ("trace", b"x"), ("lowwater.topic", b"orders"), ("lowwater.partition", b"2"),
+            ("lowwater.offset", b"41"), ("lowwater.attempts", b"2"), ("lowwater.reason", b"r"),
+            ("lowwater.due", str(due).encode()), ("lowwater.first.seen", b"1")])])
+        assert [(p.points, p.resume) for p in sink.pauses] == [([(RETRY, 3)], False)]
+        holder = e.open_session("w", 10, 0).holder
+        assert e.lease(holder) == []  # not due yet
+        await _until(lambda: any(p.resume for p in sink.pauses), "the retry partition resumed")
+        await _until(lambda: e.ledger.ready_count == 1, "the record due")
+        [lease] = e.lease(holder)
+        msg = lease.record.payload
+        assert (msg.topic(), msg.partition(), msg.offset(), lease.attempt) == ("orders", 2, 41, 3)
+        assert msg.headers() == [("trace", b"x")]
+        assert lease.record.offset == 0  # the retry partition's own offset is what commits
+    finally:
+        run.cancel()
