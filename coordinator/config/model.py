@@ -121,6 +121,14 @@ class Settings(BaseModel):
     """Create missing dead-letter and expired topics at start-up instead of failing."""
     commit_interval: PositiveDuration = timedelta(seconds=1)
     """How often the low-water marks are committed to Kafka."""
+    offset_map: Annotated[bool, BeforeValidator(_to_bool)] = True
+    """Carry in each commit's metadata the offsets finished above it, so that after a crash
+    the next owner skips them: replays shrink to what was truly in flight. Maps written
+    earlier are honoured even when this is off."""
+    offset_map_max_bytes: Annotated[_AtLeastOne, Field(ge=64, le=1_048_576)] = 4096
+    """Most characters of an offset map, 64 to 1048576: keep it within the broker's
+    `offset.metadata.max.bytes` (4096 by default). A map that does not fit is left out of that
+    commit (counted), never waited for."""
     max_pending_per_partition: _AtLeastOne = 10_000
     """Pending (fetched, not finished) records at which fetching from a partition pauses; it
     resumes below 80% of this."""

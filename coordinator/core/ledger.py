@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from coordinator.core.flow import Credits, GateChange, PauseGate
 from coordinator.core.leases import RECENT_IDS_REMEMBERED, LeaseTable
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.offsetmap import FinishedOffsets, encode
 from coordinator.core.policy import Action, Decision, RetryPolicy
 from coordinator.core.records import (
     DELAYED,
@@ -75,7 +76,14 @@ class Ledger:
         policy: RetryPolicy | None = None,
         max_pending_per_partition: int = 10_000,
         remember: int = RECENT_IDS_REMEMBERED,
+        offset_map_limit: int | None = None,
     ) -> None:
+        """``offset_map_limit``: with a limit, commits carry the offset map of the finished
+        offsets above them, in at most that many characters (see ``core.offsetmap``), and a
+        commit is also handed out when only the map changed."""
+        self._map_limit = offset_map_limit
+        self.maps_too_big = 0
+        """Commits handed out without their offset map, because it did not fit the limit."""
         self.lease_times = leases or LeaseTimes()
         self.policy = policy or RetryPolicy()
         self._cap = max_pending_per_partition
@@ -96,6 +104,7 @@ class Ledger:
     def assign(
         self, tp: TopicPartition, committed: int | None = None, generation: int | None = None,
         policy: RetryPolicy | None = None, *, at_most_once: bool = False,
+        finished: FinishedOffsets | None = None,
     ) -> PartitionState:
         """Starts a new generation for ``tp``.
 
@@ -109,6 +118,8 @@ class Ledger:
                 lease only bounds the holder's credits, and whatever becomes
                 of it (settled, lapsed, its stream gone) it is never delivered
                 again.
+            finished: the offset map read with ``committed``: records at these
+                offsets were finished by the previous owner and are skipped.
         """
         old = self.partitions.get(tp)
         gen = next(self._generations) if generation is None else generation
@@ -118,6 +129,8 @@ class Ledger:
                     f"generation {gen} of {tp} is not newer than its current {old.generation}")
             self._drop(old)
         part = PartitionState(tp, gen, committed, self._cap, policy or self.policy, at_most_once)
+        if finished is not None and finished.base == committed and len(finished):
+            part.skip = finished
         self.partitions[tp] = part
         return part
 
@@ -209,6 +222,14 @@ class Ledger:
         if part.revoking:
             return False
         part.offsets.fetched(offset)
+        skip = part.skip
+        if skip is not None:
+            if offset in skip:  # the previous owner finished it: not again
+                part.offsets.finished(offset)
+                part.skipped += 1
+                return True
+            if offset >= skip.end:
+                part.skip = None
         rec = Record(part, offset, size, payload, now, expires, okey)
         part.records[offset] = rec
         if attempts:
@@ -459,16 +480,30 @@ class Ledger:
     # -- commits ----------------------------------------------------------
 
     def commit_points(self) -> list[CommitPoint]:
-        """Partitions whose commit offset moved since it was last handed out."""
+        """Partitions whose commit offset (or, with offset maps, its map) changed since it
+        was last handed out."""
         out: list[CommitPoint] = []
         for part in self.partitions.values():
             if part.revoking:
                 continue
             offset = part.offsets.commit_offset
-            if offset is not None and offset != part.commit_sent:
-                part.commit_sent = offset
-                out.append(CommitPoint(part.tp, part.generation, offset))
+            if offset is None:
+                continue
+            metadata = self._offset_map(part, offset)
+            if offset != part.commit_sent or metadata != part.map_sent:
+                part.commit_sent, part.map_sent = offset, metadata
+                out.append(CommitPoint(part.tp, part.generation, offset, metadata))
         return out
+
+    def _offset_map(self, part: PartitionState, offset: int) -> str:
+        limit, offsets = self._map_limit, part.offsets
+        if limit is None or offsets.next_offset is None:
+            return ""
+        text = encode(offset, offsets.pending_from(offset), offsets.next_offset, limit)
+        if text is None:
+            self.maps_too_big += 1
+            return ""
+        return text
 
     def committed(self, point: CommitPoint, ok: bool) -> None:
         """The broker's answer to a commit; ignored if the generation has moved on."""
@@ -479,6 +514,7 @@ class Ledger:
             part.committed = point.offset
         elif part.commit_sent == point.offset:
             part.commit_sent = part.committed  # hand it out again at the next commit
+            part.map_sent = ""
 
     # -- internals ----------------------------------------------------------
 

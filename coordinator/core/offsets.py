@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sortedcontainers import SortedList
 
 
@@ -62,6 +64,10 @@ class PartitionOffsets:
     def next_offset(self) -> int | None:
         """The next offset to fetch, as far as this tracker has seen."""
         return self._next_offset
+
+    def pending_from(self, offset: int) -> Iterator[int]:
+        """The pending offsets at or above ``offset``, in increasing order."""
+        return (int(o) for o in self._pending.irange(offset))
 
     def __len__(self) -> int:
         return len(self._pending)

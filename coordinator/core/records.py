@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from coordinator.core.flow import Credits, PauseGate
 from coordinator.core.leases import Lease as _Lease
 from coordinator.core.model import TopicPartition
+from coordinator.core.offsetmap import FinishedOffsets
 from coordinator.core.offsets import PartitionOffsets
 from coordinator.core.policy import RetryPolicy
 
@@ -68,11 +69,14 @@ class PartitionState:
         "gate",
         "generation",
         "in_flight",
+        "map_sent",
         "offsets",
         "policy",
         "records",
         "revoked",
         "revoking",
+        "skip",
+        "skipped",
         "tp",
         "waiting",
     )
@@ -90,6 +94,12 @@ class PartitionState:
         nor handed off. Only it may be delivered."""
         self.waiting: dict[object, deque[Record]] = {}
         """Ordering key -> the records behind its holder, in offset order."""
+        self.skip: FinishedOffsets | None = None
+        """Offsets the previous owner finished above the committed one (its offset map):
+        fetched again, they are finished at once instead of delivered."""
+        self.skipped = 0
+        self.map_sent = ""
+        """The offset map of the last commit handed out."""
         self.offsets = PartitionOffsets()
         self.records: dict[int, Record] = {}
         self.gate = PauseGate(cap)
@@ -181,3 +191,5 @@ class CommitPoint:
     tp: TopicPartition
     generation: int
     offset: int
+    metadata: str = ""
+    """The offset map of the finished offsets above ``offset`` (see ``core.offsetmap``)."""

@@ -58,8 +58,8 @@ class FetchSink(Protocol):
 
     def on_records(self, records: list[Message]) -> None: ...
 
-    def on_assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
-        """(partition, generation, committed offset or None) for each new partition."""
+    def on_assigned(self, parts: list[Assignment]) -> None:
+        """Each new partition: its generation, committed offset and the commit's metadata."""
 
     def on_revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
         """Blocks (boundedly) until the partitions are released; returns the final commit."""
@@ -71,6 +71,10 @@ class FetchSink(Protocol):
 
     def on_stopped(self, error: BaseException | None) -> None:
         """The consumer is closed; ``error`` says why if it was not asked to stop."""
+
+
+Assignment = tuple[TopicPartition, int, int | None, str | None]
+"""(partition, generation, committed offset or None, the commit's metadata or None)."""
 
 
 @dataclass
@@ -266,7 +270,8 @@ class Fetcher:
             command.done.set_result(ok)
 
     def _commit_points(self, consumer: Consumer, points: list[CommitPoint], sync: bool) -> bool:
-        offsets = [KafkaTopicPartition(p.tp.topic, p.tp.partition, p.offset) for p in points]
+        offsets = [KafkaTopicPartition(p.tp.topic, p.tp.partition, p.offset, metadata=p.metadata)
+                   for p in points]
         if not sync:
             for p in points:
                 self._outstanding[(p.tp, p.offset)] = p
@@ -329,21 +334,22 @@ class Fetcher:
             consumer.pause(tps)
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        committed: dict[TopicPartition, int | None] = {}
+        committed: dict[TopicPartition, tuple[int, str | None]] = {}
         try:
             for found in consumer.committed(partitions, timeout=COMMITTED_TIMEOUT):
-                key = TopicPartition(found.topic, found.partition)
-                ok = found.offset >= 0 and found.error is None
-                committed[key] = found.offset if ok else None
+                if found.offset >= 0 and found.error is None:
+                    key = TopicPartition(found.topic, found.partition)
+                    committed[key] = (found.offset, found.metadata)
         except KafkaException as exc:
             rebalance_log.warning("could not read committed offsets: %s", exc)
-        parts: list[tuple[TopicPartition, int, int | None]] = []
+        parts: list[Assignment] = []
         for ktp in partitions:
             tp = TopicPartition(ktp.topic, ktp.partition)
             gen = next(self._generations)
             self._assigned[tp] = gen
-            parts.append((tp, gen, committed.get(tp)))
-        rebalance_log.info("assigned %s", ", ".join(f"{t}[{p}]" for (t, p), _, _ in parts))
+            offset, metadata = committed.get(tp, (None, None))
+            parts.append((tp, gen, offset, metadata))
+        rebalance_log.info("assigned %s", ", ".join(f"{t}[{p}]" for (t, p), *_ in parts))
         self._sink.on_assigned(parts)
         consumer.assign(partitions)
         if self._stopped_fetching:
@@ -421,4 +427,4 @@ def _describe(points: list[CommitPoint]) -> str:
     return ", ".join(f"{p.tp.topic}[{p.tp.partition}]@{p.offset}" for p in points)
 
 
-__all__ = ["Commit", "FetchSink", "Fetcher", "Pause", "Resubscribe", "StopFetching"]
+__all__ = ["Assignment", "Commit", "FetchSink", "Fetcher", "Pause", "Resubscribe", "StopFetching"]

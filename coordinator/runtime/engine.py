@@ -28,7 +28,8 @@ from coordinator.core.ledger import (
     Ledger,
 )
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
-from coordinator.kafka.fetcher import Commit, Pause, Resubscribe
+from coordinator.core.offsetmap import decode
+from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe
 from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, RetriedMessage, retried
 from coordinator.runtime.subscriptions import Lane, Router
 
@@ -259,14 +260,25 @@ class Engine:
         if part is not None and part.generation == generation and not part.gate.paused:
             self._commands.submit(Pause([(tp, generation)], resume=True))
 
-    def assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
+    def assigned(self, parts: list[Assignment]) -> None:
+        """New partitions: each starts a generation at its committed offset, and skips what
+        the commit's offset map says the previous owner finished above it."""
         router = self._router
-        for tp, generation, committed in parts:
+        for tp, generation, committed, metadata in parts:
+            finished = decode(metadata, committed)
+            if finished is not None:
+                rebalance_log.info("%s[%d]: the last commit's offset map lists %d finished "
+                                   "offset(s) above %d; they will be skipped", tp.topic,
+                                   tp.partition, len(finished), committed)
+            elif metadata:
+                rebalance_log.warning("%s[%d]: ignoring commit metadata that is no lowwater "
+                                      "offset map for offset %s", tp.topic, tp.partition,
+                                      committed)
             if router is None:
-                self.ledger.assign(tp, committed, generation)
+                self.ledger.assign(tp, committed, generation, finished=finished)
                 continue
             lane = router.lane(tp.topic)
-            self.ledger.assign(tp, committed, generation, lane.retry,
+            self.ledger.assign(tp, committed, generation, lane.retry, finished=finished,
                                at_most_once=lane.subscription.guarantee == "at_most_once")
 
     async def revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:

@@ -23,7 +23,7 @@ from coordinator.config import ConfigError, Settings
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.policy import RetryPolicy
-from coordinator.kafka.fetcher import Fetcher, Resubscribe, StopFetching
+from coordinator.kafka.fetcher import Assignment, Fetcher, Resubscribe, StopFetching
 from coordinator.kafka.producer import HandoffProducer
 from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
@@ -73,7 +73,7 @@ class Bridge:
         self._sidecar.engine.intake(records)
         self._sidecar.fetcher.ingested(len(records))
 
-    def on_assigned(self, parts: list[tuple[TopicPartition, int, int | None]]) -> None:
+    def on_assigned(self, parts: list[Assignment]) -> None:
         self._post(self._sidecar.engine.assigned, parts)
 
     def on_revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
@@ -115,6 +115,7 @@ class Sidecar:
                 settings.max_attempts,
             ),
             max_pending_per_partition=settings.max_pending_per_partition,
+            offset_map_limit=settings.offset_map_max_bytes if settings.offset_map else None,
         )
         self.health = health.aio.HealthServicer()
         # No SO_REUSEPORT: a second sidecar on a taken port must fail, not share it silently.

@@ -117,7 +117,7 @@ class Harness:
 
     def assign(self, topic: str, partitions: int, committed: int | None = None) -> None:
         self.engine.assigned(
-            [(TopicPartition(topic, p), p + 1, committed) for p in range(partitions)])
+            [(TopicPartition(topic, p), p + 1, committed, None) for p in range(partitions)])
 
     def feed(self, topic: str, partition: int, offsets: list[int], **kw: Any) -> None:
         self.engine.intake([FakeMessage(topic, partition, o, **kw) for o in offsets])

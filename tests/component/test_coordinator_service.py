@@ -273,7 +273,7 @@ async def test_a_settlement_from_a_revoked_generation_never_moves_the_new_one() 
         old = await s.deliveries(2)
         final = await h.engine.revoke([TopicPartition("t", 0)], lost=False)
         assert [p.offset for p in final] == [0]  # nothing finished: the fetch start
-        h.engine.assigned([(TopicPartition("t", 0), 99, None)])
+        h.engine.assigned([(TopicPartition("t", 0), 99, None, None)])
         h.feed("t", 0, [0, 1])
         fresh = await s.deliveries(2)
         await s.settle([d.msg_id for d in old])

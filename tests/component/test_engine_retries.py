@@ -51,7 +51,7 @@ async def _until(predicate: Callable[[], bool], what: str) -> None:
 async def test_a_retry_goes_to_its_tier_topic_and_finishes_its_record_there() -> None:
     sent, sink = Sent(), RecordingSink()
     e = engine(sent, sink)
-    e.assigned([(MAIN, 1, None)])
+    e.assigned([(MAIN, 1, None, None)])
     e.intake([FakeMessage("orders", 0, 7)])
     holder = e.open_session("w", 10, 0).holder
     [lease] = e.lease(holder)
@@ -73,7 +73,7 @@ async def test_a_record_back_from_a_retry_topic_waits_paused_then_comes_back_as_
 ) -> None:
     sent, sink = Sent(), RecordingSink()
     e = engine(sent, sink)
-    e.assigned([(RETRY, 3, None)])
+    e.assigned([(RETRY, 3, None, None)])
     run = asyncio.create_task(e.run())
     try:
         due = int((time.time() + 0.3) * 1000)

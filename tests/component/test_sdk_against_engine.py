@@ -153,7 +153,7 @@ def test_a_blocked_worker_is_sent_no_more_and_revoke_and_drain_do_not_wait_for_i
                              "the window returned by the late settlements")
 
                 # The partition comes back; a backlog; the sidecar drains in the middle of it.
-                e.call(h.engine.assigned, [(tp, 2, 0)])
+                e.call(h.engine.assigned, [(tp, 2, 0, None)])
                 e.call(h.feed, "t", 0, list(range(11 * n)))
                 await _until(lambda: len(handled) >= 3 * n + n // 2, "second generation under way")
                 began = time.monotonic()

@@ -8,8 +8,13 @@ processed and that the group's committed offsets reached the log end.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
 
 import lowwater
+from coordinator.core.offsetmap import decode
 from coordinator.embedded import SidecarProcess
 from tests.integration.workload import (
     Ledgerbook,
@@ -19,7 +24,9 @@ from tests.integration.workload import (
     wait_processed,
 )
 from tests.support.aio import async_test
-from tests.support.broker import OutRecord, TopicFactory, produce, unique_name
+from tests.support.broker import Committed, OutRecord, TopicFactory, committed, produce, unique_name
+
+T = TypeVar("T")
 
 N = 10_000
 """Records per run, over 4 partitions (as the issue asks)."""
@@ -123,3 +130,84 @@ async def test_two_sidecars_share_a_group_and_lose_nothing_across_rebalances(
     assert book.processed == expected
     assert "assigned" in a.log(200) and "revoking" in a.log(200)
     print(f"two sidecars: {book.duplicates()} duplicates, deliveries per id {book.histogram()}")
+
+
+@async_test
+async def test_after_kill_9_the_offset_map_limits_replays_to_what_was_in_flight(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """One record per partition is held (never settled) while the rest finish, so every
+    low-water mark stays at offset 0. After a kill -9 a broker that keeps commit metadata
+    (Kafka, the mock cluster) replays only the held ones; one that drops it (Tansu) replays
+    everything above the marks."""
+    partitions, n = 4, 400
+    topic, group = new_topic(partitions), unique_name("g")
+    expected = produce_ids(kafka_bootstrap, topic, n)
+    first_run: set[bytes] = set()
+    never = asyncio.Event()
+
+    async def hold_the_first(msg: lowwater.Message) -> None:
+        if msg.offset == 0:
+            await never.wait()  # holds the low-water mark of its partition
+        first_run.add(msg.value)
+
+    first = SidecarProcess(kafka_bootstrap, group, [topic]).start()
+    try:
+        async with lowwater.AsyncWorker(first.target, hold_the_first, max_in_flight=50,
+                                        shutdown_timeout=timedelta(seconds=1)):
+            await wait_processed_set(first_run, n - partitions)
+            done_at = time.monotonic()
+
+            def map_committed() -> dict[int, Committed]:
+                found = committed(kafka_bootstrap, group, topic)
+                maps = [decode(c.metadata, c.offset) for c in found.values()]
+                if not any(c.metadata for c in found.values()) and all(
+                        c.offset == 0 for c in found.values()):
+                    # Three commit intervals after the last record finished: a broker that
+                    # kept metadata would show the maps by now.
+                    if time.monotonic() - done_at < 3.0:
+                        raise AssertionError("no map yet")
+                    return found
+                if sum(len(m) for m in maps if m is not None) < n - partitions:
+                    raise AssertionError(f"the maps are not complete yet: {found}")
+                return found
+
+            found = await asyncio.to_thread(retry_until, map_committed, 30.0)
+            first.kill()
+    finally:
+        first.kill()
+    keeps_metadata = any(c.metadata for c in found.values())
+    assert all(c.offset == 0 for c in found.values())  # every low-water mark held at 0
+    replayed = Ledgerbook()
+    with SidecarProcess(kafka_bootstrap, group, [topic]) as second:
+        async with lowwater.AsyncWorker(second.target, make_handler(replayed), max_in_flight=50):
+            want = ({v for v in expected if v not in first_run} if keeps_metadata else expected)
+            await wait_processed(replayed, want)
+            await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
+        assert second.stop() == 0, second.log()
+    if keeps_metadata:
+        assert replayed.processed == expected - first_run  # only the 4 held records
+        assert "will be skipped" in second.log(200)
+    else:
+        assert replayed.processed == expected  # no map survived: everything above offset 0
+    print(f"offset map kept by the broker: {keeps_metadata}; replayed {len(replayed.processed)}"
+          f" of {n} records after kill -9")
+
+
+async def wait_processed_set(seen: set[bytes], count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only {len(seen)} of {count} processed"
+        await asyncio.sleep(0.05)
+
+
+def retry_until(check: Callable[[], T], timeout: float) -> T:
+    """Calls ``check`` until it returns without an AssertionError, or re-raises at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

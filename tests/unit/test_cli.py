@@ -233,6 +233,8 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("max_attempts", [*REQUIRED_ARGS, "--max-attempts", "0"], {}),
     ("guarantee", [*REQUIRED_ARGS, "--guarantee", "exactly_once"], {}),
     ("ordering", [*REQUIRED_ARGS, "--ordering", "sorted"], {}),
+    ("offset_map", [*REQUIRED_ARGS], {"LOWWATER_OFFSET_MAP": "perhaps"}),
+    ("offset_map_max_bytes", [*REQUIRED_ARGS, "--offset-map-max-bytes", "10"], {}),
     ("retry", [*REQUIRED_ARGS, "--retry", "10s,1s"], {}),
     ("retry_topic_format", [*REQUIRED_ARGS, "--retry-topic-format", "{topic}-retry"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--dead-letter-topic", "^dlq"], {}),

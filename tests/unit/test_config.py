@@ -239,6 +239,9 @@ def test_max_attempts(value: object, expected: int | None) -> None:
 BAD_VALUES: list[tuple[str, object]] = [
     ("guarantee", "exactly_once"),
     ("ordering", "by_key"),
+    ("offset_map", "perhaps"),
+    ("offset_map_max_bytes", 63),
+    ("offset_map_max_bytes", 2_000_000),
     ("retry", "1s,1s"),
     ("retry", ["10s", "1s"]),
     ("retry_topic_format", "{topic}.retry"),

@@ -7,6 +7,7 @@ import pytest
 from coordinator.core.flow import GateChange
 from coordinator.core.ledger import CommitPoint, HandoffKind, LeaseTimes, Ledger, State
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.offsetmap import decode
 from coordinator.core.policy import RetryPolicy
 
 TP0 = TopicPartition("orders", 0)
@@ -530,6 +531,50 @@ def test_with_retry_tiers_a_retry_is_handed_off_and_a_retried_record_waits_until
     led.tick(11.0)
     [again] = led.lease(h, 11.0, 10)
     assert again.record.payload == "retried" and again.attempt == 2
+
+
+def test_commits_carry_the_offset_map_and_the_next_owner_skips_what_it_lists() -> None:
+    led = Ledger(offset_map_limit=4096)
+    led.assign(TP0, committed=10)
+    fetch(led, TP0, 10, 11, 12, 13, 14)
+    h = led.open_holder("s1", "w", 10)
+    ids = by_offset(led.lease(h, 0.0, 10))
+    for offset in (11, 13):  # finished out of order: 10 holds the low-water mark
+        led.settle(h, ids[offset], ACK, None, 0.0)
+    [point] = led.commit_points()  # the offset has not moved, but the map has
+    assert point.offset == 10
+    finished = decode(point.metadata, 10)
+    assert finished is not None and sorted(o for o in range(10, 15) if o in finished) == [11, 13]
+    assert led.commit_points() == []  # nothing changed since
+    led.settle(h, ids[12], ACK, None, 0.0)
+    [point] = led.commit_points()
+    after_crash = Ledger(offset_map_limit=4096)  # the next owner, after a kill -9
+    after_crash.assign(TP0, committed=10, finished=decode(point.metadata, 10))
+    fetch(after_crash, TP0, 10, 11, 12, 13, 14)
+    h2 = after_crash.open_holder("s1", "w", 10)
+    assert [lease.record.offset for lease in after_crash.lease(h2, 0.0, 10)] == [10, 14]
+    assert after_crash.partitions[TP0].skipped == 3
+
+
+def test_a_map_too_big_is_left_out_and_counted_and_the_commit_still_goes() -> None:
+    led = Ledger(offset_map_limit=64)
+    led.assign(TP0)
+    fetch(led, TP0, *range(400))
+    h = led.open_holder("s1", "w", 400)
+    for lease in led.lease(h, 0.0, 400):
+        if lease.record.offset % 2:
+            led.settle(h, lease.msg_id, ACK, None, 0.0)
+    [point] = led.commit_points()
+    assert (point.offset, point.metadata, led.maps_too_big) == (0, "", 1)
+
+
+def test_a_stale_map_is_not_used() -> None:
+    led = Ledger()
+    finished = decode("lw1:5:r:AQE", 5)  # offset 6 finished above 5
+    assert finished is not None and 6 in finished
+    led.assign(TP0, committed=7, finished=finished)  # the group committed further since
+    fetch(led, TP0, 7, 8)
+    assert led.partitions[TP0].skip is None and led.ready_count == 2
 
 
 def test_invalid_configuration_is_rejected_up_front() -> None:
