@@ -499,10 +499,16 @@ class Ledger:
         limit, offsets = self._map_limit, part.offsets
         if limit is None or offsets.next_offset is None:
             return ""
+        # The pending set only shrinks by finishing and only grows by fetching, which moves
+        # the next offset: with these three unchanged, so is the map.
+        key = (offset, offsets.next_offset, len(offsets))
+        if part.map_cache[0] == key:
+            return part.map_cache[1]
         text = encode(offset, offsets.pending_from(offset), offsets.next_offset, limit)
         if text is None:
             self.maps_too_big += 1
-            return ""
+            text = ""
+        part.map_cache = (key, text)
         return text
 
     def committed(self, point: CommitPoint, ok: bool) -> None:

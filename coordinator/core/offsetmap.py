@@ -73,7 +73,9 @@ def encode(base: int, pending: Iterable[int], end: int, limit: int = DEFAULT_LIM
         the map does not fit ``limit``. Its cost is linear in the pending offsets, and in
         the span only when a bitset could fit.
     """
-    runs = _runs(base, pending, end)
+    runs = _runs(base, pending, end, cap=limit)  # a run takes at least 1 byte, 4/3 in base64
+    if runs is None:
+        return None
     if len(runs) < 2:
         return ""
     rle = bytearray()
@@ -94,9 +96,12 @@ def encode(base: int, pending: Iterable[int], end: int, limit: int = DEFAULT_LIM
     return text if len(text) <= limit else None
 
 
-def _runs(base: int, pending: Iterable[int], end: int) -> list[int]:
+def _runs(base: int, pending: Iterable[int], end: int, cap: int) -> list[int] | None:
     """Run lengths over ``[base, end)``: not finished, finished, not finished, ...; the last
-    run is a finished one (what follows it is not known, so not finished)."""
+    run is a finished one (what follows it is not known, so not finished).
+
+    None once there are more than ``cap`` runs: the map cannot fit then, and the caller
+    must not pay for a long pending set."""
     runs: list[int] = []
 
     def add(finished: bool, length: int) -> None:
@@ -115,6 +120,8 @@ def _runs(base: int, pending: Iterable[int], end: int) -> list[int]:
             continue
         if offset >= end:
             break
+        if len(runs) > cap:  # too many runs to ever fit: do not pay for the rest
+            return None
         add(True, offset - position)
         add(False, 1)
         position = offset + 1

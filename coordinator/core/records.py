@@ -69,6 +69,7 @@ class PartitionState:
         "gate",
         "generation",
         "in_flight",
+        "map_cache",
         "map_sent",
         "offsets",
         "policy",
@@ -100,6 +101,8 @@ class PartitionState:
         self.skipped = 0
         self.map_sent = ""
         """The offset map of the last commit handed out."""
+        self.map_cache: tuple[tuple[int, int, int] | None, str] = (None, "")
+        """(commit offset, next offset, pending count) and the map they give."""
         self.offsets = PartitionOffsets()
         self.records: dict[int, Record] = {}
         self.gate = PauseGate(cap)
