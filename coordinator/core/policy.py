@@ -29,6 +29,11 @@ class Decision:
 _RETRY, _DEAD_LETTER = Outcome.RETRY, Outcome.DEAD_LETTER  # enum access is slow on 3.11
 _REDELIVER, _RETRY_TOPIC = Action.REDELIVER, Action.RETRY_TOPIC
 
+IN_MEMORY_DELIVERIES = 3
+"""With retry tiers, a record whose lease lapsed (or whose stream broke) this many times is
+redelivered through a retry topic instead of at once, so that a record that keeps killing or
+hanging its workers stops coming straight back."""
+
 FINISH = Decision(Action.FINISH)
 """The decision for every finishing outcome (shared: decisions are immutable)."""
 
@@ -77,8 +82,13 @@ class RetryPolicy:
         return FINISH
 
     def on_lapse(self, attempt: int, why: str) -> Decision:
-        """Decides the next step for a delivery whose lease lapsed or whose stream broke."""
-        return self._again(attempt, 0.0, why)
+        """Decides the next step for a delivery whose lease lapsed or whose stream broke: at
+        once in memory, or through a retry topic after IN_MEMORY_DELIVERIES attempts."""
+        decision = self._again(attempt, 0.0, why)
+        if self.tiers and attempt >= IN_MEMORY_DELIVERIES and decision.action is _REDELIVER:
+            tier = self.tiers[min(attempt - IN_MEMORY_DELIVERIES, len(self.tiers) - 1)]
+            return Decision(_RETRY_TOPIC, delay=tier, reason=f"{why}; {attempt} deliveries")
+        return decision
 
     def _to_tier(self, attempt: int, delay: float | None) -> Decision:
         decision = self._again(attempt, 0.0, "worker asked for a retry")

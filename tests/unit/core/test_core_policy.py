@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator.core.model import Outcome
-from coordinator.core.policy import Action, Decision, RetryPolicy
+from coordinator.core.policy import IN_MEMORY_DELIVERIES, Action, Decision, RetryPolicy
 
 
 @pytest.mark.parametrize("outcome", [Outcome.ACK, Outcome.DROP, Outcome.ALREADY_PROCESSED])
@@ -108,10 +108,21 @@ def test_a_retry_without_a_delay_goes_to_the_tier_of_its_attempt(attempt: int, t
     assert (decision.action, decision.delay) == (Action.RETRY_TOPIC, tier)
 
 
-def test_tiers_still_dead_letter_past_max_attempts_and_lapses_stay_in_memory() -> None:
+def test_tiers_still_dead_letter_past_max_attempts() -> None:
     assert TIERED.on_settle(Outcome.RETRY, 5, 1.0).action is Action.DEAD_LETTER
-    assert TIERED.on_lapse(1, "its lease expired") == Decision(
-        Action.REDELIVER, reason="its lease expired")
+    assert TIERED.on_lapse(5, "its lease expired").action is Action.DEAD_LETTER
+
+
+def test_lapses_redeliver_in_memory_then_through_the_retry_tiers() -> None:
+    assert IN_MEMORY_DELIVERIES == 3
+    for attempt in (1, 2):
+        assert TIERED.on_lapse(attempt, "its stream closed") == Decision(
+            Action.REDELIVER, reason="its stream closed")
+    third = TIERED.on_lapse(3, "its stream closed")
+    assert (third.action, third.delay) == (Action.RETRY_TOPIC, 1.0)
+    assert "3 deliveries" in third.reason
+    assert TIERED.on_lapse(4, "its lease expired").delay == 10.0
+    assert RetryPolicy().on_lapse(9, "x").action is Action.REDELIVER  # no tiers: in memory
 
 
 @pytest.mark.parametrize("tiers", [(0.0,), (10.0, 1.0), (1.0, 1.0), (-1.0,)])
