@@ -57,7 +57,10 @@ class FaultRun:
     """Sidecars (by slot, each on a fixed port), workers (by name) and the traffic between them."""
 
     def __init__(self, bootstrap: str, workdir: Path, *, records: int, rate: float,
-                 sidecar_args: list[str] | None = None, name: str = "faults") -> None:
+                 sidecar_args: list[str] | None = None, name: str = "faults",
+                 create: Callable[[str, str, int], None] = create_topic) -> None:
+        """``create(bootstrap, topic, partitions)`` makes the topic (the mock cluster has its
+        own way)."""
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.topic = unique_name(name)
@@ -65,7 +68,7 @@ class FaultRun:
         self.sidecar_args = list(sidecar_args or [])
         self.journals = workdir / "journals"
         self.journals.mkdir(parents=True, exist_ok=True)
-        create_topic(bootstrap, self.topic, PARTITIONS)
+        create(bootstrap, self.topic, PARTITIONS)
         self.traffic = Traffic(bootstrap, self.topic, PARTITIONS, total=records, rate=rate)
         self.sidecars: dict[int, SidecarProcess] = {}
         self.workers: dict[str, subprocess.Popen[bytes]] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.embedded import TansuBroker
+from coordinator.embedded import TansuBroker, create_topic
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
 from tests.faults.proxy import CuttingProxy, Side
 from tests.faults.run import PARTITIONS, FaultRun, Outcome
@@ -48,6 +48,19 @@ class Context:
     rng: random.Random
     broker: TansuBroker | None = None
     """A broker of the scenario's own, for the ones that freeze it."""
+    sidecar_args: tuple[str, ...] = ()
+    """Extra `lowwater serve` arguments for every sidecar of the scenario."""
+    create: Callable[[str, str, int], None] = create_topic
+    """How topics are made (the mock cluster auto-creates them instead)."""
+
+
+def _run(ctx: Context, *, bootstrap: str | None = None, workdir: Path | None = None,
+         sidecar_args: tuple[str, ...] = (), name: str = "faults") -> FaultRun:
+    """A FaultRun for ``ctx`` with the scenario's own extra sidecar arguments."""
+    return FaultRun(bootstrap or ctx.bootstrap, workdir or ctx.workdir,
+                    records=ctx.scale.records, rate=ctx.scale.rate,
+                    sidecar_args=[*ctx.sidecar_args, *sidecar_args], name=name,
+                    create=ctx.create)
 
 
 Scenario = Callable[[Context], Outcome]
@@ -65,8 +78,7 @@ def _two_workers(run: FaultRun, target: str) -> None:
 
 def sidecar_crash(ctx: Context) -> Outcome:
     """kill -9 the sidecar at random moments and restart it on the same port."""
-    with FaultRun(ctx.bootstrap, ctx.workdir, records=ctx.scale.records,
-                  rate=ctx.scale.rate) as run:
+    with _run(ctx) as run:
         sidecar = run.start_sidecar()
         _two_workers(run, sidecar.target)
         for share in _moments(ctx, ctx.scale.faults):
@@ -84,8 +96,7 @@ def worker_crash(ctx: Context) -> Outcome:
     The lease is far longer than the run may take, so a run that finishes
     proves the records did not wait for their leases to lapse.
     """
-    with FaultRun(ctx.bootstrap, ctx.workdir, records=ctx.scale.records, rate=ctx.scale.rate,
-                  sidecar_args=["--lease", "10m"]) as run:
+    with _run(ctx, sidecar_args=("--lease", "10m")) as run:
         sidecar = run.start_sidecar()
         _two_workers(run, sidecar.target)
         for share in _moments(ctx, ctx.scale.faults):
@@ -100,8 +111,7 @@ def worker_crash(ctx: Context) -> Outcome:
 def hung_worker(ctx: Context) -> Outcome:
     """A worker stops settling but keeps its stream open: its leases lapse and are redelivered."""
     lease_s = 3
-    with FaultRun(ctx.bootstrap, ctx.workdir, records=ctx.scale.records, rate=ctx.scale.rate,
-                  sidecar_args=["--lease", f"{lease_s}s"]) as run:
+    with _run(ctx, sidecar_args=("--lease", f"{lease_s}s")) as run:
         sidecar = run.start_sidecar()
         run.start_worker("w1", sidecar.target, max_in_flight=WORKER_IN_FLIGHT)
         for n, share in enumerate(_moments(ctx, ctx.scale.faults)):
@@ -118,8 +128,7 @@ def broker_outage(ctx: Context) -> Outcome:
     broker = ctx.broker
     if broker is None:
         raise RuntimeError("broker_outage needs a broker of its own (Context.broker)")
-    with FaultRun(broker.bootstrap_servers, ctx.workdir, records=ctx.scale.records,
-                  rate=ctx.scale.rate) as run:
+    with _run(ctx, bootstrap=broker.bootstrap_servers) as run:
         sidecar = run.start_sidecar()
         _two_workers(run, sidecar.target)
         for share in _moments(ctx, ctx.scale.faults):
@@ -136,7 +145,7 @@ def broker_outage(ctx: Context) -> Outcome:
 
 def rebalance_storm(ctx: Context) -> Outcome:
     """Three sidecars in one group, added and removed at random while traffic flows."""
-    with FaultRun(ctx.bootstrap, ctx.workdir, records=ctx.scale.records, rate=ctx.scale.rate) as run:
+    with _run(ctx) as run:
         for slot in range(3):
             sidecar = run.start_sidecar(slot)
             run.start_worker(f"w{slot}", sidecar.target, max_in_flight=WORKER_IN_FLIGHT)
@@ -161,8 +170,7 @@ def rebalance_storm(ctx: Context) -> Outcome:
 
 def cut_streams(ctx: Context) -> Outcome:
     """Cut the worker streams again and again, alternately from the server and the client side."""
-    with FaultRun(ctx.bootstrap, ctx.workdir, records=ctx.scale.records,
-                  rate=ctx.scale.rate) as run:
+    with _run(ctx) as run:
         sidecar = run.start_sidecar()
         proxy = CuttingProxy(("127.0.0.1", sidecar.port)).start()
         try:
@@ -180,8 +188,7 @@ def cut_streams(ctx: Context) -> Outcome:
 
 def graceful_restart(ctx: Context) -> Outcome:
     """SIGTERM the sidecar under load and restart it: workers finish in time, so no duplicates."""
-    with FaultRun(ctx.bootstrap, ctx.workdir, records=ctx.scale.records,
-                  rate=ctx.scale.rate) as run:
+    with _run(ctx) as run:
         sidecar = run.start_sidecar()
         _two_workers(run, sidecar.target)
         for share in _moments(ctx, ctx.scale.faults):
@@ -212,8 +219,7 @@ def seed_vs_lowwater(ctx: Context) -> list[Outcome]:
     its two workers together; it restarts at once. Kills come COMPARE_STEADY_S
     into steady processing, ``faults`` times.
     """
-    with FaultRun(ctx.bootstrap, ctx.workdir / "seed", records=ctx.scale.records,
-                  rate=ctx.scale.rate, name="seed") as run:
+    with _run(ctx, workdir=ctx.workdir / "seed", name="seed") as run:
         def start_seed() -> None:
             run.start_seed_consumer(threads=COMPARE_CONCURRENCY, delay_ms=COMPARE_DELAY_MS)
         start_seed()
@@ -224,8 +230,7 @@ def seed_vs_lowwater(ctx: Context) -> list[Outcome]:
             with run.fault("kill -9 application", bound=0):
                 start_seed()
         seed = run.outcome("seed: auto-commit + thread pool", run.finish(expect_all=False))
-    with FaultRun(ctx.bootstrap, ctx.workdir / "lowwater", records=ctx.scale.records,
-                  rate=ctx.scale.rate) as run:
+    with _run(ctx, workdir=ctx.workdir / "lowwater") as run:
         sidecar = run.start_sidecar()
 
         def start_workers() -> None:
