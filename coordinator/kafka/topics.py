@@ -16,7 +16,12 @@ PRODUCER_ONLY = frozenset({"enable.idempotence", "acks"})
 
 
 class TopicCheckError(Exception):
-    """A topic lowwater must produce to is missing and may not be created, or creating failed."""
+    """A topic lowwater must produce to is missing and may not be created, or creating failed;
+    ``retriable`` when the broker could not be asked at all (try again later)."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 def ensure_topics(config: Mapping[str, Any], topics: Sequence[str], *, create: bool) -> list[str]:
@@ -33,7 +38,7 @@ def ensure_topics(config: Mapping[str, Any], topics: Sequence[str], *, create: b
     try:
         existing = admin.list_topics(timeout=ADMIN_TIMEOUT).topics
     except KafkaException as exc:
-        raise TopicCheckError(f"cannot list the broker's topics: {exc}") from exc
+        raise TopicCheckError(f"cannot list the broker's topics: {exc}", retriable=True) from exc
     missing = [t for t in topics if t not in existing]
     if not missing:
         return []

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from typing import Any
 
 import grpc
@@ -38,6 +39,8 @@ REVOKE_GRACE = 5.0
 """Seconds the consumer thread waits beyond ``rebalance_timeout`` for the engine's revoke."""
 CLOSE_TIMEOUT = 30.0
 """Seconds to wait for the consumer to close and leave the group."""
+TOPIC_CHECK_RETRY = 5.0
+"""Seconds before the hand-off topics are checked again when the broker could not be asked."""
 SERVER_GRACE = 1.0
 """Seconds open RPCs get when the gRPC server stops."""
 SERVICES = (
@@ -131,6 +134,8 @@ class Sidecar:
         """Why the sidecar shut itself down, if it did (the exit code is then 1)."""
         self.producer: HandoffProducer | None = None
         self._topics_checked = not settings.handoff_topics()
+        self._tasks: set[asyncio.Future[None]] = set()
+        """Background tasks, referenced until they end."""
 
     async def start(self) -> None:
         """Binds the gRPC server and starts the consumer thread. Call once."""
@@ -192,7 +197,13 @@ class Sidecar:
         self._health_update = asyncio.ensure_future(self._set_health(self._serving()))
         if up and not self._topics_checked:
             self._topics_checked = True
-            asyncio.ensure_future(self._check_handoff_topics())
+            self._spawn(self._check_handoff_topics())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs ``coro`` as a task that is kept referenced until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _check_handoff_topics(self) -> None:
         """Once the broker answers: every dead-letter and expired topic must exist, or be
@@ -203,6 +214,12 @@ class Sidecar:
                 ensure_topics, settings.producer_config(), settings.handoff_topics(),
                 create=settings.create_topics)
         except TopicCheckError as exc:
+            if exc.retriable and self._closing is None:
+                log.warning("%s; checking the hand-off topics again in %.0fs", exc,
+                            TOPIC_CHECK_RETRY)
+                asyncio.get_running_loop().call_later(
+                    TOPIC_CHECK_RETRY, lambda: self._spawn(self._check_handoff_topics()))
+                return
             self.failure = str(exc)
             log.error("%s; shutting down", exc)
             self.request_close()
