@@ -524,21 +524,22 @@ class Ledger:
 
     # -- internals ----------------------------------------------------------
 
-    def _unlease(self, lease: Lease, why: SettleStatus) -> None:
+    def _unlease(self, lease: Lease, why: SettleStatus, *, keep_credit: bool = False) -> None:
         self._table.release(lease, why)
         holder = lease.holder
         del holder.leases[lease.msg_id]
         rec = lease.record
-        holder.credits.give(rec.size)
+        if not keep_credit:
+            holder.credits.give(rec.size)
         if rec.state is not DONE:  # an at-most-once record was never counted in flight
             rec.part.in_flight -= 1
         rec.lease = None
 
     def _lapse(self, lease: Lease, why: str, now: float) -> None:
         rec, holder = lease.record, lease.holder
-        self._unlease(lease, SettleStatus.ALREADY_SETTLED)
-        if not holder.pull and self.holders.get(holder.name) is holder:
-            holder.credits.take(rec.size)  # still charged: see Holder.lapsed
+        charged = not holder.pull and self.holders.get(holder.name) is holder
+        self._unlease(lease, SettleStatus.ALREADY_SETTLED, keep_credit=charged)
+        if charged:  # the stream may still hold it: see Holder.lapsed
             holder.lapsed[lease.msg_id] = rec
         if rec.state is not DONE:  # at most once: never delivered again
             self._apply(rec, rec.part.policy.on_lapse(lease.attempt, why), now)

@@ -1,4 +1,4 @@
-"""The hand-off producer: dead-lettered and expired records go to their topics through it.
+"""The hand-off producer: dead-lettered, expired and retried records go to their topics.
 
 One idempotent confluent-kafka producer with its own thread, which serves the
 delivery reports. ``send`` is thread-safe and never blocks; each report is
@@ -36,7 +36,7 @@ Report = Callable[[str | None], None]
 
 
 class HandoffProducer:
-    """Produces records to dead-letter and expired topics and reports each delivery.
+    """Produces records to dead-letter, expired and retry topics; reports each delivery.
 
     Lifecycle: :meth:`start`, then :meth:`send` from any thread; :meth:`close`
     flushes (boundedly) and stops the report thread.

@@ -184,8 +184,6 @@ class Engine:
         self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
         """Retry partitions paused until their fetched records are due: (generation, until,
         timer)."""
-        self.per_topic: dict[tuple[str, str], int] = {}
-        """(counter, topic) -> count, for "dead_lettered" and "expired" per subscribed topic."""
 
     # -- from the fetcher (via the bridge) ------------------------------------
 
@@ -200,7 +198,7 @@ class Engine:
         ignored = 0
         topic, partition, part = None, -1, None
         expiring: Lane | None = None
-        ordering = "unordered"
+        by_key, run_key = False, None  # ordering: the record's key, or one key for the run
         tier: float | None = None
         for msg in records:
             t, p = msg.topic(), msg.partition()
@@ -210,6 +208,8 @@ class Engine:
                 lane = self._router.lane(t) if self._router is not None else None
                 expiring = lane if lane is not None and lane.expires else None
                 ordering = "unordered" if lane is None else lane.subscription.ordering
+                by_key = ordering == "key"
+                run_key = WHOLE_PARTITION if ordering == "partition" else None
                 tier = None if self._router is None else self._router.retry_tier(t)
             value = msg.value()
             key = msg.key()
@@ -227,8 +227,7 @@ class Engine:
                     if not_before > now:
                         self._hold(part.tp, part.generation, not_before)
             expires = NEVER if expiring is None else expiring.expiry_ms(payload) / 1000.0 + to_local
-            okey = (None if ordering == "unordered" else key if ordering == "key"
-                    else WHOLE_PARTITION)
+            okey = key if by_key else run_key
             if part is None or not add(part, offset, size, payload, now, expires, okey,
                                        attempts=attempts, not_before=not_before):
                 ignored += 1
@@ -493,7 +492,6 @@ class Engine:
         expired = handoff.kind is HandoffKind.EXPIRED
         counter = "expired" if expired else "dead_lettered"
         self.counters[counter] += 1
-        self.per_topic[counter, tp.topic] = self.per_topic.get((counter, tp.topic), 0) + 1
         topic = None if sub is None else sub.expired_topic if expired else sub.dead_letter_topic
         if topic is None:
             if not expired:

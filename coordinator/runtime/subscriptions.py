@@ -64,23 +64,24 @@ class Router:
         when a subscription has retry tiers."""
         if not subscriptions:
             raise ValueError("at least one subscription is needed")
-        self._lanes = []
+        self._lanes: list[Lane] = []
         self._tiers: dict[str, float] = {}
         """Retry topic -> its tier."""
-        for s in subscriptions:
+        for sub in subscriptions:
             topics = {}
-            if s.retry:
+            if sub.retry:
                 if retry_topic is None:
-                    raise ValueError(f"{s.topic} has retry tiers: a retry_topic namer is needed")
-                topics = {tier: retry_topic(s.topic, tier) for tier in s.retry}
-            lane = Lane(s, RetryPolicy(default_delay, max_delay, s.max_attempts, s.retry), topics)
-            self._lanes.append((s, lane))
+                    raise ValueError(f"{sub.topic} has retry tiers: a retry_topic namer is needed")
+                topics = {tier: retry_topic(sub.topic, tier) for tier in sub.retry}
+            retry = RetryPolicy(default_delay, max_delay, sub.max_attempts, sub.retry)
+            self._lanes.append(Lane(sub, retry, topics))
             self._tiers.update({name: tier for tier, name in topics.items()})
-        self._exact = {s.topic: lane for s, lane in self._lanes if not s.topic.startswith("^")}
-        self._exact.update({name: lane for _, lane in self._lanes
+        self._exact = {lane.subscription.topic: lane for lane in self._lanes
+                       if not lane.subscription.topic.startswith("^")}
+        self._exact.update({name: lane for lane in self._lanes
                             for name in lane.retry_topics.values()})
-        self._patterns = [(re.compile(s.topic), lane) for s, lane in self._lanes
-                          if s.topic.startswith("^")]
+        self._patterns = [(re.compile(lane.subscription.topic), lane) for lane in self._lanes
+                          if lane.subscription.topic.startswith("^")]
         self._cache: dict[str, Lane] = {}
 
     def lane(self, topic: str) -> Lane:
@@ -90,7 +91,7 @@ class Router:
         if lane is None:
             lane = self._exact.get(topic) or next(
                 (lane for pattern, lane in self._patterns if pattern.search(topic)),
-                self._lanes[0][1])
+                self._lanes[0])
             self._cache[topic] = lane
         return lane
 
