@@ -17,10 +17,13 @@ import lowwater
 from coordinator.core.offsetmap import decode
 from coordinator.embedded import SidecarProcess
 from tests.integration.workload import (
+    Budget,
     Ledgerbook,
+    logs_on_failure,
     make_handler,
     produce_ids,
     wait_committed_to_end,
+    wait_count,
     wait_processed,
 )
 from tests.support.aio import async_test
@@ -65,30 +68,32 @@ async def test_every_record_processed_and_committed_to_the_log_end(
 
 @async_test
 async def test_kill_9_mid_run_loses_nothing(kafka_bootstrap: str, new_topic: TopicFactory) -> None:
+    budget = Budget()
     topic, group = new_topic(4), unique_name("g")
     expected = produce_ids(kafka_bootstrap, topic, N)
     book = Ledgerbook()
-    first = SidecarProcess(kafka_bootstrap, group, [topic]).start()
-    port = first.port
-    try:
-        async with lowwater.AsyncWorker(first.target, make_handler(book, max_delay=0.01),
-                                        max_in_flight=100):
-            while len(book.processed) < N // 3:
-                await asyncio.sleep(0.05)
-            first.kill()  # kill -9: no drain, no final commit
-            killed_at = len(book.processed)
-            second = SidecarProcess(kafka_bootstrap, group, [topic])
-            second.port = port  # the worker reconnects to the same address
-            # Blocking calls go to a thread: the workers share this event loop.
-            await asyncio.to_thread(second.start)
-            try:
-                await wait_processed(book, expected)
-                await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
-            finally:
-                await asyncio.to_thread(second.stop)
-                second.kill()
-    finally:
-        first.kill()
+    first = SidecarProcess(kafka_bootstrap, group, [topic])
+    second = SidecarProcess(kafka_bootstrap, group, [topic])
+    second.port = first.port  # the worker reconnects to the same address
+    with logs_on_failure(first, second):
+        first.start()
+        try:
+            async with lowwater.AsyncWorker(first.target, make_handler(book, max_delay=0.01),
+                                            max_in_flight=100):
+                await wait_count(book, N // 3, budget.left(60))
+                first.kill()  # kill -9: no drain, no final commit
+                killed_at = len(book.processed)
+                # Blocking calls go to a thread: the workers share this event loop.
+                await asyncio.to_thread(second.start)
+                try:
+                    await wait_processed(book, expected, budget.left())
+                    await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic,
+                                            budget.left(30))
+                finally:
+                    await asyncio.to_thread(second.stop)
+                    second.kill()
+        finally:
+            first.kill()
     assert killed_at < N, "the kill came too late to test anything"
     assert book.processed == expected
     # Duplicates are allowed after a crash; they are what was pending at the last commit.
@@ -100,33 +105,36 @@ async def test_kill_9_mid_run_loses_nothing(kafka_bootstrap: str, new_topic: Top
 async def test_two_sidecars_share_a_group_and_lose_nothing_across_rebalances(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
+    budget = Budget()
     topic, group = new_topic(4), unique_name("g")
     expected = produce_ids(kafka_bootstrap, topic, N)
     book = Ledgerbook()
-    a = SidecarProcess(kafka_bootstrap, group, [topic]).start()
+    a = SidecarProcess(kafka_bootstrap, group, [topic])
     b = SidecarProcess(kafka_bootstrap, group, [topic])
-    try:
-        async with lowwater.AsyncWorker(a.target, make_handler(book, max_delay=0.01, seed=3),
-                                        max_in_flight=100):
-            while len(book.processed) < N // 4:
-                await asyncio.sleep(0.05)
-            # Blocking calls go to a thread: the workers share this event loop.
-            await asyncio.to_thread(b.start)  # rebalance: a gives up partitions in flight
-            # Let that rebalance finish before a leaves: Tansu can hold a join that races a
-            # leave for the whole rebalance timeout (seen: b never assigned in 3 minutes).
-            await asyncio.to_thread(b.wait_assigned, 1)
-            async with lowwater.AsyncWorker(b.target, make_handler(book, max_delay=0.01, seed=4),
+    with logs_on_failure(a, b):
+        a.start()
+        try:
+            async with lowwater.AsyncWorker(a.target, make_handler(book, max_delay=0.01, seed=3),
                                             max_in_flight=100):
-                while len(book.processed) < N // 2:
-                    await asyncio.sleep(0.05)
-                # Rebalance again: b takes everything.
-                assert await asyncio.to_thread(a.stop) == 0, a.log()
-                await wait_processed(book, expected)
-                await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
-    finally:
-        a.kill()
-        b.stop()
-        b.kill()
+                await wait_count(book, N // 4, budget.left(60))
+                # Blocking calls go to a thread: the workers share this event loop.
+                await asyncio.to_thread(b.start)  # rebalance: a gives up partitions in flight
+                # Let that rebalance finish before a leaves: Tansu can hold a join that races a
+                # leave for the whole rebalance timeout (seen: b never assigned in 3 minutes).
+                await asyncio.to_thread(b.wait_assigned, 1)
+                async with lowwater.AsyncWorker(b.target,
+                                                make_handler(book, max_delay=0.01, seed=4),
+                                                max_in_flight=100):
+                    await wait_count(book, N // 2, budget.left(60))
+                    # Rebalance again: b takes everything.
+                    assert await asyncio.to_thread(a.stop) == 0, a.log()
+                    await wait_processed(book, expected, budget.left())
+                    await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic,
+                                            budget.left(30))
+        finally:
+            a.kill()
+            b.stop()
+            b.kill()
     assert book.processed == expected
     assert "assigned" in a.log(200) and "revoking" in a.log(200)
     print(f"two sidecars: {book.duplicates()} duplicates, deliveries per id {book.histogram()}")

@@ -10,14 +10,42 @@ import asyncio
 import collections
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import lowwater
+from coordinator.embedded import SidecarProcess
 from tests.support.broker import committed_offsets, id_records, log_end_offsets, produce
 
 PROGRESS_TIMEOUT_S = 180.0
 """Seconds a run may take to process everything before the test fails."""
+TEST_BUDGET_S = 240.0
+"""Seconds a whole multi-phase test may wait in all: below pytest's 300 s timeout, so a slow
+run fails with its own message and the sidecars' logs instead of a bare timeout."""
+
+
+class Budget:
+    """One deadline shared by the waits of a test."""
+
+    def __init__(self, seconds: float = TEST_BUDGET_S) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self, cap: float = PROGRESS_TIMEOUT_S) -> float:
+        """Seconds left, at most ``cap``; an exhausted budget still allows a last check."""
+        return max(0.1, min(cap, self.deadline - time.monotonic()))
+
+
+@contextmanager
+def logs_on_failure(*sidecars: SidecarProcess, lines: int = 200) -> Iterator[None]:
+    """Prints the sidecars' logs when the body fails, pytest's own timeout included: the
+    logs live in temporary files that a CI run does not keep."""
+    try:
+        yield
+    except BaseException:
+        for sidecar in sidecars:
+            print(f"---- last {lines} lines of {sidecar.log_path}:\n{sidecar.log(lines)}")
+        raise
 
 
 @dataclass
@@ -45,7 +73,7 @@ def produce_ids(bootstrap: str, topic: str, n: int, prefix: str = "id") -> set[b
 
 
 def make_handler(book: Ledgerbook, *, max_delay: float = 0.005,
-                 seed: int = 7) -> Callable[[lowwater.Message], object]:
+                 seed: int = 7) -> Callable[[lowwater.Message], Awaitable[None]]:
     """A handler that takes a random time, so acks come back out of order."""
     rng = random.Random(seed)
 
@@ -64,6 +92,16 @@ async def wait_processed(book: Ledgerbook, expected: set[bytes],
             missing = expected - book.processed
             raise AssertionError(f"{len(missing)} ids never processed, e.g. {sorted(missing)[:5]}")
         await asyncio.sleep(0.1)
+
+
+async def wait_count(book: Ledgerbook, count: int, timeout: float = PROGRESS_TIMEOUT_S) -> None:
+    """Waits until at least ``count`` distinct ids were processed."""
+    deadline = time.monotonic() + timeout
+    while len(book.deliveries) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(book.deliveries)} of {count} ids processed "
+                                 f"after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 def wait_committed_to_end(bootstrap: str, group: str, topic: str,
