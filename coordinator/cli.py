@@ -17,6 +17,7 @@ from datetime import timedelta
 from importlib import metadata
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
+from coordinator import inspect as inspect_command
 from coordinator.config import (
     CONFIG_ENV_VAR,
     FILE_ONLY_SETTINGS,
@@ -267,6 +268,12 @@ SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
         "run an embedded broker, a sidecar and SDK workers on SMS requests, with a live view",
         _demo_arguments,
         _demo,
+    ),
+    Subcommand(
+        "inspect",
+        "show the pending sets a sidecar wrote to Redis: what the next owner will redeliver",
+        inspect_command.add_arguments,
+        inspect_command.run,
     ),
 )
 """Every subcommand, in ``--help`` order. Add ``demo``, ``status``... here."""

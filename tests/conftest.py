@@ -1,4 +1,5 @@
-"""Shared fixtures: a Kafka for the session, fresh topics, the librdkafka mock cluster, grpcurl.
+"""Shared fixtures: a Kafka for the session, fresh topics, the librdkafka mock cluster, grpcurl,
+Redis.
 
 Kafka comes from `LOWWATER_TEST_BOOTSTRAP` when it is set (topics are still created with the
 admin API); from librdkafka's mock cluster, hosted in this process, when `LOWWATER_TEST_KAFKA`
@@ -31,6 +32,14 @@ from tests.support.broker import (
     external_bootstrap,
     tansu_binary,
     unique_name,
+)
+from tests.support.redis import (
+    REDIS_URL_ENV,
+    RedisServer,
+    delete_prefix,
+    ping,
+    shared_redis_url,
+    unique_prefix,
 )
 
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "new_topic", "private_tansu", "tansu_bin"})
@@ -176,3 +185,28 @@ def grpcurl() -> str:
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(f"grpcurl binary not found or not executable at {path}", pytrace=False)
     return str(path)
+
+
+@pytest.fixture
+def redis_keys() -> Iterator[tuple[str, str]]:
+    """(url, prefix): the shared Redis and a key prefix of this test's own, deleted after it."""
+    url = shared_redis_url()
+    why = ping(url)
+    if why is not None:
+        unavailable(f"Redis at {url} does not answer ({why}); set {REDIS_URL_ENV}")
+    prefix = unique_prefix()
+    try:
+        yield url, prefix
+    finally:
+        delete_prefix(url, prefix)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop or freeze; killed after the test."""
+    try:
+        server = RedisServer(tmp_path)
+    except FileNotFoundError as exc:
+        unavailable(str(exc))
+    with server:
+        yield server

@@ -33,6 +33,7 @@ from coordinator.config.fields import (
     is_loopback_listen,
     is_producer_property,
     is_sensitive_property,
+    redact_url,
 )
 from coordinator.config.fields import LogLevel as LogLevel
 from coordinator.config.model import DEFAULT_AUTO_OFFSET_RESET as DEFAULT_AUTO_OFFSET_RESET
@@ -68,6 +69,7 @@ __all__ = [
     "is_producer_property",
     "is_sensitive_property",
     "parse_duration",
+    "redact_url",
     "resolve_settings",
     "settings_reference",
     "unknown_environment_variables",

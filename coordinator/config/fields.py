@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -226,11 +227,51 @@ def _freeze(value: Mapping[str, KafkaValue]) -> Mapping[str, KafkaValue]:
     return MappingProxyType(dict(value))
 
 
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password: ``redis://user:secret@host`` becomes
+    ``redis://user:***@host``, and a ``password=`` query value becomes ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        # The last '@' ends the credentials even when an unescaped '@' is in the password.
+        userinfo, _, location = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            rest = f"{user}:***@{location}"
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\g<1>***", f"{scheme}{sep}{rest}")
+
+
+def _check_redis_url(value: str) -> str:
+    shown = redact_url(value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{shown!r} is not a URL ({exc})") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"{shown!r} is not a redis://, rediss:// or unix:// URL")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ValueError(f"{shown!r} needs an absolute socket path, as in unix:///run/redis.sock")
+        return value
+    if not parts.hostname:
+        raise ValueError(f"{shown!r} names no host")
+    if port == 0:
+        raise ValueError(f"{shown!r}: port 0 is no Redis port")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{shown!r}: the path must be a database number, as in /0")
+    return value
+
+
 _NonBlank = Annotated[str, AfterValidator(_not_blank)]
 _AtLeastOne = Annotated[int, BeforeValidator(_to_int), Field(ge=1)]
 _MaxAttempts = Annotated[_AtLeastOne | None, BeforeValidator(_to_max_attempts)]
 """At least 1, or None (``"unlimited"`` or ``"none"`` in text) for no limit."""
 _TopicName = Annotated[str, AfterValidator(_check_topic_name)]
+_RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Guarantee = Literal["at_least_once", "at_most_once"]

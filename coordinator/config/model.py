@@ -34,6 +34,7 @@ from coordinator.config.fields import (
     _freeze,
     _MaxAttempts,
     _NonBlank,
+    _RedisUrl,
     _to_bool,
     _to_choice,
     _to_log_level,
@@ -41,6 +42,7 @@ from coordinator.config.fields import (
     is_loopback_listen,
     is_producer_property,
     is_sensitive_property,
+    redact_url,
 )
 from coordinator.config.subscriptions import RetryTiers, Subscription, SubscriptionPolicy
 
@@ -129,6 +131,20 @@ class Settings(BaseModel):
     """Most characters of an offset map, 64 to 1048576: keep it within the broker's
     `offset.metadata.max.bytes` (4096 by default). A map that does not fit is left out of that
     commit (counted), never waited for."""
+    redis_url: _RedisUrl | None = None
+    """Redis that pending sets are written to, for crash diagnostics (`lowwater inspect`):
+    `redis://[USER:PASSWORD@]HOST:PORT/DB`, `rediss://` for TLS, or `unix:///PATH`. Unset: none.
+    Writes are batched and off the hot path; Kafka stays the source of truth, and a Redis
+    outage only degrades the diagnostics. Put a password in `LOWWATER_REDIS_URL` or the config
+    file, not in a flag that `ps` shows."""
+    redis_prefix: _NonBlank = "lowwater"
+    """First part of every Redis key: `<prefix>:<group>:...`."""
+    redis_interval: PositiveDuration = timedelta(seconds=1)
+    """How often the pending sets are written to Redis: a crash shows them as they were at most
+    this long before it."""
+    redis_key_ttl: PositiveDuration = timedelta(days=1)
+    """How long a partition's pending set stays in Redis after its last write, so that dead
+    groups do not leak memory."""
     max_pending_per_partition: _AtLeastOne = 10_000
     """Pending (fetched, not finished) records at which fetching from a partition pauses; it
     resumes below 80% of this."""
@@ -323,6 +339,8 @@ class Settings(BaseModel):
         for name, value in super().__repr_args__():
             if name == "kafka":
                 value = {k: "***" if is_sensitive_property(k) else v for k, v in self.kafka.items()}
+            elif name == "redis_url" and isinstance(value, str):
+                value = redact_url(value)
             yield name, value
 
 

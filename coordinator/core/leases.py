@@ -19,14 +19,17 @@ H = TypeVar("H")
 class Lease(Generic[R, H]):
     """One delivery of one record to one holder (a worker stream or a Pull caller)."""
 
-    __slots__ = ("attempt", "deadline", "holder", "msg_id", "record")
+    __slots__ = ("attempt", "deadline", "granted", "holder", "msg_id", "record")
 
-    def __init__(self, msg_id: int, record: R, holder: H, deadline: float, attempt: int) -> None:
+    def __init__(self, msg_id: int, record: R, holder: H, deadline: float, attempt: int,
+                 granted: float = 0.0) -> None:
         self.msg_id = msg_id
         self.record = record
         self.holder = holder
         self.deadline = deadline
         self.attempt = attempt
+        self.granted = granted
+        """When the delivery started, on the owner's clock."""
 
     def __repr__(self) -> str:
         return f"Lease(msg_id={self.msg_id}, attempt={self.attempt}, deadline={self.deadline:.3f})"
@@ -55,7 +58,8 @@ class LeaseTable(Generic[R, H]):
         self._issued = 0
 
     def grant(
-        self, record: R, holder: H, deadline: float, attempt: int, *, watch: bool = True
+        self, record: R, holder: H, deadline: float, attempt: int, *, watch: bool = True,
+        granted: float = 0.0,
     ) -> Lease[R, H]:
         """Issues a msg_id and leases ``record`` to ``holder`` until ``deadline``.
 
@@ -64,7 +68,7 @@ class LeaseTable(Generic[R, H]):
         """
         msg_id = next(self._ids)
         self._issued = msg_id
-        lease = Lease(msg_id, record, holder, deadline, attempt)
+        lease = Lease(msg_id, record, holder, deadline, attempt, granted)
         self._active[msg_id] = lease
         if watch:
             heapq.heappush(self._expiry, (deadline, msg_id, msg_id))

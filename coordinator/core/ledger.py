@@ -342,7 +342,7 @@ class Ledger:
             ready.popleft()
             self.ready_count -= 1
             rec.attempt += 1
-            lease = table.grant(rec, holder, deadline, rec.attempt, watch=False)
+            lease = table.grant(rec, holder, deadline, rec.attempt, watch=False, granted=now)
             rec.lease = lease
             rec.state = LEASED
             credits.take(rec.size)

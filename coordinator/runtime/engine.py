@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from coordinator.core.ledger import (
     Holder,
     Lease,
     Ledger,
+    PartitionState,
 )
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
@@ -156,15 +157,19 @@ class Engine:
         rebalance_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        leaving: Callable[[list[PartitionState]], Awaitable[object]] | None = None,
     ) -> None:
         """Without a ``router`` every topic gets the ledger's policy and no TTL; without
         ``handoffs`` a hand-off with a topic is an error (the sidecar always passes one when
-        a subscription names a topic)."""
+        a subscription names a topic). ``leaving`` is awaited on a revoke, once the wait for
+        settlements is over and before the ledger lets the partitions go (the pending-set
+        writer's last snapshot); it must bound its own wait."""
         self.ledger = ledger
         self._commands = commands
         self._router = router
         self._handoffs = handoffs
         self._wall = wall_clock
+        self._leaving = leaving
         self.handoffs_in_flight = 0
         """Hand-offs sent to a topic and not yet confirmed: drain waits for them too."""
         self._commit_interval = commit_interval
@@ -298,6 +303,9 @@ class Engine:
                 rebalance_log.warning(
                     "revoke: %d lease(s) still out after %.1fs; their records go to the next "
                     "owner", out, timeout)
+        if self._leaving is not None and not lost:  # lost ones may have a new owner already
+            parts = self.ledger.partitions
+            await self._leaving([parts[tp] for tp in tps if tp in parts])
         final = self.ledger.revoke(tps)
         self._after_change()
         return [] if lost else final

@@ -20,14 +20,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.config import ConfigError, Settings
+from coordinator.config import ConfigError, Settings, redact_url
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
+from coordinator.core.pending import KeySpace
 from coordinator.core.policy import RetryPolicy
 from coordinator.kafka.fetcher import Assignment, Fetcher, Resubscribe, StopFetching
 from coordinator.kafka.producer import HandoffProducer
 from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
+from coordinator.runtime.pendingstore import PendingStore, StoreState, connect
 from coordinator.runtime.subscriptions import Router
 from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
@@ -43,6 +45,10 @@ TOPIC_CHECK_RETRY = 5.0
 """Seconds before the hand-off topics are checked again when the broker could not be asked."""
 SERVER_GRACE = 1.0
 """Seconds open RPCs get when the gRPC server stops."""
+PENDING_STORE_HEALTH = "lowwater.redis"
+"""The grpc.health.v1 service name that reports the pending-set writer: SERVING while Redis
+takes its writes, NOT_SERVING while degraded. The overall status ("") does not depend on it:
+Kafka, not Redis, is what the sidecar needs to do its job."""
 SERVICES = (
     coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -136,6 +142,8 @@ class Sidecar:
         self._topics_checked = not settings.handoff_topics()
         self._tasks: set[asyncio.Future[None]] = set()
         """Background tasks, referenced until they end."""
+        self.store: PendingStore | None = None
+        self._store_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Binds the gRPC server and starts the consumer thread. Call once."""
@@ -148,6 +156,11 @@ class Sidecar:
         if settings.handoff_topics():
             self.producer = HandoffProducer(settings.producer_config(), settings.group,
                                             loop.call_soon_threadsafe)
+        if settings.redis_url is not None:
+            self.store = PendingStore(
+                connect(settings.redis_url), KeySpace(settings.redis_prefix, settings.group),
+                self.ledger, interval=settings.redis_interval.total_seconds(),
+                ttl=settings.redis_key_ttl.total_seconds(), on_state=self._store_state)
         self.engine = Engine(
             self.ledger, self.fetcher,
             router=Router(settings.subscription_policies(),
@@ -157,6 +170,7 @@ class Sidecar:
             handoffs=self.producer,
             commit_interval=settings.commit_interval.total_seconds(),
             rebalance_timeout=settings.rebalance_timeout.total_seconds(),
+            leaving=None if self.store is None else self.store.write_final,
         )
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorService(self.engine, lease=settings.lease.total_seconds(),
@@ -164,7 +178,8 @@ class Sidecar:
             self.server,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.engine, group=settings.group, health=self.health_name), self.server)
+            AdminService(self.engine, group=settings.group, health=self.health_name,
+                         store=self.store), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -185,6 +200,11 @@ class Sidecar:
         log.info("serving on %s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}")
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
+        if self.store is not None:
+            log.info("writing pending sets to %s every %s (instance %s)",
+                     redact_url(settings.redis_url or ""), settings.redis_interval,
+                     self.store.instance)
+            self._store_task = asyncio.create_task(self.store.run(), name="lowwater-redis")
 
     def health_name(self) -> str:
         return "SERVING" if self._serving() else "NOT_SERVING"
@@ -198,6 +218,11 @@ class Sidecar:
         if up and not self._topics_checked:
             self._topics_checked = True
             self._spawn(self._check_handoff_topics())
+
+    def _store_state(self, state: StoreState) -> None:
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if state is StoreState.DEGRADED \
+            else health_pb2.HealthCheckResponse.SERVING
+        self._spawn(self.health.set(PENDING_STORE_HEALTH, status))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Runs ``coro`` as a task that is kept referenced until it ends."""
@@ -270,6 +295,10 @@ class Sidecar:
             log.error("the consumer did not close within %.0fs", CLOSE_TIMEOUT)
         if self._timers is not None:
             self._timers.cancel()
+        if self.store is not None:
+            if self._store_task is not None:
+                self._store_task.cancel()
+            await self.store.close()
         await self.server.stop(SERVER_GRACE)
         if settings.listen.startswith("unix:"):
             with contextlib.suppress(FileNotFoundError):

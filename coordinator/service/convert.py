@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -11,9 +11,10 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from google.protobuf.duration_pb2 import Duration
 
 from coordinator.core.ledger import Lease
-from coordinator.core.model import Outcome, SettleStatus
+from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.kafka.records import record_headers
 from coordinator.runtime.engine import Settlement, StatusView
+from coordinator.runtime.pendingstore import PendingStore, StoreState
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
 
@@ -135,4 +136,47 @@ def status_response(view: StatusView, group: str, health: str) -> admin_pb2.GetS
             max_in_flight_bytes=h.max_bytes,
             leased_msg_ids=h.msg_ids,
         )
+    return resp
+
+
+_STORE_STATES = {
+    StoreState.STARTING: admin_pb2.PendingStoreStatus.STATE_STARTING,
+    StoreState.OK: admin_pb2.PendingStoreStatus.STATE_OK,
+    StoreState.DEGRADED: admin_pb2.PendingStoreStatus.STATE_DEGRADED,
+}
+
+
+def store_status(store: PendingStore, now: float) -> admin_pb2.PendingStoreStatus:
+    """``now`` is on the store's clock (monotonic)."""
+    status = admin_pb2.PendingStoreStatus(
+        state=_STORE_STATES[store.state], writes=store.writes, failed_writes=store.failed_writes,
+        last_error=store.last_error if store.state is StoreState.DEGRADED else "")
+    if store.last_write is not None:
+        status.since_last_write.CopyFrom(duration(now - store.last_write))
+    return status
+
+
+def recovery_response(store: PendingStore | None, partitions: Mapping[TopicPartition, Any],
+                      group: str, now_ms: int) -> admin_pb2.GetRecoveryResponse:
+    """What each partition's previous owner had in flight, and what of it is done here.
+    ``partitions`` maps each assigned partition to its ledger state."""
+    if store is None:
+        return admin_pb2.GetRecoveryResponse(group=group)
+    resp = admin_pb2.GetRecoveryResponse(group=group, instance=store.instance)
+    for tp, replay in sorted(store.inherited.items()):
+        meta = replay.meta
+        done = replay.done(partitions.get(tp))
+        out = resp.partitions.add(
+            topic=tp.topic, partition=tp.partition,
+            previous_instance="" if meta is None else meta.instance,
+            done_count=sum(done), undelivered_count=0 if meta is None else meta.undelivered)
+        if meta is not None:
+            out.snapshot_age.CopyFrom(duration(max(0, now_ms - meta.written_ms) / 1000.0))
+        written_ms = now_ms if meta is None else meta.written_ms
+        for entry, finished in zip(replay.entries, done, strict=True):
+            out.records.add(
+                offset=entry.offset, state=entry.state, attempts=entry.attempts,
+                worker_id=entry.worker, msg_id=entry.msg_id,
+                pending_for=duration(max(0, written_ms - entry.fetched_ms) / 1000.0),
+                done=finished)
     return resp

@@ -242,6 +242,14 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("offset_map", "perhaps"),
     ("offset_map_max_bytes", 63),
     ("offset_map_max_bytes", 2_000_000),
+    ("redis_url", "http://127.0.0.1:6379"),
+    ("redis_url", "redis://:pw@"),
+    ("redis_url", "redis://127.0.0.1:99999"),
+    ("redis_url", "redis://127.0.0.1:6379/zero"),
+    ("redis_url", "unix://relative.sock"),
+    ("redis_prefix", ""),
+    ("redis_interval", "-1s"),
+    ("redis_key_ttl", 0),
     ("retry", "1s,1s"),
     ("retry", ["10s", "1s"]),
     ("retry_topic_format", "{topic}.retry"),
@@ -788,6 +796,21 @@ def test_secrets_are_redacted_from_repr() -> None:
     assert "KEY" not in str(settings)
     assert "'acks': 1" in repr(settings)
     assert settings.consumer_config()["sasl.password"] == "hunter2"
+
+
+def test_a_redis_password_stays_out_of_repr_and_of_errors() -> None:
+    settings = Settings.model_validate({**REQUIRED, "redis_url": "redis://lw:hunter2@r:6379/1"})
+    assert settings.redis_url == "redis://lw:hunter2@r:6379/1"
+    assert "hunter2" not in repr(settings) and "redis://lw:***@r:6379/1" in repr(settings)
+    error = config_error(redis_url="redis://lw:hunter2@r:6379/db")
+    assert error.setting == "redis_url"
+    assert "hunter2" not in str(error) and "database number" in str(error)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379", "rediss://cache.internal/2",
+                                 "redis://:pw@[::1]:7000/0", "unix:///run/redis/redis.sock"])
+def test_redis_urls_that_are_accepted(url: str) -> None:
+    assert Settings.model_validate({**REQUIRED, "redis_url": url}).redis_url == url
 
 
 def test_toml_dotted_kafka_keys_are_flattened(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -144,6 +145,7 @@ class GetStatusResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     BUFFERED_COUNT_FIELD_NUMBER: _builtins.int
+    PENDING_STORE_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     health: _builtins.str
     """SERVING once the consumer reached the broker, NOT_SERVING while it has
@@ -155,6 +157,10 @@ class GetStatusResponse(_message.Message):
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionStatus]: ...
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerStatus]: ...
+    @_builtins.property
+    def pending_store(self) -> Global___PendingStoreStatus:
+        """The pending-set writer; unset when no redis_url is configured."""
+
     def __init__(
         self,
         *,
@@ -163,11 +169,203 @@ class GetStatusResponse(_message.Message):
         workers: _abc.Iterable[Global___WorkerStatus] | None = ...,
         health: _builtins.str = ...,
         buffered_count: _builtins.int = ...,
+        pending_store: Global___PendingStoreStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_store", b"pending_store"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_count", b"buffered_count", "group", b"group", "health", b"health", "partitions", b"partitions", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_count", b"buffered_count", "group", b"group", "health", b"health", "partitions", b"partitions", "pending_store", b"pending_store", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class PendingStoreStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PendingStoreStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: PendingStoreStatus._State.ValueType  # 0
+        STATE_STARTING: PendingStoreStatus._State.ValueType  # 1
+        STATE_OK: PendingStoreStatus._State.ValueType  # 2
+        STATE_DEGRADED: PendingStoreStatus._State.ValueType  # 3
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """OK while writes succeed; DEGRADED while Redis cannot be written (Kafka
+        stays the source of truth: consuming and committing go on).
+        """
+
+    STATE_UNSPECIFIED: PendingStoreStatus.State.ValueType  # 0
+    STATE_STARTING: PendingStoreStatus.State.ValueType  # 1
+    STATE_OK: PendingStoreStatus.State.ValueType  # 2
+    STATE_DEGRADED: PendingStoreStatus.State.ValueType  # 3
+
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SINCE_LAST_WRITE_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    FAILED_WRITES_FIELD_NUMBER: _builtins.int
+    state: Global___PendingStoreStatus.State.ValueType
+    last_error: _builtins.str
+    """Why the last write failed, while DEGRADED."""
+    writes: _builtins.int
+    failed_writes: _builtins.int
+    @_builtins.property
+    def since_last_write(self) -> _duration_pb2.Duration:
+        """Time since the last successful write; unset before the first one."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___PendingStoreStatus.State.ValueType = ...,
+        last_error: _builtins.str = ...,
+        since_last_write: _duration_pb2.Duration | None = ...,
+        writes: _builtins.int = ...,
+        failed_writes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since_last_write", b"since_last_write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_writes", b"failed_writes", "last_error", b"last_error", "since_last_write", b"since_last_write", "state", b"state", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingStoreStatus: _TypeAlias = PendingStoreStatus  # noqa: Y015
+
+@_typing.final
+class GetRecoveryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecoveryRequest: _TypeAlias = GetRecoveryRequest  # noqa: Y015
+
+@_typing.final
+class InheritedRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    PENDING_FOR_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    state: _builtins.str
+    """``leased`` (in flight), ``ready``, ``delayed``, ``waiting``, ``parked`` or
+    ``handoff``, as the previous owner last wrote it.
+    """
+    attempts: _builtins.int
+    worker_id: _builtins.str
+    """The worker that held it, and the msg_id of that delivery; empty and 0
+    when it was not leased.
+    """
+    msg_id: _builtins.int
+    done: _builtins.bool
+    """Whether this sidecar has finished it since."""
+    @_builtins.property
+    def pending_for(self) -> _duration_pb2.Duration:
+        """How long it had been pending when the snapshot was written."""
+
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+        msg_id: _builtins.int = ...,
+        pending_for: _duration_pb2.Duration | None = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_for", b"pending_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "done", b"done", "msg_id", b"msg_id", "offset", b"offset", "pending_for", b"pending_for", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InheritedRecord: _TypeAlias = InheritedRecord  # noqa: Y015
+
+@_typing.final
+class PartitionRecovery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_INSTANCE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_AGE_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    DONE_COUNT_FIELD_NUMBER: _builtins.int
+    UNDELIVERED_COUNT_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    partition: _builtins.int
+    previous_instance: _builtins.str
+    """The instance that wrote the snapshot, and how long before this sidecar
+    read it.
+    """
+    done_count: _builtins.int
+    undelivered_count: _builtins.int
+    @_builtins.property
+    def snapshot_age(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___InheritedRecord]:
+        """Records the previous owner had delivered and not finished: they are
+        replayed. Never-delivered ones are only counted (not duplicates).
+        """
+
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        previous_instance: _builtins.str = ...,
+        snapshot_age: _duration_pb2.Duration | None = ...,
+        records: _abc.Iterable[Global___InheritedRecord] | None = ...,
+        done_count: _builtins.int = ...,
+        undelivered_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot_age", b"snapshot_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done_count", b"done_count", "partition", b"partition", "previous_instance", b"previous_instance", "records", b"records", "snapshot_age", b"snapshot_age", "topic", b"topic", "undelivered_count", b"undelivered_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartitionRecovery: _TypeAlias = PartitionRecovery  # noqa: Y015
+
+@_typing.final
+class GetRecoveryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    instance: _builtins.str
+    """This sidecar's instance id, as written in its own snapshots."""
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionRecovery]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        partitions: _abc.Iterable[Global___PartitionRecovery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "instance", b"instance", "partitions", b"partitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecoveryResponse: _TypeAlias = GetRecoveryResponse  # noqa: Y015

@@ -40,6 +40,11 @@ class AdminStub:
                 request_serializer=lowwater_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=lowwater_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.GetRecovery = channel.unary_unary(
+                '/lowwater.v1.Admin/GetRecovery',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -54,6 +59,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecovery(self, request, context):
+        """GetRecovery reports, per partition assigned here, what its previous owner
+        had in flight at its last pending-set snapshot in Redis (see redis_url),
+        and how much of that this sidecar has finished since. Empty without Redis.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +75,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=lowwater_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=lowwater_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'GetRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecovery,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +110,33 @@ class Admin:
             '/lowwater.v1.Admin/GetStatus',
             lowwater_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             lowwater_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/GetRecovery',
+            lowwater_dot_v1_dot_admin__pb2.GetRecoveryRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.GetRecoveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

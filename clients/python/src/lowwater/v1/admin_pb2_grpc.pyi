@@ -37,6 +37,11 @@ class AdminStub:
     """GetStatus reports, per partition, how far the commit has got and what
     holds it back, and per worker stream what it holds.
     """
+    GetRecovery: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRecoveryRequest, _admin_pb2.GetRecoveryResponse]
+    """GetRecovery reports, per partition assigned here, what its previous owner
+    had in flight at its last pending-set snapshot in Redis (see redis_url),
+    and how much of that this sidecar has finished since. Empty without Redis.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -46,6 +51,11 @@ class AdminAsyncStub(AdminStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]  # type: ignore[assignment]
     """GetStatus reports, per partition, how far the commit has got and what
     holds it back, and per worker stream what it holds.
+    """
+    GetRecovery: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRecoveryRequest, _admin_pb2.GetRecoveryResponse]  # type: ignore[assignment]
+    """GetRecovery reports, per partition assigned here, what its previous owner
+    had in flight at its last pending-set snapshot in Redis (see redis_url),
+    and how much of that this sidecar has finished since. Empty without Redis.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +69,17 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.GetStatusResponse, _abc.Awaitable[_admin_pb2.GetStatusResponse]]:
         """GetStatus reports, per partition, how far the commit has got and what
         holds it back, and per worker stream what it holds.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRecovery(
+        self,
+        request: _admin_pb2.GetRecoveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetRecoveryResponse, _abc.Awaitable[_admin_pb2.GetRecoveryResponse]]:
+        """GetRecovery reports, per partition assigned here, what its previous owner
+        had in flight at its last pending-set snapshot in Redis (see redis_url),
+        and how much of that this sidecar has finished since. Empty without Redis.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
