@@ -100,6 +100,8 @@ class PendingStore:
         self.failed_writes = 0
         self.inherited: dict[TopicPartition, Replay] = {}
         """Per partition assigned here: what its previous owner had in flight."""
+        self._replaying: set[TopicPartition] = set()
+        """Partitions whose inherited records are not all finished yet."""
         self._read: dict[TopicPartition, int] = {}
         """The generation whose inherited snapshot was read, per partition."""
         self._written: dict[TopicPartition, tuple[int, dict[int, Row]]] = {}
@@ -161,6 +163,7 @@ class PendingStore:
             else:
                 self._written[snap.tp] = (snap.generation, snap.rows)
         self._forget_unassigned()
+        self._report_replays()
         self.writes += 1
         self.last_write = self._clock()
         if self.state is not StoreState.OK:
@@ -188,6 +191,7 @@ class PendingStore:
             replay = Replay(snap.tp, meta, entries.values())
             self.inherited[snap.tp] = replay
             if replay.entries:
+                self._replaying.add(snap.tp)
                 log.warning(
                     "%s[%d]: the previous owner (%s, snapshot %.1f s old) had %d record(s) "
                     "delivered and not finished; they are being replayed (Admin/GetRecovery)",
@@ -218,6 +222,17 @@ class PendingStore:
             pipe.sadd(keys.partitions, *(keys.member(s.tp) for s in snaps))
             pipe.pexpire(keys.partitions, ttl)
         await pipe.execute()
+
+    def _report_replays(self) -> None:
+        """Logs each partition whose inherited records are now all finished."""
+        for tp in list(self._replaying):
+            replay = self.inherited.get(tp)
+            if replay is None:
+                self._replaying.discard(tp)
+            elif all(replay.done(self._ledger.partitions.get(tp))):
+                self._replaying.discard(tp)
+                log.info("%s[%d]: all %d record(s) the previous owner had in flight are "
+                         "finished", tp.topic, tp.partition, len(replay.entries))
 
     def _forget_unassigned(self) -> None:
         """Drops what this writer remembers of partitions no longer assigned here."""

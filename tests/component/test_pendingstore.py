@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 
 import pytest
@@ -76,7 +77,7 @@ async def test_writes_what_was_delivered_then_only_what_changed(
 
 @async_test
 async def test_reads_what_the_previous_owner_left_before_writing_its_own(
-    redis_keys: tuple[str, str]
+    redis_keys: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, prefix = redis_keys
     keys = KeySpace(prefix, GROUP)
@@ -102,8 +103,12 @@ async def test_reads_what_the_previous_owner_left_before_writing_its_own(
         for lease in led.lease(worker, time.monotonic(), 4):
             led.settle(worker, lease.msg_id, Outcome.ACK, None, time.monotonic())
         assert replay.done(led.partitions[TP]) == [True, True]
-        assert await store.flush()
+        with caplog.at_level(logging.INFO, logger="coordinator.redis"):
+            assert await store.flush()
+            assert await store.flush()
         assert store.inherited[TP] is replay  # read once per assignment
+        done = [r for r in caplog.records if "previous owner had in flight" in r.getMessage()]
+        assert len(done) == 1 and "all 2 record(s)" in done[0].getMessage()
     finally:
         await store.close()
 

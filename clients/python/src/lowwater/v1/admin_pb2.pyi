@@ -311,9 +311,7 @@ class PartitionRecovery(_message.Message):
     topic: _builtins.str
     partition: _builtins.int
     previous_instance: _builtins.str
-    """The instance that wrote the snapshot, and how long before this sidecar
-    read it.
-    """
+    """The instance that wrote the snapshot, and how long ago it wrote it."""
     done_count: _builtins.int
     undelivered_count: _builtins.int
     @_builtins.property
