@@ -1,5 +1,5 @@
 """Shared fixtures: a Kafka for the session, fresh topics, the librdkafka mock cluster, grpcurl,
-Redis.
+Redis and PostgreSQL.
 
 Kafka comes from `LOWWATER_TEST_BOOTSTRAP` when it is set (topics are still created with the
 admin API); from librdkafka's mock cluster, hosted in this process, when `LOWWATER_TEST_KAFKA`
@@ -48,6 +48,8 @@ KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "new_topic", "private_tansu", "ta
 MOCK_ENV = "LOWWATER_TEST_KAFKA"
 """Set to `mock` to run the session against librdkafka's mock cluster instead of Tansu."""
 
+POSTGRES_DSN_ENV = "LOWWATER_TEST_POSTGRES_DSN"
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TOPIC_NAME_CHARS = 40
 """How much of the test's name goes into the topic names it creates (for broker-side triage)."""
 
@@ -210,3 +212,16 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         unavailable(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The machine's PostgreSQL (database `test`), or `LOWWATER_TEST_POSTGRES_DSN`."""
+    import psycopg
+
+    dsn = os.environ.get(POSTGRES_DSN_ENV, DEFAULT_POSTGRES_DSN)
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        unavailable(f"PostgreSQL at {dsn} does not answer ({exc}); set {POSTGRES_DSN_ENV}")
+    return dsn
