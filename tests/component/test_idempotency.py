@@ -29,7 +29,14 @@ import redis
 
 from coordinator.embedded.tansu import pick_free_port
 from lowwater import AlreadyProcessed, DeadLetter, Message, Retry, Worker
-from lowwater.idempotency import DbKeys, Idempotent, RedisClaims, header_key, idempotent
+from lowwater.idempotency import (
+    ClaimState,
+    DbKeys,
+    Idempotent,
+    RedisClaims,
+    header_key,
+    idempotent,
+)
 from lowwater.testing import FakeSidecar, make_message
 from tests.support.idempotency import (
     Plan,
@@ -304,3 +311,21 @@ def test_a_worker_settles_duplicates_as_already_processed(plan: Plan) -> None:
             fake.wait_for_settlements(3)
         assert [fake.outcome(r) for r in refs] == ["ACK", "ACK", "ALREADY_PROCESSED"]
     assert sent == ["order-1:SENT", "order-2:SENT"]
+
+
+@pytest.mark.parametrize("set_get", [True, False], ids=["redis-7-set-nx-get", "older-redis"])
+def test_claim_states_in_one_round_trip_or_two(redis_keys: tuple[str, str], set_get: bool) -> None:
+    """Redis 7 answers a claim in one ``SET NX GET``; before 7.0 it takes SET NX, then GET."""
+    url, prefix = redis_keys
+    claims = RedisClaims(redis.Redis.from_url(url), prefix=f"{prefix}:idem:")
+    claims._set_get = set_get
+    assert claims.claim("k", "t1") is ClaimState.CLAIMED
+    assert claims.claim("k", "t2") is ClaimState.BUSY
+    claims.release("k", "t2")  # not t2's claim: it stays
+    assert claims.claim("k", "t3") is ClaimState.BUSY
+    claims.done("k")
+    assert claims.claim("k", "t4") is ClaimState.DONE
+    claims.client.delete(f"{prefix}:idem:k")
+    assert claims.claim("k", "t5") is ClaimState.CLAIMED
+    claims.release("k", "t5")
+    assert claims.client.get(f"{prefix}:idem:k") is None

@@ -147,28 +147,45 @@ class RedisClaims:
         """Claims held now, redis key -> value, renewed by the renewer thread."""
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+        self._set_get = True
+        """Whether ``SET NX GET`` works (Redis 7.0 and later); found out at the first claim."""
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
     def claim(self, key: str, token: str) -> ClaimState:
-        """Tries to take ``key`` for ``token``.
+        """Tries to take ``key`` for ``token``: one round trip (``SET NX GET``, Redis 7),
+        or two on an older Redis.
 
         Raises:
             redis.RedisError: Redis could not be asked.
         """
         rkey, value = self._key(key), _IN_PROGRESS + token
         for _ in range(3):  # a claim may vanish between SET NX and GET: ask again
-            if self.client.set(rkey, value, nx=True, px=self._lease_ms):
-                with self._lock:
-                    self._held[rkey] = value
-                    self._start_renewer()
-                return ClaimState.CLAIMED
-            current = self.client.get(rkey)
-            if current is None:
-                continue
+            if self._set_get:
+                try:
+                    current = self.client.set(rkey, value, nx=True, px=self._lease_ms, get=True)
+                except Exception as exc:
+                    if "syntax" not in str(exc).lower() and "wrong number" not in str(exc).lower():
+                        raise
+                    self._set_get = False  # before Redis 7.0: NX and GET do not combine
+                    continue
+                if current is None:
+                    return self._claimed(rkey, value)
+            else:
+                if self.client.set(rkey, value, nx=True, px=self._lease_ms):
+                    return self._claimed(rkey, value)
+                current = self.client.get(rkey)
+                if current is None:
+                    continue
             return ClaimState.DONE if current == DONE else ClaimState.BUSY
         return ClaimState.BUSY
+
+    def _claimed(self, rkey: str, value: str) -> ClaimState:
+        with self._lock:
+            self._held[rkey] = value
+            self._start_renewer()
+        return ClaimState.CLAIMED
 
     def done(self, key: str) -> None:
         """Marks ``key`` done for ``done_ttl``. Raises redis.RedisError."""
