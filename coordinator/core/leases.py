@@ -10,7 +10,8 @@ from typing import Generic, TypeVar
 from coordinator.core.model import SettleStatus
 
 RECENT_IDS_REMEMBERED = 100_000
-"""How many finished or revoked msg_ids are remembered, to answer ALREADY_SETTLED or STALE."""
+"""How many of the latest msg_ids issued are remembered once they left the table, to answer a
+late settlement ALREADY_SETTLED or STALE rather than UNKNOWN."""
 
 R = TypeVar("R")
 H = TypeVar("H")
@@ -41,7 +42,10 @@ class LeaseTable(Generic[R, H]):
     msg_ids start at 1, increase and are never reused within one table (one
     sidecar process has one table). Ids that left the table are remembered,
     boundedly, with the reason they left, so that a late settlement gets a
-    precise answer.
+    precise answer: the latest ``remember`` ids issued count as ALREADY_SETTLED
+    once they left, unless they left for another reason (kept, boundedly, in a
+    small table of their own). Settling, the common way out, thus writes
+    nothing.
 
     Not thread-safe: owned by the ledger's owner.
     """
@@ -53,7 +57,8 @@ class LeaseTable(Generic[R, H]):
         self._active: dict[int, Lease[R, H]] = {}
         self._expiry: list[tuple[float, int, int]] = []
         """(deadline, first msg_id, last msg_id): one entry per batch of leases."""
-        self._recent: OrderedDict[int, SettleStatus] = OrderedDict()
+        self._other: OrderedDict[int, SettleStatus] = OrderedDict()
+        """Ids that left for a reason other than ALREADY_SETTLED, oldest first."""
         self._remember = remember
         self._issued = 0
 
@@ -84,10 +89,11 @@ class LeaseTable(Generic[R, H]):
     def release(self, lease: Lease[R, H], why: SettleStatus) -> None:
         """Removes ``lease``; later settlements of its msg_id are answered ``why``."""
         del self._active[lease.msg_id]
-        recent = self._recent
-        recent[lease.msg_id] = why
-        if len(recent) > self._remember:
-            recent.popitem(last=False)
+        if why is not SettleStatus.ALREADY_SETTLED:
+            other = self._other
+            other[lease.msg_id] = why
+            if len(other) > self._remember:
+                other.popitem(last=False)
 
     def extend(self, lease: Lease[R, H], deadline: float) -> None:
         lease.deadline = deadline
@@ -95,7 +101,9 @@ class LeaseTable(Generic[R, H]):
 
     def recall(self, msg_id: int) -> SettleStatus:
         """The answer for a msg_id that holds no lease."""
-        return self._recent.get(msg_id, SettleStatus.UNKNOWN)
+        if not max(0, self._issued - self._remember) < msg_id <= self._issued:
+            return SettleStatus.UNKNOWN
+        return self._other.get(msg_id, SettleStatus.ALREADY_SETTLED)
 
     def lapsed(self, now: float) -> list[Lease[R, H]]:
         """The active leases whose deadline is at or before ``now``, earliest first."""

@@ -184,7 +184,7 @@ class Ledger:
             elif rec.state is READY:
                 queued += 1
             rec.state = DONE
-        part.records.clear()
+        part.offsets.clear()
         if queued:  # compact now: with no worker to pop them, dead entries would pile up
             self.ready_count -= queued
             self._ready = deque(r for r in self._ready if r.state is READY)
@@ -221,17 +221,16 @@ class Ledger:
         """:meth:`add` for a caller that looked the partition up once for many records."""
         if part.revoking:
             return False
-        part.offsets.fetched(offset)
         skip = part.skip
         if skip is not None:
             if offset in skip:  # the previous owner finished it: not again
-                part.offsets.finished(offset)
+                part.offsets.passed(offset)
                 part.skipped += 1
                 return True
             if offset >= skip.end:
                 part.skip = None
         rec = Record(part, offset, size, payload, now, expires, okey)
-        part.records[offset] = rec
+        part.offsets.fetched(offset, rec)
         if attempts:
             rec.attempt = attempts
         if expires <= now:
@@ -302,6 +301,10 @@ class Ledger:
             return out
         ready, credits, table = self._ready, holder.credits, self._table
         deadline = now + self.lease_times.default
+        # Credits.allows and Credits.take, inlined: this loop runs once per delivery.
+        messages, nbytes = credits.messages, credits.bytes
+        max_messages, max_bytes = credits.max_messages, credits.max_bytes
+        leases = holder.leases
         while ready and len(out) < limit:
             rec = ready[0]
             if rec.state is not READY:  # dropped with its partition, or requeued elsewhere
@@ -337,7 +340,9 @@ class Ledger:
                         part.waiting[okey] = waiting = deque()
                     waiting.append(rec)
                     continue
-            if not credits.allows(rec.size):
+            size = rec.size
+            if messages >= max_messages or (
+                    max_bytes and messages and nbytes + size > max_bytes):
                 break
             ready.popleft()
             self.ready_count -= 1
@@ -345,13 +350,15 @@ class Ledger:
             lease = table.grant(rec, holder, deadline, rec.attempt, watch=False, granted=now)
             rec.lease = lease
             rec.state = LEASED
-            credits.take(rec.size)
-            holder.leases[lease.msg_id] = lease
+            messages += 1
+            nbytes += size
+            leases[lease.msg_id] = lease
             out.append(lease)
             if part.at_most_once:  # finished once dispatched; the lease holds only credit
                 self._finish(rec)
             else:
                 part.in_flight += 1
+        credits.messages, credits.bytes = messages, nbytes
         if out:
             table.watch(deadline, out[0].msg_id, out[-1].msg_id)
         return out
@@ -432,7 +439,6 @@ class Ledger:
             part.in_flight -= 1
             rec.state = DONE
             part.offsets.finished(rec.offset)
-            del part.records[rec.offset]
             if rec.okey is not None:
                 self._release_key(rec)
             if part.gate.paused:
@@ -583,7 +589,6 @@ class Ledger:
         if part.revoked:
             return
         part.offsets.finished(rec.offset)
-        del part.records[rec.offset]
         if rec.okey is not None:
             self._release_key(rec)
         if part.gate.paused:  # finishing can only ever resume a partition

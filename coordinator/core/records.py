@@ -103,8 +103,10 @@ class PartitionState:
         """The offset map of the last commit handed out."""
         self.map_cache: tuple[tuple[int, int, int] | None, str] = (None, "")
         """(commit offset, next offset, pending count) and the map they give."""
-        self.offsets = PartitionOffsets()
-        self.records: dict[int, Record] = {}
+        self.offsets: PartitionOffsets[Record] = PartitionOffsets()
+        self.records: dict[int, Record] = self.offsets.pending
+        """The pending records by offset, in fetch order: ``offsets.pending`` itself, changed
+        only through ``offsets``."""
         self.gate = PauseGate(cap)
         self.in_flight = 0
         self.revoking = False

@@ -78,6 +78,7 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
     """
     add = target.add  # type: ignore[attr-defined]
     wall = time.time() - time.monotonic()
+    deadline, deadline_ms = None, 0  # the leases of one batch share their deadline
     for lease in leases:
         msg: Any = lease.record.payload
         d = add()
@@ -95,7 +96,10 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
         if ts_type != TIMESTAMP_NOT_AVAILABLE:
             d.timestamp_ms = ts
         d.attempt = lease.attempt
-        d.lease_deadline_ms = int((lease.deadline + wall) * 1000)
+        if lease.deadline != deadline:
+            deadline = lease.deadline
+            deadline_ms = int((deadline + wall) * 1000)
+        d.lease_deadline_ms = deadline_ms
         headers = record_headers(msg)
         if headers:
             d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)

@@ -8,20 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.core.offsets import PartitionOffsets
+from coordinator.core.offsets import COMPACT_SLACK, PartitionOffsets
 
 EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 100
 
 
 def fetched(*offsets: int) -> PartitionOffsets:
-    po = PartitionOffsets()
+    po = PartitionOffsets[None]()
     for offset in offsets:
-        po.fetched(offset)
+        po.fetched(offset, None)
     return po
 
 
 def test_nothing_fetched_has_no_commit_point() -> None:
-    po = PartitionOffsets()
+    po = PartitionOffsets[None]()
     assert po.commit_offset is None
     assert po.lowest_pending is None
     assert po.next_offset is None
@@ -77,7 +77,7 @@ def test_finishing_twice_or_unknown_returns_false() -> None:
 def test_fetching_below_the_next_position_raises(offset: int) -> None:
     po = fetched(0, 5)
     with pytest.raises(ValueError, match="below the next fetch position 6"):
-        po.fetched(offset)
+        po.fetched(offset, None)
     assert po.next_offset == 6 and len(po) == 2  # unchanged
 
 
@@ -86,8 +86,8 @@ def test_fetching_after_everything_finished_still_only_moves_forward() -> None:
     po.finished(0)
     po.finished(1)
     with pytest.raises(ValueError):
-        po.fetched(1)
-    po.fetched(2)
+        po.fetched(1, None)
+    po.fetched(2, None)
     assert po.commit_offset == 2
 
 
@@ -120,7 +120,7 @@ def test_commit_is_min_unfinished_or_next_position(case: tuple[list[int], list[i
     assert po.next_offset == next_position
     for below in {offsets[0], offsets[-1], next_position - 1}:
         with pytest.raises(ValueError):
-            po.fetched(below)
+            po.fetched(below, None)
 
 
 OPS = st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.integers(0, 2**16)), max_size=80)
@@ -131,7 +131,7 @@ OPS = st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.integers(0, 2**16)
 def test_interleaved_fetch_and_finish_never_commits_past_a_pending_offset(
     position: int, ops: list[tuple[bool, int, int]]
 ) -> None:
-    po = PartitionOffsets()
+    po = PartitionOffsets[None]()
     pending: list[int] = []
     last_commit: int | None = None
     for finish, gap, pick in ops:
@@ -140,10 +140,38 @@ def test_interleaved_fetch_and_finish_never_commits_past_a_pending_offset(
             assert po.finished(offset)
         else:
             position += gap
-            po.fetched(position)
+            po.fetched(position, None)
             pending.append(position)
             position += 1
         commit = po.commit_offset
         assert commit == (min(pending) if pending else position)
+        assert list(po.pending_from(pick)) == sorted(o for o in pending if o >= pick)
         assert last_commit is None or commit >= last_commit  # monotonic in one generation
         last_commit = commit
+
+
+def test_finished_offsets_behind_a_stuck_one_do_not_pile_up() -> None:
+    """A record that stays pending (a long retry) while 100,000 later ones finish: the memory
+    stays proportional to what is pending, not to what was fetched."""
+    po = PartitionOffsets[None]()
+    for offset in range(100_001):
+        po.fetched(offset, None)
+        if offset:
+            assert po.finished(offset)
+        assert len(po._order) <= 2 * len(po) + COMPACT_SLACK + 1
+    assert po.commit_offset == 0 and len(po) == 1
+    assert list(po.pending_from(0)) == [0]
+    assert po.finished(0) and po.commit_offset == 100_001
+
+
+def test_passed_offsets_move_the_position_without_becoming_pending() -> None:
+    po = fetched(3)
+    po.passed(4)
+    po.passed(9)
+    assert 4 not in po and po.next_offset == 10 and po.commit_offset == 3
+    assert po.finished(3) and po.commit_offset == 10
+    with pytest.raises(ValueError):
+        po.passed(9)
+    po.fetched(12, None)
+    po.clear()
+    assert len(po) == 0 and po.commit_offset == 12  # as it was
