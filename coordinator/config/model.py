@@ -33,6 +33,7 @@ from coordinator.config.fields import (
     _check_topics,
     _freeze,
     _MaxAttempts,
+    _MetricsListen,
     _NonBlank,
     _RedisUrl,
     _to_bool,
@@ -145,6 +146,11 @@ class Settings(BaseModel):
     redis_key_ttl: PositiveDuration = timedelta(days=1)
     """How long a partition's pending set stays in Redis after its last write, so that dead
     groups do not leak memory."""
+    metrics_listen: _MetricsListen | None = None
+    """Where Prometheus metrics are served over HTTP (`/metrics`): `HOST:PORT`, `[IPV6]:PORT`
+    or `:PORT` for every interface, as a scraper on the pod IP needs. Unset: no metrics
+    server. With it, librdkafka's statistics are on (`statistics.interval.ms`, 5000 unless
+    passed through) for the lag gauge."""
     max_pending_per_partition: _AtLeastOne = 10_000
     """Pending (fetched, not finished) records at which fetching from a partition pauses; it
     resumes below 80% of this."""

@@ -9,6 +9,7 @@ translated here into log lines, health changes and project errors.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -66,6 +67,13 @@ class FetchSink(Protocol):
         ...
 
     def on_committed(self, points: list[CommitPoint], ok: bool) -> None: ...
+
+    def on_commit_latency(self, seconds: float) -> None:
+        """How long one asynchronous commit took, from the request to the broker's answer."""
+
+    def on_lag(self, lags: dict[TopicPartition, int]) -> None:
+        """Consumer lag per assigned partition, from librdkafka's statistics (``-1``:
+        unknown). Only with ``statistics.interval.ms`` set."""
 
     def on_health(self, serving: bool, reason: str) -> None: ...
 
@@ -136,6 +144,8 @@ class Fetcher:
         """None until the first probe has answered."""
         self._next_probe = 0.0
         self._outstanding: dict[tuple[TopicPartition, int], CommitPoint] = {}
+        self._commit_sent: dict[tuple[TopicPartition, int], float] = {}
+        """When each outstanding asynchronous commit was sent (monotonic)."""
         self._handed = 0
         """Records given to the sink; written by the fetcher thread only."""
         self._ingested = 0
@@ -184,6 +194,8 @@ class Fetcher:
         config = dict(self._config)
         config["error_cb"] = self._on_error
         config["on_commit"] = self._on_commit
+        if config.get("statistics.interval.ms"):
+            config["stats_cb"] = self._on_stats
         config.setdefault("logger", client_log)  # librdkafka's own log lines, through logging
         try:
             consumer = Consumer(config)
@@ -273,8 +285,10 @@ class Fetcher:
         offsets = [KafkaTopicPartition(p.tp.topic, p.tp.partition, p.offset, metadata=p.metadata)
                    for p in points]
         if not sync:
+            sent = time.monotonic()
             for p in points:
                 self._outstanding[(p.tp, p.offset)] = p
+                self._commit_sent[(p.tp, p.offset)] = sent
             try:
                 consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
@@ -299,21 +313,42 @@ class Fetcher:
         commit_log.warning("commit of %s failed: %s", _describe(points), exc or "partition error")
         for p in points:
             self._outstanding.pop((p.tp, p.offset), None)
+            self._commit_sent.pop((p.tp, p.offset), None)
         self._sink.on_committed(points, False)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
         ok: list[CommitPoint] = []
         bad: list[CommitPoint] = []
+        sent: float | None = None
         for tp in partitions:
-            point = self._outstanding.pop((TopicPartition(tp.topic, tp.partition), tp.offset), None)
+            key = (TopicPartition(tp.topic, tp.partition), tp.offset)
+            point = self._outstanding.pop(key, None)
             if point is None:
                 continue  # a synchronous commit, already reported
+            sent = self._commit_sent.pop(key, sent)
             (bad if err is not None or tp.error is not None else ok).append(point)
+        if sent is not None:
+            self._sink.on_commit_latency(time.monotonic() - sent)
         if ok:
             self._sink.on_committed(ok, True)
         if bad:
             commit_log.warning("commit of %s failed: %s", _describe(bad), err)
             self._sink.on_committed(bad, False)
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics (JSON): the consumer lag of each assigned partition."""
+        try:
+            topics = json.loads(text).get("topics", {})
+            lags = {
+                TopicPartition(name, int(number)): int(part.get("consumer_lag", -1))
+                for name, topic in topics.items()
+                for number, part in topic.get("partitions", {}).items()
+                if int(number) >= 0 and TopicPartition(name, int(number)) in self._assigned
+            }
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.debug("unreadable librdkafka statistics: %s", exc)
+            return
+        self._sink.on_lag(lags)
 
     def _pause(self, consumer: Consumer, command: Pause) -> None:
         tps = [

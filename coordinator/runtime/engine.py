@@ -183,9 +183,17 @@ class Engine:
         """Set whenever records may be ready: what Pull waits on."""
         self._draining = False
         self.counters: dict[str, int] = dict.fromkeys(
-            ("fetched", "ignored", "delivered", "settled", "rejected", "lapsed", "dead_lettered",
-             "expired", "dropped_dead_letters", "retried"), 0
+            ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
+             "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
+             "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed"), 0
         )
+        """Totals since start, read by the metrics collector (on this loop)."""
+        self.settled_by: dict[Outcome | None, int] = {}
+        """Accepted settlements per outcome (None: unspecified)."""
+        self.rejected_by: dict[SettleStatus, int] = {}
+        """Settlements not accepted, per answer."""
+        self.lag: dict[TopicPartition, int] = {}
+        """Consumer lag per partition from librdkafka's statistics, when they are on."""
         self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
         """Retry partitions paused until their fetched records are due: (generation, until,
         timer)."""
@@ -268,6 +276,7 @@ class Engine:
         """New partitions: each starts a generation at its committed offset, and skips what
         the commit's offset map says the previous owner finished above it."""
         router = self._router
+        self.counters["assigned"] += len(parts)
         for tp, generation, committed, metadata in parts:
             finished = decode(metadata, committed)
             if finished is not None:
@@ -287,6 +296,9 @@ class Engine:
 
     async def revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
         """Stops dispatch from ``tps``, waits boundedly for their leases, releases them."""
+        self.counters["lost" if lost else "revoked"] += len(tps)
+        for tp in tps:
+            self.lag.pop(tp, None)
         notify = self.ledger.begin_revoke(tps)
         timeout = 0.0 if lost or self._draining else self._rebalance_timeout
         for name, msg_ids in notify.items():
@@ -310,7 +322,12 @@ class Engine:
         self._after_change()
         return [] if lost else final
 
+    def lags(self, lags: dict[TopicPartition, int]) -> None:
+        """Consumer lag from librdkafka's statistics, for the partitions assigned here."""
+        self.lag = {tp: lag for tp, lag in lags.items() if tp in self.ledger.partitions}
+
     def committed(self, points: list[CommitPoint], ok: bool) -> None:
+        self.counters["commits_ok" if ok else "commits_failed"] += len(points)
         for point in points:
             self.ledger.committed(point, ok)
 
@@ -320,11 +337,17 @@ class Engine:
     def draining(self) -> bool:
         return self._draining
 
+    @property
+    def stream_count(self) -> int:
+        """Worker streams open now."""
+        return len(self._sessions)
+
     def open_session(self, worker_id: str, max_messages: int, max_bytes: int) -> Session:
         """Registers a worker stream. Raises ValueError for bad limits."""
         name = f"stream-{next(self._stream_ids)}"
         session = Session(self.ledger.open_holder(name, worker_id, max_messages, max_bytes))
         self._sessions[name] = session
+        self.counters["streams_opened"] += 1
         session.wake.set()
         return session
 
@@ -332,6 +355,7 @@ class Engine:
         """Ends a worker stream; its leases are redelivered at once. Idempotent."""
         if self._sessions.pop(session.stream_id, None) is None:
             return
+        self.counters["streams_closed"] += 1
         redelivered = self.ledger.close_holder(session.stream_id, self._clock())
         if redelivered:
             acks_log.info("%s closed with %d lease(s); redelivering them",
@@ -346,7 +370,10 @@ class Engine:
         if self._draining:
             return []
         leases = self.ledger.lease(holder, self._clock(), limit)
-        self.counters["delivered"] += len(leases)
+        if leases:
+            counters = self.counters
+            counters["delivered"] += len(leases)
+            counters["redelivered"] += sum(1 for lease in leases if lease.attempt > 1)
         return leases
 
     def settle(self, holder: Holder | None, settlements: Iterable[Settlement]) -> list[
@@ -358,11 +385,14 @@ class Engine:
         rejected: list[tuple[int, SettleStatus]] = []
         ok = SettleStatus.OK
         count = 0
+        by = self.settled_by
         for msg_id, outcome, delay, reason in settlements:
             count += 1
             status = settle(holder, msg_id, outcome, delay, now, reason)
             if status is not ok:
                 rejected.append((msg_id, status))
+            else:
+                by[outcome] = by.get(outcome, 0) + 1
         self._count_settled(count, rejected)
         self._after_change()
         return rejected
@@ -371,6 +401,9 @@ class Engine:
         self.counters["settled"] += count - len(rejected)
         if rejected:
             self.counters["rejected"] += len(rejected)
+            by = self.rejected_by
+            for _, status in rejected:
+                by[status] = by.get(status, 0) + 1
             acks_log.info("rejected %d of %d settlement(s): %s", len(rejected), count,
                           ", ".join(f"{m}={s.name}" for m, s in rejected[:10]))
 
@@ -379,6 +412,7 @@ class Engine:
         rejected = self.ledger.ack_many(holder, msg_ids)
         count = len(msg_ids)
         self._count_settled(count, rejected)
+        self.settled_by[Outcome.ACK] = self.settled_by.get(Outcome.ACK, 0) + count - len(rejected)
         self._after_change()
         return rejected
 

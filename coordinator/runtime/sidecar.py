@@ -29,6 +29,7 @@ from coordinator.kafka.fetcher import Assignment, Fetcher, Resubscribe, StopFetc
 from coordinator.kafka.producer import HandoffProducer
 from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
+from coordinator.runtime.metrics import EngineCollector, Metrics
 from coordinator.runtime.pendingstore import PendingStore, StoreState, connect
 from coordinator.runtime.subscriptions import Router
 from coordinator.service.admin import AdminService
@@ -43,6 +44,8 @@ CLOSE_TIMEOUT = 30.0
 """Seconds to wait for the consumer to close and leave the group."""
 TOPIC_CHECK_RETRY = 5.0
 """Seconds before the hand-off topics are checked again when the broker could not be asked."""
+STATISTICS_INTERVAL_MS = 5000
+"""librdkafka's statistics interval when metrics are on, unless passed through."""
 SERVER_GRACE = 1.0
 """Seconds open RPCs get when the gRPC server stops."""
 PENDING_STORE_HEALTH = "lowwater.redis"
@@ -99,6 +102,14 @@ class Bridge:
     def on_committed(self, points: list[CommitPoint], ok: bool) -> None:
         self._post(self._sidecar.engine.committed, points, ok)
 
+    def on_commit_latency(self, seconds: float) -> None:
+        metrics = self._sidecar.metrics
+        if metrics is not None:
+            metrics.commit_latency.observe(seconds)  # thread-safe: no need for the loop
+
+    def on_lag(self, lags: dict[TopicPartition, int]) -> None:
+        self._post(self._sidecar.engine.lags, lags)
+
     def on_health(self, serving: bool, reason: str) -> None:
         self._post(self._sidecar.broker_health, serving)
 
@@ -144,13 +155,17 @@ class Sidecar:
         """Background tasks, referenced until they end."""
         self.store: PendingStore | None = None
         self._store_task: asyncio.Task[None] | None = None
+        self.metrics: Metrics | None = Metrics() if settings.metrics_listen else None
 
     async def start(self) -> None:
         """Binds the gRPC server and starts the consumer thread. Call once."""
         settings = self.settings
         loop = asyncio.get_running_loop()
+        consumer_config = settings.consumer_config()
+        if self.metrics is not None:  # librdkafka's statistics give the lag gauge
+            consumer_config.setdefault("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         self.fetcher = Fetcher(
-            settings.consumer_config(), settings.all_topics(), Bridge(loop, self),
+            consumer_config, settings.all_topics(), Bridge(loop, self),
             batch_size=settings.fetch_batch_size,
         )
         if settings.handoff_topics():
@@ -197,6 +212,17 @@ class Sidecar:
         if self.producer is not None:
             self.producer.start()
         await self.server.start()
+        if self.metrics is not None and settings.metrics_listen is not None:
+            self.metrics.watch(EngineCollector(self.engine, loop, self.store))
+            try:
+                port = self.metrics.serve(settings.metrics_listen)
+            except OSError as exc:
+                await self.server.stop(None)
+                self.fetcher.close()
+                raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}"
+                                   ) from exc
+            log.info("metrics on http://%s:%d/metrics",
+                     settings.metrics_listen.rpartition(":")[0].strip("[]") or "0.0.0.0", port)
         log.info("serving on %s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}")
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
@@ -300,6 +326,8 @@ class Sidecar:
                 self._store_task.cancel()
             await self.store.close()
         await self.server.stop(SERVER_GRACE)
+        if self.metrics is not None:
+            self.metrics.close()
         if settings.listen.startswith("unix:"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_socket_path(settings.listen))

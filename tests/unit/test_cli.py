@@ -236,6 +236,7 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("offset_map", [*REQUIRED_ARGS], {"LOWWATER_OFFSET_MAP": "perhaps"}),
     ("offset_map_max_bytes", [*REQUIRED_ARGS, "--offset-map-max-bytes", "10"], {}),
     ("redis_url", REQUIRED_ARGS, {"LOWWATER_REDIS_URL": "http://127.0.0.1:6379"}),
+    ("metrics_listen", [*REQUIRED_ARGS, "--metrics-listen", "9464"], {}),
     ("redis_prefix", [*REQUIRED_ARGS, "--redis-prefix", " "], {}),
     ("redis_interval", [*REQUIRED_ARGS, "--redis-interval", "0s"], {}),
     ("redis_key_ttl", [*REQUIRED_ARGS, "--redis-key-ttl", "soon"], {}),

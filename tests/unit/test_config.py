@@ -248,6 +248,9 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("redis_url", "redis://127.0.0.1:6379/zero"),
     ("redis_url", "unix://relative.sock"),
     ("redis_prefix", ""),
+    ("metrics_listen", "9464"),
+    ("metrics_listen", "unix:/run/metrics.sock"),
+    ("metrics_listen", "127.0.0.1:99999"),
     ("redis_interval", "-1s"),
     ("redis_key_ttl", 0),
     ("retry", "1s,1s"),
@@ -805,6 +808,11 @@ def test_a_redis_password_stays_out_of_repr_and_of_errors() -> None:
     error = config_error(redis_url="redis://lw:hunter2@r:6379/db")
     assert error.setting == "redis_url"
     assert "hunter2" not in str(error) and "database number" in str(error)
+
+
+@pytest.mark.parametrize("listen", [":9464", "0.0.0.0:9464", "127.0.0.1:0", "[::]:9464"])
+def test_metrics_listen_addresses_that_are_accepted(listen: str) -> None:
+    assert Settings.model_validate({**REQUIRED, "metrics_listen": listen}).metrics_listen == listen
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379", "rediss://cache.internal/2",
