@@ -274,15 +274,15 @@ _TopicName = Annotated[str, AfterValidator(_check_topic_name)]
 _RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 
 
-def _check_metrics_listen(value: str) -> str:
+def _check_tcp_listen(value: str) -> str:
     """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT`` (every interface)."""
     if value.startswith("unix:"):
-        raise ValueError("metrics are served over HTTP on a TCP port, not a unix socket")
+        raise ValueError("needs a TCP address (HOST:PORT or :PORT), not a unix socket")
     _check_listen("0.0.0.0" + value if value.startswith(":") else value)
     return value
 
 
-_MetricsListen = Annotated[str, AfterValidator(_check_metrics_listen)]
+_TcpListen = Annotated[str, AfterValidator(_check_tcp_listen)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Guarantee = Literal["at_least_once", "at_most_once"]

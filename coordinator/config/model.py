@@ -33,9 +33,9 @@ from coordinator.config.fields import (
     _check_topics,
     _freeze,
     _MaxAttempts,
-    _MetricsListen,
     _NonBlank,
     _RedisUrl,
+    _TcpListen,
     _to_bool,
     _to_choice,
     _to_log_level,
@@ -146,7 +146,12 @@ class Settings(BaseModel):
     redis_key_ttl: PositiveDuration = timedelta(days=1)
     """How long a partition's pending set stays in Redis after its last write, so that dead
     groups do not leak memory."""
-    metrics_listen: _MetricsListen | None = None
+    health_listen: _TcpListen | None = None
+    """A second gRPC address that serves only `grpc.health.v1` (no worker or Admin API), for
+    probes that must reach the pod IP on a numeric port: `HOST:PORT`, `[IPV6]:PORT` or `:PORT`
+    for every interface. The worker API stays on `listen`. Unset: health is served on `listen`
+    only."""
+    metrics_listen: _TcpListen | None = None
     """Where Prometheus metrics are served over HTTP (`/metrics`): `HOST:PORT`, `[IPV6]:PORT`
     or `:PORT` for every interface, as a scraper on the pod IP needs. Unset: no metrics
     server. With it, librdkafka's statistics are on (`statistics.interval.ms`, 5000 unless

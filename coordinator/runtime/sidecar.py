@@ -140,8 +140,11 @@ class Sidecar:
         self.health = health.aio.HealthServicer()
         # No SO_REUSEPORT: a second sidecar on a taken port must fail, not share it silently.
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.health_server: grpc.aio.Server | None = None
+        """With ``health_listen``: a server of grpc.health.v1 alone, for probes."""
         self.port: int | None = None
         """The bound TCP port, once started (None for a unix socket)."""
+        self.health_port: int | None = None
         self.closed = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -204,6 +207,17 @@ class Sidecar:
         except RuntimeError as exc:  # grpc's only signal for a taken or invalid address
             raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
         self.port = None if settings.listen.startswith("unix:") else port
+        if settings.health_listen is not None:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            address = settings.health_listen
+            address = "0.0.0.0" + address if address.startswith(":") else address
+            try:
+                self.health_port = self.health_server.add_insecure_port(address)
+            except RuntimeError as exc:
+                await self.server.stop(None)
+                raise StartupError(f"cannot serve health on {settings.health_listen}: {exc}"
+                                   ) from exc
         try:
             self.fetcher.start()  # librdkafka checks its configuration here
         except ConfigError:
@@ -212,6 +226,10 @@ class Sidecar:
         if self.producer is not None:
             self.producer.start()
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+            log.info("health (grpc.health.v1 only) on %s, port %d", settings.health_listen,
+                     self.health_port)
         if self.metrics is not None and settings.metrics_listen is not None:
             self.metrics.watch(EngineCollector(self.engine, loop, self.store))
             try:
@@ -326,6 +344,8 @@ class Sidecar:
                 self._store_task.cancel()
             await self.store.close()
         await self.server.stop(SERVER_GRACE)
+        if self.health_server is not None:
+            await self.health_server.stop(SERVER_GRACE)
         if self.metrics is not None:
             self.metrics.close()
         if settings.listen.startswith("unix:"):
