@@ -18,6 +18,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
 from coordinator import inspect as inspect_command
+from coordinator import status as status_command
 from coordinator.config import (
     CONFIG_ENV_VAR,
     FILE_ONLY_SETTINGS,
@@ -268,6 +269,18 @@ SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
         "run an embedded broker, a sidecar and SDK workers on SMS requests, with a live view",
         _demo_arguments,
         _demo,
+    ),
+    Subcommand(
+        "status",
+        "print a running sidecar's partitions, workers and latest rebalances (Admin/GetStatus)",
+        status_command.add_arguments,
+        status_command.run_status,
+    ),
+    Subcommand(
+        "top",
+        "a live view of a running sidecar: commit rates, lag, pending, workers, rebalances",
+        status_command.add_top_arguments,
+        status_command.run_top,
     ),
     Subcommand(
         "inspect",

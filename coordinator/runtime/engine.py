@@ -11,9 +11,10 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coordinator.core.flow import GateChange
@@ -30,6 +31,7 @@ from coordinator.core.ledger import (
 )
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
+from coordinator.core.records import LEASED
 from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe
 from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, RetriedMessage, retried
 from coordinator.runtime.subscriptions import Lane, Router
@@ -46,6 +48,8 @@ DELIVERY_BATCH = 500
 """Most deliveries put into one stream message."""
 PULL_MAX_MESSAGES = 1000
 """Cap on ``PullRequest.max_messages``."""
+REBALANCES_KEPT = 20
+"""Rebalance events kept for the status views."""
 HANDOFF_RETRY_S = 1.0
 """Seconds before a hand-off whose produce failed is tried again (the record stays pending)."""
 
@@ -115,6 +119,30 @@ class PartitionView:
     in_flight: int
     oldest_age: float
     paused: bool
+    lag: int | None = None
+    """From librdkafka's statistics, when they are on."""
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceView:
+    at: float
+    """Epoch seconds."""
+    event: str
+    """``assigned``, ``revoked`` or ``lost``."""
+    partitions: list[TopicPartition]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingView:
+    """One pending record, for Admin/ListPending."""
+
+    offset: int
+    state: str
+    attempts: int
+    msg_id: int
+    worker_id: str
+    pending_for: float
+    lease_left: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +161,7 @@ class StatusView:
     partitions: list[PartitionView]
     holders: list[HolderView]
     buffered: int
+    rebalances: list[RebalanceView] = field(default_factory=list)
 
 
 Settlement = tuple[int, Outcome | None, float | None, str]
@@ -194,6 +223,8 @@ class Engine:
         """Settlements not accepted, per answer."""
         self.lag: dict[TopicPartition, int] = {}
         """Consumer lag per partition from librdkafka's statistics, when they are on."""
+        self.rebalances: deque[RebalanceView] = deque(maxlen=REBALANCES_KEPT)
+        """The latest rebalance events, for Admin/GetStatus and ``lowwater top``."""
         self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
         """Retry partitions paused until their fetched records are due: (generation, until,
         timer)."""
@@ -277,6 +308,8 @@ class Engine:
         the commit's offset map says the previous owner finished above it."""
         router = self._router
         self.counters["assigned"] += len(parts)
+        if parts:
+            self.rebalances.append(RebalanceView(self._wall(), "assigned", [p[0] for p in parts]))
         for tp, generation, committed, metadata in parts:
             finished = decode(metadata, committed)
             if finished is not None:
@@ -297,6 +330,9 @@ class Engine:
     async def revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
         """Stops dispatch from ``tps``, waits boundedly for their leases, releases them."""
         self.counters["lost" if lost else "revoked"] += len(tps)
+        if tps:
+            self.rebalances.append(RebalanceView(self._wall(), "lost" if lost else "revoked",
+                                                 list(tps)))
         for tp in tps:
             self.lag.pop(tp, None)
         notify = self.ledger.begin_revoke(tps)
@@ -447,13 +483,39 @@ class Engine:
             parts.append(PartitionView(
                 part.tp, part.generation, part.committed, part.offsets.commit_offset, lowest,
                 len(part.records), part.in_flight, now - oldest, part.gate.paused,
+                self.lag.get(part.tp),
             ))
         holders = [
             HolderView(h.name, h.worker_id, h.credits.messages, h.credits.max_messages,
                        h.credits.bytes, h.credits.max_bytes, sorted(h.leases)[:100])
             for h in self.ledger.holders.values()
         ]
-        return StatusView(sorted(parts, key=lambda p: p.tp), holders, self.ledger.ready_count)
+        return StatusView(sorted(parts, key=lambda p: p.tp), holders, self.ledger.ready_count,
+                          list(self.rebalances))
+
+    def pending_page(self, tp: TopicPartition, after: int, limit: int) -> tuple[
+        list[PendingView], int, bool
+    ] | None:
+        """Up to ``limit`` pending records of ``tp`` above offset ``after``, lowest first;
+        with the partition's pending count and whether more follow. None: not assigned."""
+        part = self.ledger.partitions.get(tp)
+        if part is None or part.revoked:
+            return None
+        now = self._clock()
+        out: list[PendingView] = []
+        more = False
+        for offset, rec in part.records.items():  # in fetch order: increasing offsets
+            if offset <= after:
+                continue
+            if len(out) == limit:
+                more = True
+                break
+            lease = rec.lease if rec.state is LEASED else None
+            out.append(PendingView(
+                offset, rec.state.value, rec.attempt, 0 if lease is None else lease.msg_id,
+                "" if lease is None else lease.holder.worker_id, now - rec.fetched_at,
+                None if lease is None else lease.deadline - now))
+        return out, len(part.records), more
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -7,10 +7,15 @@ from collections.abc import Callable
 
 import grpc
 
+from coordinator.core.model import TopicPartition
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.pendingstore import PendingStore
 from coordinator.service import convert
+from coordinator.service.errors import invalid_argument, not_found
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -36,3 +41,33 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.GetRecoveryResponse:
         return convert.recovery_response(self._store, self._engine.ledger.partitions,
                                          self._group, int(time.time() * 1000))
+
+    async def ListPending(
+        self, request: admin_pb2.ListPendingRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListPendingResponse:
+        size = request.page_size or DEFAULT_PAGE
+        if size > MAX_PAGE:
+            await context.abort_with_status(
+                invalid_argument("page_size", f"at most {MAX_PAGE}, got {size}"))
+        after = -1
+        if request.page_token:
+            try:
+                after = int(request.page_token)
+            except ValueError:
+                await context.abort_with_status(
+                    invalid_argument("page_token", "not a token from next_page_token"))
+        tp = TopicPartition(request.topic, request.partition)
+        page = self._engine.pending_page(tp, after, size)
+        if page is None:
+            await context.abort_with_status(not_found(
+                f"{tp.topic}[{tp.partition}] is not assigned to this sidecar",
+                resource_type="partition", resource_name=f"{tp.topic}[{tp.partition}]"))
+            return admin_pb2.ListPendingResponse()  # not reached: abort raises
+        records, total, more = page
+        return convert.pending_response(records, total, more)
+
+    async def ListWorkers(
+        self, request: admin_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListWorkersResponse:
+        resp = convert.status_response(self._engine.status(), self._group, self._health())
+        return admin_pb2.ListWorkersResponse(workers=resp.workers)

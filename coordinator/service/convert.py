@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.kafka.records import record_headers
-from coordinator.runtime.engine import Settlement, StatusView
+from coordinator.runtime.engine import PendingView, Settlement, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
@@ -129,7 +129,13 @@ def status_response(view: StatusView, group: str, health: str) -> admin_pb2.GetS
             in_flight_count=p.in_flight,
             oldest_pending_age=duration(p.oldest_age),
             paused=p.paused,
+            lag=-1 if p.lag is None else p.lag,
         )
+    for event in view.rebalances:
+        resp.rebalances.add(
+            at_ms=int(event.at * 1000), event=event.event,
+            partitions=[admin_pb2.PartitionRef(topic=tp.topic, partition=tp.partition)
+                        for tp in event.partitions])
     for h in view.holders:
         resp.workers.add(
             stream_id=h.name,
@@ -183,4 +189,18 @@ def recovery_response(store: PendingStore | None, partitions: Mapping[TopicParti
                 worker_id=entry.worker, msg_id=entry.msg_id,
                 pending_for=duration(max(0, written_ms - entry.fetched_ms) / 1000.0),
                 done=finished)
+    return resp
+
+
+def pending_response(records: list[PendingView], total: int, more: bool
+                     ) -> admin_pb2.ListPendingResponse:
+    resp = admin_pb2.ListPendingResponse(total=total)
+    for r in records:
+        out = resp.records.add(offset=r.offset, state=r.state, attempts=r.attempts,
+                               msg_id=r.msg_id, worker_id=r.worker_id,
+                               pending_for=duration(max(0.0, r.pending_for)))
+        if r.lease_left is not None:
+            out.lease_left.CopyFrom(duration(max(0.0, r.lease_left)))
+    if more and records:
+        resp.next_page_token = str(records[-1].offset)
     return resp

@@ -30,3 +30,12 @@ def unavailable(message: str, *, reason: str) -> grpc.Status:
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="lowwater"))
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[detail])
     return rpc_status.to_status(status)
+
+
+def not_found(message: str, *, resource_type: str, resource_name: str) -> grpc.Status:
+    """NOT_FOUND with a ``ResourceInfo`` detail naming what was not found."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ResourceInfo(resource_type=resource_type,
+                                               resource_name=resource_name))
+    status = status_pb2.Status(code=code_pb2.NOT_FOUND, message=message, details=[detail])
+    return rpc_status.to_status(status)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lowwater/v1/admin.proto\x12\x0blowwater.v1\x1a\x1egoogle/protobuf/duration.proto\"\x12\n\x10GetStatusRequest\"\x8e\x02\n\x0fPartitionStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x18\n\x10\x63ommitted_offset\x18\x04 \x01(\x03\x12\x1d\n\x15lowest_pending_offset\x18\x05 \x01(\x03\x12\x15\n\rpending_count\x18\x06 \x01(\r\x12\x17\n\x0fin_flight_count\x18\x07 \x01(\r\x12\x35\n\x12oldest_pending_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06paused\x18\t \x01(\x08\x12\x15\n\rcommit_offset\x18\n \x01(\x03\"\xbb\x01\n\x0cWorkerStatus\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x17\n\x0fin_flight_count\x18\x03 \x01(\r\x12\x1e\n\x16max_in_flight_messages\x18\x04 \x01(\r\x12\x17\n\x0fin_flight_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13max_in_flight_bytes\x18\x06 \x01(\x04\x12\x16\n\x0eleased_msg_ids\x18\x07 \x03(\x04\"\xe0\x01\n\x11GetStatusResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\x30\n\npartitions\x18\x02 \x03(\x0b\x32\x1c.lowwater.v1.PartitionStatus\x12*\n\x07workers\x18\x03 \x03(\x0b\x32\x19.lowwater.v1.WorkerStatus\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x16\n\x0e\x62uffered_count\x18\x05 \x01(\r\x12\x36\n\rpending_store\x18\x06 \x01(\x0b\x32\x1f.lowwater.v1.PendingStoreStatus\"\x90\x02\n\x12PendingStoreStatus\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.lowwater.v1.PendingStoreStatus.State\x12\x12\n\nlast_error\x18\x02 \x01(\t\x12\x33\n\x10since_last_write\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06writes\x18\x04 \x01(\x04\x12\x15\n\rfailed_writes\x18\x05 \x01(\x04\"T\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_STARTING\x10\x01\x12\x0c\n\x08STATE_OK\x10\x02\x12\x12\n\x0eSTATE_DEGRADED\x10\x03\"\x14\n\x12GetRecoveryRequest\"\xa3\x01\n\x0fInheritedRecord\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x0e\n\x06msg_id\x18\x05 \x01(\x04\x12.\n\x0bpending_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\"\xdf\x01\n\x11PartitionRecovery\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x19\n\x11previous_instance\x18\x03 \x01(\t\x12/\n\x0csnapshot_age\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\x07records\x18\x05 \x03(\x0b\x32\x1c.lowwater.v1.InheritedRecord\x12\x12\n\ndone_count\x18\x06 \x01(\r\x12\x19\n\x11undelivered_count\x18\x07 \x01(\r\"j\n\x13GetRecoveryResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x32\n\npartitions\x18\x03 \x03(\x0b\x32\x1e.lowwater.v1.PartitionRecovery2\xa5\x01\n\x05\x41\x64min\x12J\n\tGetStatus\x12\x1d.lowwater.v1.GetStatusRequest\x1a\x1e.lowwater.v1.GetStatusResponse\x12P\n\x0bGetRecovery\x12\x1f.lowwater.v1.GetRecoveryRequest\x1a .lowwater.v1.GetRecoveryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lowwater/v1/admin.proto\x12\x0blowwater.v1\x1a\x1egoogle/protobuf/duration.proto\"\x12\n\x10GetStatusRequest\"\x9b\x02\n\x0fPartitionStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x18\n\x10\x63ommitted_offset\x18\x04 \x01(\x03\x12\x1d\n\x15lowest_pending_offset\x18\x05 \x01(\x03\x12\x15\n\rpending_count\x18\x06 \x01(\r\x12\x17\n\x0fin_flight_count\x18\x07 \x01(\r\x12\x35\n\x12oldest_pending_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06paused\x18\t \x01(\x08\x12\x15\n\rcommit_offset\x18\n \x01(\x03\x12\x0b\n\x03lag\x18\x0b \x01(\x03\"0\n\x0cPartitionRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\"]\n\x0eRebalanceEvent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\npartitions\x18\x03 \x03(\x0b\x32\x19.lowwater.v1.PartitionRef\"\xbb\x01\n\x0cWorkerStatus\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x17\n\x0fin_flight_count\x18\x03 \x01(\r\x12\x1e\n\x16max_in_flight_messages\x18\x04 \x01(\r\x12\x17\n\x0fin_flight_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13max_in_flight_bytes\x18\x06 \x01(\x04\x12\x16\n\x0eleased_msg_ids\x18\x07 \x03(\x04\"\x91\x02\n\x11GetStatusResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\x30\n\npartitions\x18\x02 \x03(\x0b\x32\x1c.lowwater.v1.PartitionStatus\x12*\n\x07workers\x18\x03 \x03(\x0b\x32\x19.lowwater.v1.WorkerStatus\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x16\n\x0e\x62uffered_count\x18\x05 \x01(\r\x12\x36\n\rpending_store\x18\x06 \x01(\x0b\x32\x1f.lowwater.v1.PendingStoreStatus\x12/\n\nrebalances\x18\x07 \x03(\x0b\x32\x1b.lowwater.v1.RebalanceEvent\"]\n\x12ListPendingRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\xc2\x01\n\rPendingRecord\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0e\n\x06msg_id\x18\x04 \x01(\x04\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12.\n\x0bpending_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nlease_left\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x13ListPendingResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.lowwater.v1.PendingRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\r\"\x14\n\x12ListWorkersRequest\"A\n\x13ListWorkersResponse\x12*\n\x07workers\x18\x01 \x03(\x0b\x32\x19.lowwater.v1.WorkerStatus\"\x90\x02\n\x12PendingStoreStatus\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.lowwater.v1.PendingStoreStatus.State\x12\x12\n\nlast_error\x18\x02 \x01(\t\x12\x33\n\x10since_last_write\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06writes\x18\x04 \x01(\x04\x12\x15\n\rfailed_writes\x18\x05 \x01(\x04\"T\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_STARTING\x10\x01\x12\x0c\n\x08STATE_OK\x10\x02\x12\x12\n\x0eSTATE_DEGRADED\x10\x03\"\x14\n\x12GetRecoveryRequest\"\xa3\x01\n\x0fInheritedRecord\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x0e\n\x06msg_id\x18\x05 \x01(\x04\x12.\n\x0bpending_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\"\xdf\x01\n\x11PartitionRecovery\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x19\n\x11previous_instance\x18\x03 \x01(\t\x12/\n\x0csnapshot_age\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\x07records\x18\x05 \x03(\x0b\x32\x1c.lowwater.v1.InheritedRecord\x12\x12\n\ndone_count\x18\x06 \x01(\r\x12\x19\n\x11undelivered_count\x18\x07 \x01(\r\"j\n\x13GetRecoveryResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x32\n\npartitions\x18\x03 \x03(\x0b\x32\x1e.lowwater.v1.PartitionRecovery2\xc9\x02\n\x05\x41\x64min\x12J\n\tGetStatus\x12\x1d.lowwater.v1.GetStatusRequest\x1a\x1e.lowwater.v1.GetStatusResponse\x12P\n\x0bGetRecovery\x12\x1f.lowwater.v1.GetRecoveryRequest\x1a .lowwater.v1.GetRecoveryResponse\x12P\n\x0bListPending\x12\x1f.lowwater.v1.ListPendingRequest\x1a .lowwater.v1.ListPendingResponse\x12P\n\x0bListWorkers\x12\x1f.lowwater.v1.ListWorkersRequest\x1a .lowwater.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=72
   _globals['_GETSTATUSREQUEST']._serialized_end=90
   _globals['_PARTITIONSTATUS']._serialized_start=93
-  _globals['_PARTITIONSTATUS']._serialized_end=363
-  _globals['_WORKERSTATUS']._serialized_start=366
-  _globals['_WORKERSTATUS']._serialized_end=553
-  _globals['_GETSTATUSRESPONSE']._serialized_start=556
-  _globals['_GETSTATUSRESPONSE']._serialized_end=780
-  _globals['_PENDINGSTORESTATUS']._serialized_start=783
-  _globals['_PENDINGSTORESTATUS']._serialized_end=1055
-  _globals['_PENDINGSTORESTATUS_STATE']._serialized_start=971
-  _globals['_PENDINGSTORESTATUS_STATE']._serialized_end=1055
-  _globals['_GETRECOVERYREQUEST']._serialized_start=1057
-  _globals['_GETRECOVERYREQUEST']._serialized_end=1077
-  _globals['_INHERITEDRECORD']._serialized_start=1080
-  _globals['_INHERITEDRECORD']._serialized_end=1243
-  _globals['_PARTITIONRECOVERY']._serialized_start=1246
-  _globals['_PARTITIONRECOVERY']._serialized_end=1469
-  _globals['_GETRECOVERYRESPONSE']._serialized_start=1471
-  _globals['_GETRECOVERYRESPONSE']._serialized_end=1577
-  _globals['_ADMIN']._serialized_start=1580
-  _globals['_ADMIN']._serialized_end=1745
+  _globals['_PARTITIONSTATUS']._serialized_end=376
+  _globals['_PARTITIONREF']._serialized_start=378
+  _globals['_PARTITIONREF']._serialized_end=426
+  _globals['_REBALANCEEVENT']._serialized_start=428
+  _globals['_REBALANCEEVENT']._serialized_end=521
+  _globals['_WORKERSTATUS']._serialized_start=524
+  _globals['_WORKERSTATUS']._serialized_end=711
+  _globals['_GETSTATUSRESPONSE']._serialized_start=714
+  _globals['_GETSTATUSRESPONSE']._serialized_end=987
+  _globals['_LISTPENDINGREQUEST']._serialized_start=989
+  _globals['_LISTPENDINGREQUEST']._serialized_end=1082
+  _globals['_PENDINGRECORD']._serialized_start=1085
+  _globals['_PENDINGRECORD']._serialized_end=1279
+  _globals['_LISTPENDINGRESPONSE']._serialized_start=1281
+  _globals['_LISTPENDINGRESPONSE']._serialized_end=1387
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1389
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1409
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1411
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1476
+  _globals['_PENDINGSTORESTATUS']._serialized_start=1479
+  _globals['_PENDINGSTORESTATUS']._serialized_end=1751
+  _globals['_PENDINGSTORESTATUS_STATE']._serialized_start=1667
+  _globals['_PENDINGSTORESTATUS_STATE']._serialized_end=1751
+  _globals['_GETRECOVERYREQUEST']._serialized_start=1753
+  _globals['_GETRECOVERYREQUEST']._serialized_end=1773
+  _globals['_INHERITEDRECORD']._serialized_start=1776
+  _globals['_INHERITEDRECORD']._serialized_end=1939
+  _globals['_PARTITIONRECOVERY']._serialized_start=1942
+  _globals['_PARTITIONRECOVERY']._serialized_end=2165
+  _globals['_GETRECOVERYRESPONSE']._serialized_start=2167
+  _globals['_GETRECOVERYRESPONSE']._serialized_end=2273
+  _globals['_ADMIN']._serialized_start=2276
+  _globals['_ADMIN']._serialized_end=2605
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,7 @@ class PartitionStatus(_message.Message):
     OLDEST_PENDING_AGE_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     COMMIT_OFFSET_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     partition: _builtins.int
     generation: _builtins.int
@@ -69,6 +70,10 @@ class PartitionStatus(_message.Message):
     """Whether fetching from this partition is paused (pending cap reached)."""
     commit_offset: _builtins.int
     """The offset the next commit would carry; -1 before the first fetch."""
+    lag: _builtins.int
+    """Consumer lag from librdkafka's statistics; -1 when unknown (statistics
+    are on with metrics_listen).
+    """
     @_builtins.property
     def oldest_pending_age(self) -> _duration_pb2.Duration:
         """Age of the oldest pending record, counted from when it was fetched."""
@@ -86,14 +91,65 @@ class PartitionStatus(_message.Message):
         oldest_pending_age: _duration_pb2.Duration | None = ...,
         paused: _builtins.bool = ...,
         commit_offset: _builtins.int = ...,
+        lag: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_pending_age", b"oldest_pending_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_offset", b"commit_offset", "committed_offset", b"committed_offset", "generation", b"generation", "in_flight_count", b"in_flight_count", "lowest_pending_offset", b"lowest_pending_offset", "oldest_pending_age", b"oldest_pending_age", "partition", b"partition", "paused", b"paused", "pending_count", b"pending_count", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_offset", b"commit_offset", "committed_offset", b"committed_offset", "generation", b"generation", "in_flight_count", b"in_flight_count", "lag", b"lag", "lowest_pending_offset", b"lowest_pending_offset", "oldest_pending_age", b"oldest_pending_age", "partition", b"partition", "paused", b"paused", "pending_count", b"pending_count", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PartitionStatus: _TypeAlias = PartitionStatus  # noqa: Y015
+
+@_typing.final
+class PartitionRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    partition: _builtins.int
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partition", b"partition", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartitionRef: _TypeAlias = PartitionRef  # noqa: Y015
+
+@_typing.final
+class RebalanceEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    """When it happened, in milliseconds since the Unix epoch."""
+    event: _builtins.str
+    """"assigned", "revoked" or "lost"."""
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionRef]: ...
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        event: _builtins.str = ...,
+        partitions: _abc.Iterable[Global___PartitionRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "event", b"event", "partitions", b"partitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceEvent: _TypeAlias = RebalanceEvent  # noqa: Y015
 
 @_typing.final
 class WorkerStatus(_message.Message):
@@ -146,6 +202,7 @@ class GetStatusResponse(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     BUFFERED_COUNT_FIELD_NUMBER: _builtins.int
     PENDING_STORE_FIELD_NUMBER: _builtins.int
+    REBALANCES_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     health: _builtins.str
     """SERVING once the consumer reached the broker, NOT_SERVING while it has
@@ -161,6 +218,10 @@ class GetStatusResponse(_message.Message):
     def pending_store(self) -> Global___PendingStoreStatus:
         """The pending-set writer; unset when no redis_url is configured."""
 
+    @_builtins.property
+    def rebalances(self) -> _containers.RepeatedCompositeFieldContainer[Global___RebalanceEvent]:
+        """The latest rebalance events, oldest first (at most 20)."""
+
     def __init__(
         self,
         *,
@@ -170,14 +231,154 @@ class GetStatusResponse(_message.Message):
         health: _builtins.str = ...,
         buffered_count: _builtins.int = ...,
         pending_store: Global___PendingStoreStatus | None = ...,
+        rebalances: _abc.Iterable[Global___RebalanceEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pending_store", b"pending_store"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_count", b"buffered_count", "group", b"group", "health", b"health", "partitions", b"partitions", "pending_store", b"pending_store", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_count", b"buffered_count", "group", b"group", "health", b"health", "partitions", b"partitions", "pending_store", b"pending_store", "rebalances", b"rebalances", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListPendingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    partition: _builtins.int
+    page_size: _builtins.int
+    """At most this many records (1 to 1000; 0 means 100)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "partition", b"partition", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingRequest: _TypeAlias = ListPendingRequest  # noqa: Y015
+
+@_typing.final
+class PendingRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    PENDING_FOR_FIELD_NUMBER: _builtins.int
+    LEASE_LEFT_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    state: _builtins.str
+    """"ready", "leased", "delayed", "waiting", "parked" or "handoff"."""
+    attempts: _builtins.int
+    """Deliveries so far."""
+    msg_id: _builtins.int
+    """Of the current delivery, while leased; 0 and empty otherwise."""
+    worker_id: _builtins.str
+    @_builtins.property
+    def pending_for(self) -> _duration_pb2.Duration:
+        """Since it was fetched."""
+
+    @_builtins.property
+    def lease_left(self) -> _duration_pb2.Duration:
+        """Until the current lease runs out, while leased."""
+
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        msg_id: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+        pending_for: _duration_pb2.Duration | None = ...,
+        lease_left: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_left", b"lease_left", "pending_for", b"pending_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "lease_left", b"lease_left", "msg_id", b"msg_id", "offset", b"offset", "pending_for", b"pending_for", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingRecord: _TypeAlias = PendingRecord  # noqa: Y015
+
+@_typing.final
+class ListPendingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    total: _builtins.int
+    """Records pending in the partition now, on every page."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___PendingRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingResponse: _TypeAlias = ListPendingResponse  # noqa: Y015
+
+@_typing.final
+class ListWorkersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersRequest: _TypeAlias = ListWorkersRequest  # noqa: Y015
+
+@_typing.final
+class ListWorkersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerStatus]: ...
+    def __init__(
+        self,
+        *,
+        workers: _abc.Iterable[Global___WorkerStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersResponse: _TypeAlias = ListWorkersResponse  # noqa: Y015
 
 @_typing.final
 class PendingStoreStatus(_message.Message):

@@ -45,6 +45,16 @@ class AdminStub:
                 request_serializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryRequest.SerializeToString,
                 response_deserializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryResponse.FromString,
                 _registered_method=True)
+        self.ListPending = channel.unary_unary(
+                '/lowwater.v1.Admin/ListPending',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.ListPendingRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.ListPendingResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/lowwater.v1.Admin/ListWorkers',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -68,6 +78,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPending(self, request, context):
+        """ListPending pages through one partition's pending records, lowest offset
+        first: buffered, leased and waiting ones alike.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """ListWorkers lists the open worker streams and what each holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +105,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetRecovery,
                     request_deserializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryRequest.FromString,
                     response_serializer=lowwater_dot_v1_dot_admin__pb2.GetRecoveryResponse.SerializeToString,
+            ),
+            'ListPending': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPending,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.ListPendingRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.ListPendingResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +172,60 @@ class Admin:
             '/lowwater.v1.Admin/GetRecovery',
             lowwater_dot_v1_dot_admin__pb2.GetRecoveryRequest.SerializeToString,
             lowwater_dot_v1_dot_admin__pb2.GetRecoveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/ListPending',
+            lowwater_dot_v1_dot_admin__pb2.ListPendingRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.ListPendingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/ListWorkers',
+            lowwater_dot_v1_dot_admin__pb2.ListWorkersRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class AdminStub:
     had in flight at its last pending-set snapshot in Redis (see redis_url),
     and how much of that this sidecar has finished since. Empty without Redis.
     """
+    ListPending: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPendingRequest, _admin_pb2.ListPendingResponse]
+    """ListPending pages through one partition's pending records, lowest offset
+    first: buffered, leased and waiting ones alike.
+    """
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]
+    """ListWorkers lists the open worker streams and what each holds."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -57,6 +63,12 @@ class AdminAsyncStub(AdminStub):
     had in flight at its last pending-set snapshot in Redis (see redis_url),
     and how much of that this sidecar has finished since. Empty without Redis.
     """
+    ListPending: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPendingRequest, _admin_pb2.ListPendingResponse]  # type: ignore[assignment]
+    """ListPending pages through one partition's pending records, lowest offset
+    first: buffered, leased and waiting ones alike.
+    """
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """ListWorkers lists the open worker streams and what each holds."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin is the operator-facing API of the lowwater sidecar."""
@@ -81,5 +93,23 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         had in flight at its last pending-set snapshot in Redis (see redis_url),
         and how much of that this sidecar has finished since. Empty without Redis.
         """
+
+    @_abc_1.abstractmethod
+    def ListPending(
+        self,
+        request: _admin_pb2.ListPendingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPendingResponse, _abc.Awaitable[_admin_pb2.ListPendingResponse]]:
+        """ListPending pages through one partition's pending records, lowest offset
+        first: buffered, leased and waiting ones alike.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _admin_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListWorkersResponse, _abc.Awaitable[_admin_pb2.ListWorkersResponse]]:
+        """ListWorkers lists the open worker streams and what each holds."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

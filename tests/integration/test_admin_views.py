@@ -1,0 +1,118 @@
+"""Admin/ListPending, Admin/ListWorkers, ``lowwater status`` and ``lowwater top`` against a
+real sidecar holding records."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+from rich.console import Console
+
+import lowwater
+from coordinator import status as status_command
+from coordinator.embedded import SidecarProcess
+from lowwater.v1 import admin_pb2, admin_pb2_grpc
+from tests.integration.workload import Budget, logs_on_failure, produce_ids
+from tests.support.aio import async_test
+from tests.support.broker import TopicFactory, unique_name
+
+HELD = 5
+
+
+def admin(target: str) -> tuple[grpc.Channel, admin_pb2_grpc.AdminStub]:
+    channel = grpc.insecure_channel(target)
+    return channel, admin_pb2_grpc.AdminStub(channel)
+
+
+@async_test
+async def test_pending_pages_workers_status_and_top_of_a_sidecar_holding_records(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    budget = Budget()
+    topic = new_topic(1)
+    produce_ids(kafka_bootstrap, topic, 12)
+    release = asyncio.Event()
+    held: list[int] = []
+
+    async def hold(msg: lowwater.Message) -> None:
+        held.append(msg.offset)
+        await release.wait()
+
+    sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic])
+    with logs_on_failure(sidecar):
+        sidecar.start()
+        try:
+            async with lowwater.AsyncWorker(sidecar.target, hold, max_in_flight=HELD,
+                                            worker_id="sms-worker-7"):
+                deadline = asyncio.get_running_loop().time() + budget.left(60)
+                while len(held) < HELD:
+                    assert asyncio.get_running_loop().time() < deadline, held
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(check_views, sidecar.target, topic)
+                release.set()
+        finally:
+            sidecar.stop()
+            sidecar.kill()
+
+
+def check_views(target: str, topic: str) -> None:
+    channel, stub = admin(target)
+    with channel:
+        pages, token = [], ""
+        while True:
+            page = stub.ListPending(admin_pb2.ListPendingRequest(
+                topic=topic, partition=0, page_size=5, page_token=token), timeout=5)
+            pages.append(page)
+            token = page.next_page_token
+            if not token:
+                break
+        records = [r for page in pages for r in page.records]
+        assert [r.offset for r in records] == list(range(12)) and len(pages) == 3
+        assert {page.total for page in pages} == {12}
+        leased = [r for r in records if r.state == "leased"]
+        assert [r.offset for r in leased] == list(range(HELD))
+        assert all(r.worker_id == "sms-worker-7" and r.msg_id and r.attempts == 1
+                   and r.HasField("lease_left") for r in leased)
+        assert all(r.state == "ready" and not r.msg_id for r in records[HELD:])
+
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListPending(admin_pb2.ListPendingRequest(topic=topic, partition=9), timeout=5)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+        detail = rpc_status.from_call(info.value)
+        assert detail is not None and "not assigned" in detail.message
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListPending(admin_pb2.ListPendingRequest(
+                topic=topic, partition=0, page_token="next please"), timeout=5)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+        workers = stub.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=5).workers
+        assert [(w.worker_id, w.in_flight_count) for w in workers] == [("sms-worker-7", HELD)]
+        status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        assert [(e.event, [p.partition for p in e.partitions]) for e in status.rebalances] == [
+            ("assigned", [0])]
+
+    out = subprocess.run([sys.executable, "-m", "coordinator", "status", "--target", target],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert f"{topic}[0]" in out.stdout and "sms-worker-7" in out.stdout
+    assert "assigned" in out.stdout
+
+    console = Console(record=True, width=160, force_terminal=False)
+    args = argparse.Namespace(target=target, interval=0.2, iterations=2)
+    assert status_command.run_top(args, console) == 0
+    frame = console.export_text()
+    assert "commits/s" in frame and f"{topic}[0]" in frame and "sms-worker-7" in frame
+
+
+def test_status_of_a_sidecar_that_is_not_there_exits_1() -> None:
+    out = subprocess.run([sys.executable, "-m", "coordinator", "status", "--target",
+                          "127.0.0.1:1"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 1
+    assert "cannot get the status of the sidecar at 127.0.0.1:1: UNAVAILABLE" in out.stderr
