@@ -195,8 +195,10 @@ class _Handler(logging.StreamHandler[TextIO]):
     """lowwater's own handler on the root logger; :func:`configure_logging` replaces it."""
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """Log one line per record to ``stream`` (stderr): time, level, logger name, message.
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text") -> None:
+    """Log one line per record to ``stream`` (stderr): time, level, logger name, message;
+    with ``fmt="json"`` one JSON object per line (structlog's renderer) with the fields
+    ``timestamp``, ``level``, ``logger``, ``event`` and, on errors, ``exception``.
 
     ``coordinator.*`` loggers log at ``level``; other libraries at WARNING and above (or
     ``level`` if that is higher). Calling it again replaces the previous configuration.
@@ -205,11 +207,28 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
     handler = _Handler(sys.stderr if stream is None else stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(_json_formatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     number = logging.getLevelNamesMapping()[level]
     root.setLevel(max(number, OTHER_LOGGERS_LEVEL))
     logging.getLogger("coordinator").setLevel(number)
+
+
+def _json_formatter() -> logging.Formatter:
+    import structlog
+
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,  # a string: no locals, no secrets
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+    )
 
 
 # --- subcommands --------------------------------------------------------------------------------
@@ -217,7 +236,7 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, fmt=settings.log_format)
     for name in unknown_environment_variables(os.environ):
         config_log.warning("ignoring environment variable %s: no such setting", name)
     config_log.debug("settings: %r", settings)

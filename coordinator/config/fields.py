@@ -285,6 +285,7 @@ def _check_tcp_listen(value: str) -> str:
 _TcpListen = Annotated[str, AfterValidator(_check_tcp_listen)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 Guarantee = Literal["at_least_once", "at_most_once"]
 """What a subscription promises about its records (see the `guarantee` setting)."""
 

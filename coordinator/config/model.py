@@ -24,6 +24,7 @@ from coordinator.config.fields import (
     DEFAULT_RETRY_TOPIC_FORMAT,
     Guarantee,
     KafkaValue,
+    LogFormat,
     LogLevel,
     Ordering,
     _AtLeastOne,
@@ -169,6 +170,11 @@ class Settings(BaseModel):
     keep the pod's termination grace period longer."""
     log_level: Annotated[LogLevel, BeforeValidator(_to_log_level)] = "INFO"
     """Level of lowwater's `coordinator.*` loggers; other libraries log WARNING and above."""
+    log_format: Annotated[LogFormat, BeforeValidator(_to_choice)] = "text"
+    """`text`: one line per event for people; `json`: one JSON object per line for log
+    pipelines, with the fields `timestamp` (ISO 8601, UTC), `level`, `logger` (the concern:
+    `coordinator.acks`, `coordinator.flow`, `coordinator.rebalance`, `coordinator.commits`,
+    ...), `event` (the message) and, on errors, `exception`."""
     kafka: Annotated[
         Mapping[str, KafkaValue],
         BeforeValidator(_check_kafka),

@@ -249,6 +249,7 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("redis_url", "unix://relative.sock"),
     ("redis_prefix", ""),
     ("metrics_listen", "9464"),
+    ("log_format", "logfmt"),
     ("health_listen", "localhost"),
     ("metrics_listen", "unix:/run/metrics.sock"),
     ("metrics_listen", "127.0.0.1:99999"),
