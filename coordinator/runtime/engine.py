@@ -226,6 +226,9 @@ class Engine:
         self.rebalances: deque[RebalanceView] = deque(maxlen=REBALANCES_KEPT)
         """The latest rebalance events, for Admin/GetStatus and ``lowwater top``."""
         self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
+        self.operator_paused: set[TopicPartition] = set()
+        """Partitions an operator paused (Admin/PausePartitions): fetching stays paused, across
+        reassignments to this sidecar, until Admin/ResumePartitions."""
         """Retry partitions paused until their fetched records are due: (generation, until,
         timer)."""
 
@@ -300,7 +303,8 @@ class Engine:
             return
         del self._holds[tp]
         part = self.ledger.partitions.get(tp)
-        if part is not None and part.generation == generation and not part.gate.paused:
+        if part is not None and part.generation == generation and not part.gate.paused \
+                and tp not in self.operator_paused:
             self._commands.submit(Pause([(tp, generation)], resume=True))
 
     def assigned(self, parts: list[Assignment]) -> None:
@@ -326,6 +330,10 @@ class Engine:
             lane = router.lane(tp.topic)
             self.ledger.assign(tp, committed, generation, lane.retry, finished=finished,
                                at_most_once=lane.subscription.guarantee == "at_most_once")
+        again = [(tp, generation) for tp, generation, _, _ in parts if tp in self.operator_paused]
+        if again:
+            flow_log.info("pausing %s again: an operator paused them", again)
+            self._commands.submit(Pause(again))
 
     async def revoke(self, tps: list[TopicPartition], lost: bool) -> list[CommitPoint]:
         """Stops dispatch from ``tps``, waits boundedly for their leases, releases them."""
@@ -357,6 +365,31 @@ class Engine:
         final = self.ledger.revoke(tps)
         self._after_change()
         return [] if lost else final
+
+    def pause(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """An operator pauses fetching from ``tps``; returns those not assigned here (they
+        are paused too, should they be assigned later)."""
+        tps = list(dict.fromkeys(tps))
+        self.operator_paused.update(tps)
+        parts = self.ledger.partitions
+        points = [(tp, parts[tp].generation) for tp in tps if tp in parts]
+        if points:
+            flow_log.info("pausing %s (operator)", points)
+            self._commands.submit(Pause(points))
+        return [tp for tp in tps if tp not in parts]
+
+    def resume(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """An operator resumes fetching from ``tps``; returns those not assigned here. A
+        partition at its pending cap, or holding its retries, resumes once that clears."""
+        tps = list(dict.fromkeys(tps))
+        self.operator_paused.difference_update(tps)
+        parts = self.ledger.partitions
+        points = [(tp, parts[tp].generation) for tp in tps if tp in parts
+                  and not parts[tp].gate.paused and tp not in self._holds]
+        if points:
+            flow_log.info("resuming %s (operator)", points)
+            self._commands.submit(Pause(points, resume=True))
+        return [tp for tp in tps if tp not in parts]
 
     def lags(self, lags: dict[TopicPartition, int]) -> None:
         """Consumer lag from librdkafka's statistics, for the partitions assigned here."""
@@ -482,7 +515,8 @@ class Engine:
             oldest = part.records[lowest].fetched_at if lowest is not None else now
             parts.append(PartitionView(
                 part.tp, part.generation, part.committed, part.offsets.commit_offset, lowest,
-                len(part.records), part.in_flight, now - oldest, part.gate.paused,
+                len(part.records), part.in_flight, now - oldest,
+                part.gate.paused or part.tp in self.operator_paused or part.tp in self._holds,
                 self.lag.get(part.tp),
             ))
         holders = [
@@ -650,7 +684,8 @@ class Engine:
         for change in GateChange:
             points = [(tp, parts[tp].generation) for tp, c in last.items()
                       if c is change and tp in parts
-                      and not (change is GateChange.RESUME and tp in self._holds)]
+                      and not (change is GateChange.RESUME
+                               and (tp in self._holds or tp in self.operator_paused))]
             if points:
                 flow_log.info("%s %s", "pausing (pending cap reached)" if change is GateChange.PAUSE
                               else "resuming (below the resume mark)", points)

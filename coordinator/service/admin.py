@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -71,3 +71,31 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListWorkersResponse:
         resp = convert.status_response(self._engine.status(), self._group, self._health())
         return admin_pb2.ListWorkersResponse(workers=resp.workers)
+
+    async def PausePartitions(
+        self, request: admin_pb2.PausePartitionsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.PausePartitionsResponse:
+        tps = await _partitions(request.partitions, context)
+        return admin_pb2.PausePartitionsResponse(not_assigned=_refs(self._engine.pause(tps)))
+
+    async def ResumePartitions(
+        self, request: admin_pb2.ResumePartitionsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ResumePartitionsResponse:
+        tps = await _partitions(request.partitions, context)
+        return admin_pb2.ResumePartitionsResponse(not_assigned=_refs(self._engine.resume(tps)))
+
+
+async def _partitions(refs: Iterable[admin_pb2.PartitionRef],
+                      context: grpc.aio.ServicerContext) -> list[TopicPartition]:
+    tps = [TopicPartition(r.topic, r.partition) for r in refs]
+    if not tps:
+        await context.abort_with_status(invalid_argument("partitions", "name at least one"))
+    for i, tp in enumerate(tps):
+        if not tp.topic or tp.partition < 0:
+            await context.abort_with_status(invalid_argument(
+                f"partitions[{i}]", "needs a topic and a partition of 0 or more"))
+    return tps
+
+
+def _refs(tps: Iterable[TopicPartition]) -> list[admin_pb2.PartitionRef]:
+    return [admin_pb2.PartitionRef(topic=tp.topic, partition=tp.partition) for tp in tps]

@@ -17,7 +17,14 @@ import lowwater
 from coordinator import status as status_command
 from coordinator.embedded import SidecarProcess
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
-from tests.integration.workload import Budget, logs_on_failure, produce_ids
+from tests.integration.workload import (
+    Budget,
+    Ledgerbook,
+    logs_on_failure,
+    make_handler,
+    produce_ids,
+    wait_processed,
+)
 from tests.support.aio import async_test
 from tests.support.broker import TopicFactory, unique_name
 
@@ -116,3 +123,49 @@ def test_status_of_a_sidecar_that_is_not_there_exits_1() -> None:
                          check=False)
     assert out.returncode == 1
     assert "cannot get the status of the sidecar at 127.0.0.1:1: UNAVAILABLE" in out.stderr
+
+
+@async_test
+async def test_an_operator_pauses_and_resumes_fetching(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    budget = Budget()
+    topic = new_topic(1)
+    first = produce_ids(kafka_bootstrap, topic, 10, prefix="before")
+    book = Ledgerbook()
+    sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic])
+    with logs_on_failure(sidecar):
+        sidecar.start()
+        try:
+            async with lowwater.AsyncWorker(sidecar.target, make_handler(book), max_in_flight=5):
+                await wait_processed(book, first, budget.left(60))
+                ref = admin_pb2.PartitionRef(topic=topic, partition=0)
+                elsewhere = admin_pb2.PartitionRef(topic=topic, partition=7)
+                channel, stub = admin(sidecar.target)
+                with channel:
+                    paused = await asyncio.to_thread(stub.PausePartitions,
+                                                     admin_pb2.PausePartitionsRequest(
+                                                         partitions=[ref, elsewhere]), timeout=5)
+                    assert [r.partition for r in paused.not_assigned] == [7]
+                    status = await asyncio.to_thread(sidecar.status)
+                    assert status.partitions[0].paused
+                    later = produce_ids(kafka_bootstrap, topic, 10, prefix="after")
+                    # Nothing new is fetched while paused; librdkafka would fetch these
+                    # within its fetch wait (500 ms) otherwise: 3 s is well past it.
+                    await asyncio.sleep(3)
+                    assert not later & book.processed
+                    status = await asyncio.to_thread(sidecar.status)
+                    assert status.partitions[0].pending_count == 0
+                    await asyncio.to_thread(stub.ResumePartitions,
+                                            admin_pb2.ResumePartitionsRequest(partitions=[ref]),
+                                            timeout=5)
+                    await wait_processed(book, first | later, budget.left(60))
+                    status = await asyncio.to_thread(sidecar.status)
+                    assert not status.partitions[0].paused
+                    with pytest.raises(grpc.RpcError) as info:
+                        await asyncio.to_thread(stub.PausePartitions,
+                                                admin_pb2.PausePartitionsRequest(), timeout=5)
+                    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert sidecar.stop() == 0
+        finally:
+            sidecar.kill()

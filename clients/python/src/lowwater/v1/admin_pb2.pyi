@@ -568,3 +568,89 @@ class GetRecoveryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRecoveryResponse: _TypeAlias = GetRecoveryResponse  # noqa: Y015
+
+@_typing.final
+class PausePartitionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionRef]: ...
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[Global___PartitionRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PausePartitionsRequest: _TypeAlias = PausePartitionsRequest  # noqa: Y015
+
+@_typing.final
+class PausePartitionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOT_ASSIGNED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def not_assigned(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionRef]:
+        """Of the partitions asked for, those not assigned here now: they are paused
+        when they are assigned.
+        """
+
+    def __init__(
+        self,
+        *,
+        not_assigned: _abc.Iterable[Global___PartitionRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_assigned", b"not_assigned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PausePartitionsResponse: _TypeAlias = PausePartitionsResponse  # noqa: Y015
+
+@_typing.final
+class ResumePartitionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionRef]: ...
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[Global___PartitionRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumePartitionsRequest: _TypeAlias = ResumePartitionsRequest  # noqa: Y015
+
+@_typing.final
+class ResumePartitionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOT_ASSIGNED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def not_assigned(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionRef]:
+        """Of the partitions asked for, those not assigned here now."""
+
+    def __init__(
+        self,
+        *,
+        not_assigned: _abc.Iterable[Global___PartitionRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_assigned", b"not_assigned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumePartitionsResponse: _TypeAlias = ResumePartitionsResponse  # noqa: Y015

@@ -55,6 +55,16 @@ class AdminStub:
                 request_serializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.PausePartitions = channel.unary_unary(
+                '/lowwater.v1.Admin/PausePartitions',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.PausePartitionsRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.PausePartitionsResponse.FromString,
+                _registered_method=True)
+        self.ResumePartitions = channel.unary_unary(
+                '/lowwater.v1.Admin/ResumePartitions',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -93,6 +103,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PausePartitions(self, request, context):
+        """PausePartitions stops fetching from partitions until ResumePartitions,
+        across reassignments to this sidecar. Records already fetched are still
+        delivered, and the consumer keeps polling, so the group membership holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumePartitions(self, request, context):
+        """ResumePartitions undoes PausePartitions. A partition at its pending cap,
+        or waiting for its retries to fall due, resumes when that clears.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +142,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersRequest.FromString,
                     response_serializer=lowwater_dot_v1_dot_admin__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'PausePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.PausePartitions,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.PausePartitionsRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.PausePartitionsResponse.SerializeToString,
+            ),
+            'ResumePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumePartitions,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +263,60 @@ class Admin:
             '/lowwater.v1.Admin/ListWorkers',
             lowwater_dot_v1_dot_admin__pb2.ListWorkersRequest.SerializeToString,
             lowwater_dot_v1_dot_admin__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PausePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/PausePartitions',
+            lowwater_dot_v1_dot_admin__pb2.PausePartitionsRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.PausePartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/ResumePartitions',
+            lowwater_dot_v1_dot_admin__pb2.ResumePartitionsRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.ResumePartitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,15 @@ class AdminStub:
     """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]
     """ListWorkers lists the open worker streams and what each holds."""
+    PausePartitions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PausePartitionsRequest, _admin_pb2.PausePartitionsResponse]
+    """PausePartitions stops fetching from partitions until ResumePartitions,
+    across reassignments to this sidecar. Records already fetched are still
+    delivered, and the consumer keeps polling, so the group membership holds.
+    """
+    ResumePartitions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumePartitionsRequest, _admin_pb2.ResumePartitionsResponse]
+    """ResumePartitions undoes PausePartitions. A partition at its pending cap,
+    or waiting for its retries to fall due, resumes when that clears.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -69,6 +78,15 @@ class AdminAsyncStub(AdminStub):
     """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """ListWorkers lists the open worker streams and what each holds."""
+    PausePartitions: _aio.UnaryUnaryMultiCallable[_admin_pb2.PausePartitionsRequest, _admin_pb2.PausePartitionsResponse]  # type: ignore[assignment]
+    """PausePartitions stops fetching from partitions until ResumePartitions,
+    across reassignments to this sidecar. Records already fetched are still
+    delivered, and the consumer keeps polling, so the group membership holds.
+    """
+    ResumePartitions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumePartitionsRequest, _admin_pb2.ResumePartitionsResponse]  # type: ignore[assignment]
+    """ResumePartitions undoes PausePartitions. A partition at its pending cap,
+    or waiting for its retries to fall due, resumes when that clears.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin is the operator-facing API of the lowwater sidecar."""
@@ -111,5 +129,26 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListWorkersResponse, _abc.Awaitable[_admin_pb2.ListWorkersResponse]]:
         """ListWorkers lists the open worker streams and what each holds."""
+
+    @_abc_1.abstractmethod
+    def PausePartitions(
+        self,
+        request: _admin_pb2.PausePartitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PausePartitionsResponse, _abc.Awaitable[_admin_pb2.PausePartitionsResponse]]:
+        """PausePartitions stops fetching from partitions until ResumePartitions,
+        across reassignments to this sidecar. Records already fetched are still
+        delivered, and the consumer keeps polling, so the group membership holds.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumePartitions(
+        self,
+        request: _admin_pb2.ResumePartitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResumePartitionsResponse, _abc.Awaitable[_admin_pb2.ResumePartitionsResponse]]:
+        """ResumePartitions undoes PausePartitions. A partition at its pending cap,
+        or waiting for its retries to fall due, resumes when that clears.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
