@@ -48,6 +48,10 @@ STATISTICS_INTERVAL_MS = 5000
 """librdkafka's statistics interval when metrics are on, unless passed through."""
 SERVER_GRACE = 1.0
 """Seconds open RPCs get when the gRPC server stops."""
+LIVENESS_HEALTH = "lowwater.live"
+"""The grpc.health.v1 service name for liveness and startup probes: SERVING from the moment
+the server starts until shutdown begins, whatever Kafka does. Restarting a sidecar because
+the broker is down would only drop its leases; readiness uses the overall status ("")."""
 PENDING_STORE_HEALTH = "lowwater.redis"
 """The grpc.health.v1 service name that reports the pending-set writer: SERVING while Redis
 takes its writes, NOT_SERVING while degraded. The overall status ("") does not depend on it:
@@ -202,6 +206,7 @@ class Sidecar:
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)
+        await self.health.set(LIVENESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         try:
             port = self.server.add_insecure_port(_bind_address(settings.listen))
         except RuntimeError as exc:  # grpc's only signal for a taken or invalid address

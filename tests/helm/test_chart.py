@@ -274,7 +274,7 @@ def test_the_sidecar_is_native_with_restart_policy_always_unless_fallback(
 
 
 @pytest.mark.parametrize("values", GOOD_VALUES)
-def test_the_probes_are_grpc_on_the_health_port_default_service(
+def test_the_probes_are_grpc_on_the_health_port(
     helm: Helm, values: str
 ) -> None:
     docs = helm.render(values)
@@ -288,8 +288,11 @@ def test_the_probes_are_grpc_on_the_health_port_default_service(
         handlers = {"grpc", "httpGet", "tcpSocket", "exec"} & set(probe)
         assert handlers == {"grpc"}, f"{kind}: {handlers}"
         assert probe["grpc"]["port"] == health_port, kind
-        # The default service "" only: "lowwater.redis" reports Redis, which must not restart us.
-        assert probe["grpc"].get("service", "") == "", kind
+        # Readiness: the overall status "" (Kafka reachable, not draining). Liveness and
+        # startup: "lowwater.live", SERVING whatever Kafka does, since a restart cannot fix a
+        # broker outage. Never "lowwater.redis", which reports Redis.
+        want = "" if kind == "readinessProbe" else "lowwater.live"
+        assert probe["grpc"].get("service", "") == want, kind
     # The worker API itself never listens on the pod IP.
     listen = tomllib.loads(lowwater_toml(docs))["listen"]
     assert listen.startswith(("unix:", "127.0.0.1:")), listen

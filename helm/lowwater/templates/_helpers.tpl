@@ -205,11 +205,15 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* One gRPC probe on the health port, default service (no `service` field). */}}
+{{/* One gRPC probe on the health port: the default service "" (no `service` field), or
+the one named by .service ("lowwater.live" for liveness and startup). */}}
 {{- define "lowwater.probe" -}}
 {{- $timing := .timing -}}
 grpc:
   port: {{ int .port }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
 {{- range $key := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "failureThreshold" "successThreshold" }}
 {{- if hasKey $timing $key }}
 {{ $key }}: {{ int (get $timing $key) }}
@@ -267,11 +271,11 @@ container it belongs under `containers:`, before the worker. Example:
       protocol: TCP
     {{- end }}
   startupProbe:
-    {{- include "lowwater.probe" (dict "port" $s.healthPort "timing" $s.probes.startup) | nindent 4 }}
+    {{- include "lowwater.probe" (dict "port" $s.healthPort "timing" $s.probes.startup "service" "lowwater.live") | nindent 4 }}
   readinessProbe:
     {{- include "lowwater.probe" (dict "port" $s.healthPort "timing" $s.probes.readiness) | nindent 4 }}
   livenessProbe:
-    {{- include "lowwater.probe" (dict "port" $s.healthPort "timing" $s.probes.liveness) | nindent 4 }}
+    {{- include "lowwater.probe" (dict "port" $s.healthPort "timing" $s.probes.liveness "service" "lowwater.live") | nindent 4 }}
   {{- with $s.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
