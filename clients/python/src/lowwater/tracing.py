@@ -1,0 +1,164 @@
+"""OpenTelemetry tracing for handlers: the producer's trace continues into the handler.
+
+lowwater passes record headers through unchanged, so a W3C ``traceparent`` (and
+``tracestate``) that the producer wrote reaches the worker. :func:`traced` wraps a handler so
+that each message is handled in a ``process <topic>`` span whose parent is that context, and
+is settled in a ``settle <topic>`` span inside it. Attributes follow the OpenTelemetry
+messaging semantic conventions (``messaging.system``, ``messaging.operation.type``,
+``messaging.destination.name``, ``messaging.destination.partition.id``,
+``messaging.kafka.offset``), with the current names rather than the deprecated ones.
+
+Needs ``opentelemetry-api`` (``pip install 'lowwater[otel]'``); spans go wherever the
+application's tracer provider sends them.
+
+Example::
+
+    @traced
+    async def send_sms(msg: lowwater.Message) -> None: ...
+
+    lowwater.AsyncWorker(target, send_sms)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar, overload
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from lowwater.message import Message
+from lowwater.outcomes import AlreadyProcessed, DeadLetter, Drop, HandlerOutcome, Retry
+
+__all__ = ["traced"]
+
+INSTRUMENTATION: Final = "lowwater"
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_CONTEXT_HEADERS: Final = frozenset({"traceparent", "tracestate"})
+
+T = TypeVar("T")
+
+
+def parent_context(msg: Message) -> Context:
+    """The trace context in the message's ``traceparent``/``tracestate`` headers, if any."""
+    carrier = {name: value.decode("latin-1") for name, value in msg.headers
+               if name in _CONTEXT_HEADERS}
+    return _PROPAGATOR.extract(carrier)
+
+
+def _attributes(msg: Message, operation: str) -> dict[str, Any]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.name": operation,
+        "messaging.operation.type": operation,
+        "messaging.destination.name": msg.topic,
+        "messaging.destination.partition.id": str(msg.partition),
+        "messaging.kafka.offset": msg.offset,
+        "lowwater.msg_id": msg.msg_id,
+        "lowwater.attempt": msg.attempt,
+    }
+
+
+def _outcome(exc: HandlerOutcome | None) -> str:
+    if exc is None:
+        return "ack"
+    names = {Retry: "retry", DeadLetter: "dead_letter", Drop: "drop",
+             AlreadyProcessed: "already_processed"}
+    return next((n for kind, n in names.items() if isinstance(exc, kind)), "outcome")
+
+
+def _settle(tracer: Tracer, msg: Message, exc: HandlerOutcome | None) -> None:
+    """Settles ``msg`` as the handler asked, in a ``settle`` span."""
+    outcome = _outcome(exc)
+    with tracer.start_as_current_span(f"settle {msg.topic}", kind=SpanKind.CLIENT,
+                                      attributes={**_attributes(msg, "settle"),
+                                                  "lowwater.outcome": outcome}):
+        if exc is None:
+            msg.ack()
+        elif isinstance(exc, Retry):
+            msg.retry(exc.delay, exc.reason)
+        elif isinstance(exc, DeadLetter):
+            msg.dead_letter(exc.reason)
+        elif isinstance(exc, Drop):
+            msg.drop(exc.reason)
+        elif isinstance(exc, AlreadyProcessed):
+            msg.already_processed(exc.reason)
+
+
+@contextmanager
+def _process(tracer: Tracer, msg: Message) -> Iterator[Span]:
+    with tracer.start_as_current_span(
+        f"process {msg.topic}", context=parent_context(msg), kind=SpanKind.CONSUMER,
+        attributes=_attributes(msg, "process"), record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+def _failed(span: Span, exc: BaseException) -> None:
+    if isinstance(exc, HandlerOutcome):
+        span.set_attribute("lowwater.outcome", _outcome(exc))
+        return
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+@overload
+def traced(handler: Callable[[Message], Awaitable[T]], *,
+           tracer_provider: Any = None) -> Callable[[Message], Awaitable[T]]: ...
+@overload
+def traced(handler: Callable[[Message], T], *,
+           tracer_provider: Any = None) -> Callable[[Message], T]: ...
+
+
+def traced(handler: Callable[[Message], Any], *, tracer_provider: Any = None
+           ) -> Callable[[Message], Any]:
+    """Wraps a ``def`` or ``async def`` handler in ``process`` and ``settle`` spans.
+
+    Args:
+        tracer_provider: where spans go; by default the global one
+            (``opentelemetry.trace.set_tracer_provider``).
+    """
+    tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    if inspect.iscoroutinefunction(handler):
+        @functools.wraps(handler)
+        async def run_async(msg: Message) -> Any:
+            with _process(tracer, msg) as span:
+                try:
+                    result = await handler(msg)
+                except BaseException as exc:
+                    _failed(span, exc)
+                    if not isinstance(exc, HandlerOutcome):
+                        raise  # the worker settles it: RETRY with its backoff
+                    if not msg.settled:
+                        _settle(tracer, msg, exc)
+                    return None  # settled as the outcome asked, in its span
+                if not msg.settled:
+                    _settle(tracer, msg, None)
+                return result
+
+        return run_async
+
+    @functools.wraps(handler)
+    def run(msg: Message) -> Any:
+        with _process(tracer, msg) as span:
+            try:
+                result = handler(msg)
+            except BaseException as exc:
+                _failed(span, exc)
+                if not isinstance(exc, HandlerOutcome):
+                    raise  # the worker settles it: RETRY with its backoff
+                if not msg.settled:
+                    _settle(tracer, msg, exc)
+                return None  # settled as the outcome asked, in its span
+            if not msg.settled:
+                _settle(tracer, msg, None)
+            return result
+
+    return run
