@@ -1,4 +1,5 @@
-"""Runs the README's grpcurl commands against a live sidecar, as a person would."""
+"""Runs the grpcurl commands of the README and of docs/ against a live sidecar, as a person
+would."""
 
 from __future__ import annotations
 
@@ -57,3 +58,33 @@ def test_readme_grpcurl_commands_work(
 
     results = json.loads(ack)["results"]
     assert [r["status"] for r in results] == ["SETTLE_STATUS_OK", "SETTLE_STATUS_OK"]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS_TOPIC = "sms.verification"
+"""The topic the docs' commands name; the test swaps in its own."""
+
+
+def docs_grpcurl_commands() -> list[tuple[str, list[str]]]:
+    """Every ``$ grpcurl ...`` line in docs/*.md (with its ``\\`` continuations joined)."""
+    found = []
+    for path in sorted(DOCS.glob("*.md")):
+        text = path.read_text().replace("\\\n", " ")
+        found += [(path.name, shlex.split(line[2:])) for line in text.splitlines()
+                  if line.startswith("$ grpcurl ")]
+    return found
+
+
+def test_the_docs_grpcurl_commands_work(
+    grpcurl: str, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = new_topic(4)
+    produce(kafka_bootstrap, topic, id_records(12))
+    commands = docs_grpcurl_commands()
+    assert {name for name, _ in commands} >= {"metrics.md", "operations.md"}
+    with SidecarProcess(kafka_bootstrap, unique_name("g"), [topic]) as sidecar:
+        sidecar.wait_assigned(4)
+        for name, argv in commands:
+            out = run(grpcurl, [a.replace(DOCS_TOPIC, topic) for a in argv], sidecar.target)
+            json.loads(out)  # each answers a JSON document
+            print(f"{name}: {shlex.join(argv)}\n{out}")
