@@ -63,6 +63,14 @@ PULL_HOLDER_MAX_IN_FLIGHT = 100_000
 """Outstanding deliveries allowed per Pull caller; leases lapse if it never acknowledges."""
 
 
+class SkipRefused(Exception):
+    """:meth:`Ledger.skip` did not skip; ``missing``: there is no such pending record."""
+
+    def __init__(self, why: str, *, missing: bool) -> None:
+        super().__init__(why)
+        self.missing = missing
+
+
 class Ledger:
     """Pending records per partition, leases per holder, and the commit points.
 
@@ -246,6 +254,34 @@ class Ledger:
         if not gate.paused and len(part.records) >= gate.cap:  # adding can only ever pause
             self._check_gate(part)
         return True
+
+    def skip(self, tp: TopicPartition, offset: int) -> None:
+        """An operator finishes the pending record at ``offset`` without a worker (a poison
+        record that no attempt gets past). Its lease, if any, is released: a later
+        settlement of it is answered STALE.
+
+        Raises:
+            SkipRefused: nothing is pending there, or the record is waiting behind its
+                ordering key, being handed off, or in a partition being revoked (skip the
+                record holding its key first, or wait).
+        """
+        part = self.partitions.get(tp)
+        if part is None or part.revoking or part.revoked:
+            raise SkipRefused("the partition is not assigned here", missing=True)
+        rec = part.records.get(offset)
+        if rec is None:
+            raise SkipRefused("no record is pending at that offset (finished, or not fetched "
+                              "yet)", missing=True)
+        state = rec.state
+        if state is LEASED:
+            if rec.lease is not None:
+                self._unlease(rec.lease, SettleStatus.STALE)
+        elif state is READY:
+            self.ready_count -= 1  # its queue entry is dropped when reached, as not READY
+        elif state is not DELAYED:
+            raise SkipRefused(f"the record is {state.value}; only ready, leased or delayed "
+                              "ones are skipped", missing=False)
+        self._finish(rec)
 
     def take_gate_changes(self) -> list[tuple[TopicPartition, GateChange]]:
         """Pause/resume changes since the last call, oldest first."""

@@ -214,7 +214,8 @@ class Engine:
         self.counters: dict[str, int] = dict.fromkeys(
             ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
              "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
-             "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed"), 0
+             "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed",
+             "skipped"), 0
         )
         """Totals since start, read by the metrics collector (on this loop)."""
         self.settled_by: dict[Outcome | None, int] = {}
@@ -365,6 +366,14 @@ class Engine:
         final = self.ledger.revoke(tps)
         self._after_change()
         return [] if lost else final
+
+    def skip(self, tp: TopicPartition, offset: int, reason: str) -> None:
+        """An operator skips a poison record. Raises SkipRefused (see :meth:`Ledger.skip`)."""
+        self.ledger.skip(tp, offset)
+        self.counters["skipped"] += 1
+        acks_log.warning("operator skipped %s[%d]@%d without processing it: %s",
+                         tp.topic, tp.partition, offset, reason or "no reason given")
+        self._after_change()
 
     def pause(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
         """An operator pauses fetching from ``tps``; returns those not assigned here (they

@@ -41,6 +41,7 @@ _COUNTERS = (
     ("records_expired", "expired", "Records past their TTL, never delivered again."),
     ("records_retried", "retried", "Records handed off to a retry topic."),
     ("records_dead_lettered", "dead_lettered", "Records given up on (dead-letter path)."),
+    ("records_skipped", "skipped", "Records an operator skipped (Admin/SkipRecord)."),
     ("worker_streams_opened", "streams_opened", "Worker streams opened."),
     ("worker_streams_closed", "streams_closed", "Worker streams closed, however they ended."),
 )

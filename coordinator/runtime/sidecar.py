@@ -201,7 +201,8 @@ class Sidecar:
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(self.engine, group=settings.group, health=self.health_name,
-                         store=self.store), self.server)
+                         store=self.store, operator_actions=settings.admin_operator_actions),
+            self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

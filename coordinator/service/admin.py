@@ -7,11 +7,12 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
+from coordinator.core.ledger import SkipRefused
 from coordinator.core.model import TopicPartition
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.pendingstore import PendingStore
 from coordinator.service import convert
-from coordinator.service.errors import invalid_argument, not_found
+from coordinator.service.errors import failed_precondition, invalid_argument, not_found
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_PAGE = 100
@@ -22,7 +23,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     """Read-only operator calls, answered from the engine's state on its loop."""
 
     def __init__(self, engine: Engine, *, group: str, health: Callable[[], str],
-                 store: PendingStore | None = None) -> None:
+                 store: PendingStore | None = None, operator_actions: bool = False) -> None:
+        self._operator_actions = operator_actions
         self._engine = engine
         self._group = group
         self._health = health
@@ -83,6 +85,27 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ResumePartitionsResponse:
         tps = await _partitions(request.partitions, context)
         return admin_pb2.ResumePartitionsResponse(not_assigned=_refs(self._engine.resume(tps)))
+
+    async def SkipRecord(
+        self, request: admin_pb2.SkipRecordRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SkipRecordResponse:
+        if not self._operator_actions:
+            await context.abort_with_status(failed_precondition(
+                "operator actions are off: set admin_operator_actions to skip records",
+                subject="admin_operator_actions", description="must be true", kind="SETTING"))
+        tp = TopicPartition(request.topic, request.partition)
+        if not tp.topic or tp.partition < 0 or request.offset < 0:
+            await context.abort_with_status(invalid_argument(
+                "offset", "needs a topic, a partition and an offset, all of 0 or more"))
+        name = f"{tp.topic}[{tp.partition}]@{request.offset}"
+        try:
+            self._engine.skip(tp, request.offset, request.reason)
+        except SkipRefused as exc:
+            message = f"cannot skip {name}: {exc}"
+            await context.abort_with_status(
+                not_found(message, resource_type="record", resource_name=name) if exc.missing
+                else failed_precondition(message, subject=name, description=str(exc)))
+        return admin_pb2.SkipRecordResponse()
 
 
 async def _partitions(refs: Iterable[admin_pb2.PartitionRef],

@@ -39,3 +39,15 @@ def not_found(message: str, *, resource_type: str, resource_name: str) -> grpc.S
                                                resource_name=resource_name))
     status = status_pb2.Status(code=code_pb2.NOT_FOUND, message=message, details=[detail])
     return rpc_status.to_status(status)
+
+
+def failed_precondition(message: str, *, subject: str, description: str,
+                        kind: str = "STATE") -> grpc.Status:
+    """FAILED_PRECONDITION with a ``PreconditionFailure`` detail: what must change first."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.PreconditionFailure(violations=[
+        error_details_pb2.PreconditionFailure.Violation(
+            type=kind, subject=subject, description=description)]))
+    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message,
+                               details=[detail])
+    return rpc_status.to_status(status)

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import subprocess
 import sys
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -169,3 +170,55 @@ async def test_an_operator_pauses_and_resumes_fetching(
             assert sidecar.stop() == 0
         finally:
             sidecar.kill()
+
+
+@async_test
+async def test_an_operator_skips_a_poison_record_only_when_allowed(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """A record whose handler never returns holds its partition's commit; skipping it lets
+    the commit pass. Without admin_operator_actions the call is refused."""
+    budget = Budget()
+    topic = new_topic(1)
+    produce_ids(kafka_bootstrap, topic, 5)
+    stuck = asyncio.Event()
+
+    async def poison_at_2(msg: lowwater.Message) -> None:
+        if msg.offset == 2:
+            stuck.set()
+            await asyncio.Event().wait()  # the handler hangs on this record
+
+    for allowed in (False, True):
+        extra = ["--admin-operator-actions"] if allowed else []
+        sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic], extra=extra)
+        stuck.clear()
+        with logs_on_failure(sidecar):
+            sidecar.start()
+            try:
+                async with lowwater.AsyncWorker(sidecar.target, poison_at_2, max_in_flight=5,
+                                                shutdown_timeout=timedelta(seconds=1)):
+                    await asyncio.wait_for(stuck.wait(), budget.left(60))
+                    channel, stub = admin(sidecar.target)
+                    with channel:
+                        skip = admin_pb2.SkipRecordRequest(topic=topic, partition=0, offset=2,
+                                                           reason="malformed phone number")
+                        if not allowed:
+                            with pytest.raises(grpc.RpcError) as info:
+                                await asyncio.to_thread(stub.SkipRecord, skip, timeout=5)
+                            assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+                            assert "admin_operator_actions" in (info.value.details() or "")
+                            continue
+                        await asyncio.to_thread(stub.SkipRecord, skip, timeout=5)
+                        with pytest.raises(grpc.RpcError) as info:  # it is not pending now
+                            await asyncio.to_thread(stub.SkipRecord, skip, timeout=5)
+                        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+                    deadline = asyncio.get_running_loop().time() + budget.left(30)
+                    while (await asyncio.to_thread(sidecar.status)).partitions[0] \
+                            .committed_offset != 5:
+                        assert asyncio.get_running_loop().time() < deadline
+                        await asyncio.sleep(0.1)
+                    assert "operator skipped" in sidecar.log() and "malformed phone" in \
+                        sidecar.log()
+            finally:
+                sidecar.stop()
+                sidecar.kill()

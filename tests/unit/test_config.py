@@ -250,6 +250,7 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("redis_prefix", ""),
     ("metrics_listen", "9464"),
     ("log_format", "logfmt"),
+    ("admin_operator_actions", "perhaps"),
     ("health_listen", "localhost"),
     ("metrics_listen", "unix:/run/metrics.sock"),
     ("metrics_listen", "127.0.0.1:99999"),

@@ -18,7 +18,8 @@ TP = TopicPartition("sms.verification", 3)
 COUNTERS = dict.fromkeys(
     ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
      "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
-     "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed"), 0)
+     "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed",
+     "skipped"), 0)
 
 
 class Static(Collector):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from coordinator.core.flow import GateChange
-from coordinator.core.ledger import CommitPoint, HandoffKind, LeaseTimes, Ledger, State
+from coordinator.core.ledger import (
+    CommitPoint,
+    HandoffKind,
+    LeaseTimes,
+    Ledger,
+    SkipRefused,
+    State,
+)
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
 from coordinator.core.policy import RetryPolicy
@@ -627,3 +634,44 @@ def test_revoked_records_leave_the_ready_queue_at_once() -> None:
 def test_retry_policy_refuses_a_default_above_the_maximum() -> None:
     with pytest.raises(ValueError, match="exceeds max_delay"):
         RetryPolicy(default_delay=10.0, max_delay=5.0)
+
+
+def test_an_operator_skip_finishes_a_poison_record_in_any_skippable_state() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 0, 1, 2, 3)
+    h = led.open_holder("s1", "w", 2)
+    ids = by_offset(led.lease(h, 0.0, 2))  # 0 and 1 leased; 2 and 3 ready
+    assert led.settle(h, ids[1], RETRY, 60.0, 0.0) is SettleStatus.OK  # 1 delayed
+    led.skip(TP0, 0)  # leased: its lease is released, its credit returned
+    assert led.settle(h, ids[0], ACK, None, 1.0) is SettleStatus.STALE
+    assert h.credits.messages == 0
+    led.skip(TP0, 1)  # delayed
+    led.skip(TP0, 2)  # ready
+    assert led.ready_count == 1
+    assert points(led) == {TP0: 3}
+    [three] = led.lease(h, 2.0, 5)
+    assert three.record.offset == 3  # 2 is never delivered
+    assert led.settle(h, three.msg_id, ACK, None, 2.0) is SettleStatus.OK
+    assert points(led) == {TP0: 4}
+    assert led.tick(120.0) == 0 and not led.lease(h, 120.0, 5)  # nor is 1, when it falls due
+
+
+def test_skips_that_are_refused() -> None:
+    led = Ledger()
+    led.assign(TP0)
+    fetch(led, TP0, 5)
+    led.skip(TP0, 5)
+    for tp, offset in ((TP1, 0), (TP0, 4), (TP0, 5), (TP0, 6)):
+        with pytest.raises(SkipRefused) as info:
+            led.skip(tp, offset)
+        assert info.value.missing
+    led.assign(TP1)
+    assert led.add(TP1, 0, 1, "a", 0.0, okey=b"k") and led.add(TP1, 1, 1, "b", 0.0, okey=b"k")
+    h = led.open_holder("s", "w", 10)
+    assert [lease.record.offset for lease in led.lease(h, 0.0, 10)] == [0]  # 1 waits for 0
+    with pytest.raises(SkipRefused, match="waiting") as info:
+        led.skip(TP1, 1)
+    assert not info.value.missing
+    led.skip(TP1, 0)  # the key's holder: skipping it lets the next one go
+    assert [lease.record.offset for lease in led.lease(h, 0.0, 10)] == [1]

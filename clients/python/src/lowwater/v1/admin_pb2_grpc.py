@@ -65,6 +65,11 @@ class AdminStub:
                 request_serializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsRequest.SerializeToString,
                 response_deserializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsResponse.FromString,
                 _registered_method=True)
+        self.SkipRecord = channel.unary_unary(
+                '/lowwater.v1.Admin/SkipRecord',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -120,6 +125,16 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SkipRecord(self, request, context):
+        """SkipRecord finishes a pending record without a worker: a poison record
+        that no attempt gets past. It is logged with the reason and counted; a
+        worker's later settlement of it is answered STALE. Needs the setting
+        admin_operator_actions (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +167,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResumePartitions,
                     request_deserializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsRequest.FromString,
                     response_serializer=lowwater_dot_v1_dot_admin__pb2.ResumePartitionsResponse.SerializeToString,
+            ),
+            'SkipRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipRecord,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +337,33 @@ class Admin:
             '/lowwater.v1.Admin/ResumePartitions',
             lowwater_dot_v1_dot_admin__pb2.ResumePartitionsRequest.SerializeToString,
             lowwater_dot_v1_dot_admin__pb2.ResumePartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/SkipRecord',
+            lowwater_dot_v1_dot_admin__pb2.SkipRecordRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.SkipRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

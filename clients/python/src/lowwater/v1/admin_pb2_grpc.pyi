@@ -57,6 +57,12 @@ class AdminStub:
     """ResumePartitions undoes PausePartitions. A partition at its pending cap,
     or waiting for its retries to fall due, resumes when that clears.
     """
+    SkipRecord: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SkipRecordRequest, _admin_pb2.SkipRecordResponse]
+    """SkipRecord finishes a pending record without a worker: a poison record
+    that no attempt gets past. It is logged with the reason and counted; a
+    worker's later settlement of it is answered STALE. Needs the setting
+    admin_operator_actions (FAILED_PRECONDITION otherwise).
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -86,6 +92,12 @@ class AdminAsyncStub(AdminStub):
     ResumePartitions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumePartitionsRequest, _admin_pb2.ResumePartitionsResponse]  # type: ignore[assignment]
     """ResumePartitions undoes PausePartitions. A partition at its pending cap,
     or waiting for its retries to fall due, resumes when that clears.
+    """
+    SkipRecord: _aio.UnaryUnaryMultiCallable[_admin_pb2.SkipRecordRequest, _admin_pb2.SkipRecordResponse]  # type: ignore[assignment]
+    """SkipRecord finishes a pending record without a worker: a poison record
+    that no attempt gets past. It is logged with the reason and counted; a
+    worker's later settlement of it is answered STALE. Needs the setting
+    admin_operator_actions (FAILED_PRECONDITION otherwise).
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -149,6 +161,18 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ResumePartitionsResponse, _abc.Awaitable[_admin_pb2.ResumePartitionsResponse]]:
         """ResumePartitions undoes PausePartitions. A partition at its pending cap,
         or waiting for its retries to fall due, resumes when that clears.
+        """
+
+    @_abc_1.abstractmethod
+    def SkipRecord(
+        self,
+        request: _admin_pb2.SkipRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SkipRecordResponse, _abc.Awaitable[_admin_pb2.SkipRecordResponse]]:
+        """SkipRecord finishes a pending record without a worker: a poison record
+        that no attempt gets past. It is logged with the reason and counted; a
+        worker's later settlement of it is answered STALE. Needs the setting
+        admin_operator_actions (FAILED_PRECONDITION otherwise).
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
