@@ -283,6 +283,22 @@ def _check_tcp_listen(value: str) -> str:
 
 
 _TcpListen = Annotated[str, AfterValidator(_check_tcp_listen)]
+
+
+def _check_socket_mode(value: object) -> object:
+    """An octal file mode such as ``"0660"``; owner read and write are required."""
+    text = value.strip() if isinstance(value, str) else value
+    if not isinstance(text, str) or not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f"expected an octal mode such as \"0600\" or \"0660\", got {value!r}")
+    mode = int(text, 8)
+    if mode & 0o600 != 0o600:
+        raise ValueError(f"{text}: the sidecar's own user needs read and write (0600)")
+    if mode & 0o007:
+        raise ValueError(f"{text}: other users may not use the socket; use a group instead")
+    return f"0{mode:03o}"
+
+
+_SocketMode = Annotated[str, BeforeValidator(_check_socket_mode)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]

@@ -36,6 +36,7 @@ from coordinator.config.fields import (
     _MaxAttempts,
     _NonBlank,
     _RedisUrl,
+    _SocketMode,
     _TcpListen,
     _to_bool,
     _to_choice,
@@ -77,6 +78,13 @@ class Settings(BaseModel):
     """gRPC address for workers: `HOST:PORT`, `[IPV6]:PORT` (port 0 picks a free one),
     `unix:PATH` or `unix:///ABS/PATH`. Anything but loopback or a unix socket needs
     `allow_remote_listen`."""
+    socket_mode: _SocketMode = "0600"
+    """File mode of the Unix socket when `listen` is one: `0600` (only the sidecar's user)
+    or `0660` with `socket_group`, for a worker that runs as another user. Other users never
+    get access."""
+    socket_group: _NonBlank | None = None
+    """Group (name or number) the Unix socket belongs to, for `socket_mode = "0660"`. Unset:
+    the sidecar's own group."""
     allow_remote_listen: Annotated[bool, BeforeValidator(_to_bool)] = False
     """Allow `listen` on a non-loopback address. The gRPC API has no authentication of its own."""
     lease: PositiveDuration = timedelta(seconds=30)

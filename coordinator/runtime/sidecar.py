@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import grp
 import logging
 import os
 import signal
@@ -232,6 +233,15 @@ class Sidecar:
         if self.producer is not None:
             self.producer.start()
         await self.server.start()
+        if settings.listen.startswith("unix:"):
+            try:
+                _secure_socket(_socket_path(settings.listen), settings.socket_mode,
+                               settings.socket_group)
+            except (OSError, KeyError) as exc:
+                await self.server.stop(None)
+                self.fetcher.close()
+                raise StartupError(f"cannot set the mode or group of {settings.listen}: {exc}"
+                                   ) from exc
         if self.health_server is not None:
             await self.health_server.start()
             log.info("health (grpc.health.v1 only) on %s, port %d", settings.health_listen,
@@ -359,6 +369,14 @@ class Sidecar:
                 os.unlink(_socket_path(settings.listen))
         log.info("shut down")
         self.closed.set()
+
+
+def _secure_socket(path: str, mode: str, group: str | None) -> None:
+    """Gives the worker socket its mode and group (grpc creates it with the umask's)."""
+    if group is not None:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+    os.chmod(path, int(mode, 8))
 
 
 def _socket_path(listen: str) -> str:

@@ -238,6 +238,8 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("redis_url", REQUIRED_ARGS, {"LOWWATER_REDIS_URL": "http://127.0.0.1:6379"}),
     ("metrics_listen", [*REQUIRED_ARGS, "--metrics-listen", "9464"], {}),
     ("log_format", [*REQUIRED_ARGS, "--log-format", "xml"], {}),
+    ("socket_mode", [*REQUIRED_ARGS, "--socket-mode", "0666"], {}),
+    ("socket_group", [*REQUIRED_ARGS, "--socket-group", " "], {}),
     ("admin_operator_actions", REQUIRED_ARGS, {"LOWWATER_ADMIN_OPERATOR_ACTIONS": "sometimes"}),
     ("health_listen", [*REQUIRED_ARGS, "--health-listen", "unix:/run/health.sock"], {}),
     ("redis_prefix", [*REQUIRED_ARGS, "--redis-prefix", " "], {}),
