@@ -214,6 +214,14 @@ class Sidecar:
         except RuntimeError as exc:  # grpc's only signal for a taken or invalid address
             raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
         self.port = None if settings.listen.startswith("unix:") else port
+        if self.port is None:  # bound, not listening yet: no one can connect before this
+            try:
+                _secure_socket(_socket_path(settings.listen), settings.socket_mode,
+                               settings.socket_group)
+            except (OSError, KeyError) as exc:
+                await self.server.stop(None)
+                raise StartupError(f"cannot set the mode or group of {settings.listen}: {exc}"
+                                   ) from exc
         if settings.health_listen is not None:
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
@@ -233,15 +241,6 @@ class Sidecar:
         if self.producer is not None:
             self.producer.start()
         await self.server.start()
-        if settings.listen.startswith("unix:"):
-            try:
-                _secure_socket(_socket_path(settings.listen), settings.socket_mode,
-                               settings.socket_group)
-            except (OSError, KeyError) as exc:
-                await self.server.stop(None)
-                self.fetcher.close()
-                raise StartupError(f"cannot set the mode or group of {settings.listen}: {exc}"
-                                   ) from exc
         if self.health_server is not None:
             await self.health_server.start()
             log.info("health (grpc.health.v1 only) on %s, port %d", settings.health_listen,
