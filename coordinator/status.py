@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.inspect import duration
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
 
 TARGET_ENV: Final = "LOWWATER_LISTEN"
@@ -85,11 +86,7 @@ def _num(value: int) -> str:
 
 
 def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} m {int(seconds % 60):02d} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} m"
+    return duration(int(seconds * 1000))
 
 
 def render(status: admin_pb2.GetStatusResponse, now_ms: int,

@@ -34,6 +34,7 @@ from coordinator.config.fields import (
     is_producer_property,
     is_sensitive_property,
     redact_url,
+    tcp_address,
 )
 from coordinator.config.fields import LogLevel as LogLevel
 from coordinator.config.model import DEFAULT_AUTO_OFFSET_RESET as DEFAULT_AUTO_OFFSET_RESET
@@ -72,5 +73,6 @@ __all__ = [
     "redact_url",
     "resolve_settings",
     "settings_reference",
+    "tcp_address",
     "unknown_environment_variables",
 ]

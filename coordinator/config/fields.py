@@ -274,11 +274,17 @@ _TopicName = Annotated[str, AfterValidator(_check_topic_name)]
 _RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 
 
+def tcp_address(listen: str) -> str:
+    """A ``health_listen`` or ``metrics_listen`` value to bind: ``:PORT`` (every interface)
+    becomes ``0.0.0.0:PORT``; anything else is as it is."""
+    return "0.0.0.0" + listen if listen.startswith(":") else listen
+
+
 def _check_tcp_listen(value: str) -> str:
     """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT`` (every interface)."""
     if value.startswith("unix:"):
         raise ValueError("needs a TCP address (HOST:PORT or :PORT), not a unix socket")
-    _check_listen("0.0.0.0" + value if value.startswith(":") else value)
+    _check_listen(tcp_address(value))
     return value
 
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinator.config import tcp_address
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.runtime.engine import Engine, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
@@ -193,8 +194,8 @@ class Metrics:
 
     def serve(self, listen: str) -> int:
         """Starts ``/metrics`` on ``HOST:PORT`` (port 0: a free one); returns the port."""
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]") or "0.0.0.0"
+        host, _, port = tcp_address(listen).rpartition(":")
+        host = host.strip("[]")
         self._server, self._thread = start_http_server(int(port), addr=host,
                                                        registry=self.registry)
         self.port = int(self._server.server_port)

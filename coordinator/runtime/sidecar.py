@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.config import ConfigError, Settings, redact_url
+from coordinator.config import ConfigError, Settings, redact_url, tcp_address
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.pending import KeySpace
@@ -225,10 +225,9 @@ class Sidecar:
         if settings.health_listen is not None:
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            address = settings.health_listen
-            address = "0.0.0.0" + address if address.startswith(":") else address
             try:
-                self.health_port = self.health_server.add_insecure_port(address)
+                self.health_port = self.health_server.add_insecure_port(
+                    tcp_address(settings.health_listen))
             except RuntimeError as exc:
                 await self.server.stop(None)
                 raise StartupError(f"cannot serve health on {settings.health_listen}: {exc}"
@@ -255,7 +254,7 @@ class Sidecar:
                 raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}"
                                    ) from exc
             log.info("metrics on http://%s:%d/metrics",
-                     settings.metrics_listen.rpartition(":")[0].strip("[]") or "0.0.0.0", port)
+                     tcp_address(settings.metrics_listen).rpartition(":")[0], port)
         log.info("serving on %s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}")
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")

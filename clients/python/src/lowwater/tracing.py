@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar, overload
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from lowwater.message import Message
@@ -91,21 +91,30 @@ def _settle(tracer: Tracer, msg: Message, exc: HandlerOutcome | None) -> None:
 
 
 @contextmanager
-def _process(tracer: Tracer, msg: Message) -> Iterator[Span]:
+def _handling(tracer: Tracer, msg: Message) -> Iterator[None]:
+    """The ``process`` span around a handler call, and the settlement in its ``settle`` span.
+
+    A HandlerOutcome is settled as it asks and not raised further (an outcome, not an error);
+    any other exception is recorded and raised, for the worker to settle with its backoff.
+    """
     with tracer.start_as_current_span(
         f"process {msg.topic}", context=parent_context(msg), kind=SpanKind.CONSUMER,
         attributes=_attributes(msg, "process"), record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        yield span
-
-
-def _failed(span: Span, exc: BaseException) -> None:
-    if isinstance(exc, HandlerOutcome):
-        span.set_attribute("lowwater.outcome", _outcome(exc))
-        return
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        try:
+            yield
+        except HandlerOutcome as exc:
+            span.set_attribute("lowwater.outcome", _outcome(exc))
+            if not msg.settled:
+                _settle(tracer, msg, exc)
+            return
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        if not msg.settled:
+            _settle(tracer, msg, None)
 
 
 @overload
@@ -129,36 +138,18 @@ def traced(handler: Callable[[Message], Any], *, tracer_provider: Any = None
     if inspect.iscoroutinefunction(handler):
         @functools.wraps(handler)
         async def run_async(msg: Message) -> Any:
-            with _process(tracer, msg) as span:
-                try:
-                    result = await handler(msg)
-                except BaseException as exc:
-                    _failed(span, exc)
-                    if not isinstance(exc, HandlerOutcome):
-                        raise  # the worker settles it: RETRY with its backoff
-                    if not msg.settled:
-                        _settle(tracer, msg, exc)
-                    return None  # settled as the outcome asked, in its span
-                if not msg.settled:
-                    _settle(tracer, msg, None)
-                return result
+            result = None
+            with _handling(tracer, msg):
+                result = await handler(msg)
+            return result
 
         return run_async
 
     @functools.wraps(handler)
     def run(msg: Message) -> Any:
-        with _process(tracer, msg) as span:
-            try:
-                result = handler(msg)
-            except BaseException as exc:
-                _failed(span, exc)
-                if not isinstance(exc, HandlerOutcome):
-                    raise  # the worker settles it: RETRY with its backoff
-                if not msg.settled:
-                    _settle(tracer, msg, exc)
-                return None  # settled as the outcome asked, in its span
-            if not msg.settled:
-                _settle(tracer, msg, None)
-            return result
+        result = None
+        with _handling(tracer, msg):
+            result = handler(msg)
+        return result
 
     return run
