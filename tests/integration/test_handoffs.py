@@ -172,7 +172,10 @@ async def test_a_retry_waits_in_a_retry_topic_while_its_partition_flows_and_comm
         (attempt, topic, *origin) for attempt in (1, 2, 3)]  # the original coordinates
     first, second, third = (at for *_, at in deliveries)
     assert second - first >= 2.0 - 0.1 and third - second >= 4.0 - 0.1  # the tiers' delays
-    # The partition did not wait for its retried record: the commit had reached the log end
-    # (the flaky record included) before the record's third attempt was delivered.
-    assert committed_at_third == end_of_topic
+    # The partition did not wait for its retried record: its commit had reached the log end
+    # (the flaky record included) before the record's third attempt was delivered. (The other
+    # partition is not in question: a rebalance, when the retry topics are created, can
+    # leave it uncommitted in the sidecar's new generation for a while.)
+    partition = origin[0]
+    assert committed_at_third[partition] == end_of_topic[partition]
     assert len(handled) == N + 1 and max(t for v, t in handled.items() if v != b"flaky") < third
