@@ -157,8 +157,8 @@ class Settings(BaseModel):
     groups do not leak memory."""
     admin_operator_actions: Annotated[bool, BeforeValidator(_to_bool)] = False
     """Allow the Admin calls that change what gets processed: `SkipRecord` (finish a poison
-    record without a worker). Off: they answer FAILED_PRECONDITION. Pausing and resuming
-    fetching are always allowed."""
+    record without a worker) and `SeekPartition` (move a partition's consumer to an offset).
+    Off: they answer FAILED_PRECONDITION. Pausing and resuming fetching are always allowed."""
     health_listen: _TcpListen | None = None
     """A second gRPC address that serves only `grpc.health.v1` (no worker or Admin API), for
     probes that must reach the pod IP on a numeric port: `HOST:PORT`, `[IPV6]:PORT` or `:PORT`

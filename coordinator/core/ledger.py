@@ -142,6 +142,25 @@ class Ledger:
         self.partitions[tp] = part
         return part
 
+    def seek(self, tp: TopicPartition, old: int, generation: int, offset: int) -> int | None:
+        """The consumer of ``tp`` moved to ``offset`` (an operator's seek), ending generation
+        ``old``: generation ``generation`` starts there, with the same policy, and the next
+        commit carries ``offset`` (unless the broker has it already). The old generation's pending records are dropped
+        unfinished and their leases released (a later settlement is answered STALE).
+
+        Returns:
+            How many pending records were dropped, or None (nothing changed) when ``tp`` is
+            no longer in generation ``old`` here.
+        """
+        part = self.partitions.get(tp)
+        if part is None or part.generation != old or part.revoking:
+            return None
+        dropped = len(part.records)
+        new = self.assign(tp, part.committed, generation, part.policy,
+                          at_most_once=part.at_most_once)
+        new.offsets.start_at(offset)
+        return dropped
+
     def begin_revoke(self, tps: Iterable[TopicPartition]) -> dict[str, list[int]]:
         """Stops dispatching from ``tps``; returns, per holder, its msg_ids on them."""
         notify: dict[str, list[int]] = {}

@@ -32,7 +32,7 @@ class PartitionOffsets(Generic[V]):
     Not thread-safe: owned by whoever owns the enclosing ledger.
     """
 
-    __slots__ = ("_next_offset", "_order", "pending")
+    __slots__ = ("_next_offset", "_order", "_start", "pending")
 
     def __init__(self) -> None:
         self.pending: dict[int, V] = {}
@@ -41,6 +41,9 @@ class PartitionOffsets(Generic[V]):
         self._order: deque[int] = deque()
         """Fetched offsets in increasing order; the head, if any, is pending."""
         self._next_offset: int | None = None
+        self._start: int | None = None
+        """Where the consumer was moved to (:meth:`start_at`): the commit offset until the
+        first fetch."""
 
     def _check_forward(self, offset: int) -> None:
         if self._next_offset is not None and offset < self._next_offset:
@@ -66,6 +69,13 @@ class PartitionOffsets(Generic[V]):
         self._check_forward(offset)
         self._next_offset = offset + 1
 
+    def start_at(self, offset: int) -> None:
+        """The consumer was moved to ``offset`` before anything was fetched (an operator's
+        seek): until the first fetch, the commit offset is ``offset``. Fetching may still
+        start below it (an offset out of range is reset by ``auto.offset.reset``), and the
+        commit offset then follows what is fetched."""
+        self._start = offset
+
     def finished(self, offset: int) -> bool:
         """Marks ``offset`` finished; returns False when it was not pending."""
         pending = self.pending
@@ -90,10 +100,11 @@ class PartitionOffsets(Generic[V]):
 
     @property
     def commit_offset(self) -> int | None:
-        """The offset a commit may carry now; None before the first fetch."""
+        """The offset a commit may carry now; None before the first fetch (unless
+        :meth:`start_at` said where fetching starts)."""
         if self._order:
             return self._order[0]
-        return self._next_offset
+        return self._start if self._next_offset is None else self._next_offset
 
     @property
     def lowest_pending(self) -> int | None:

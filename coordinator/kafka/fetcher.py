@@ -68,6 +68,9 @@ class FetchSink(Protocol):
 
     def on_committed(self, points: list[CommitPoint], ok: bool) -> None: ...
 
+    def on_sought(self, command: Seek, generation: int | None, error: str | None) -> None:
+        """The answer to a :class:`Seek`: the partition's new generation, or why not."""
+
     def on_commit_latency(self, seconds: float) -> None:
         """How long one asynchronous commit took, from the request to the broker's answer."""
 
@@ -99,6 +102,18 @@ class Pause:
     resume: bool = False
 
 
+@dataclass(frozen=True)
+class Seek:
+    """Move the consumer of ``tp`` to ``offset``, if ``tp`` is still in ``generation``: the
+    partition then starts a new generation (answered through ``FetchSink.on_sought``), and
+    commits of the old one are dropped. Records fetched before the seek are discarded by
+    librdkafka."""
+
+    tp: TopicPartition
+    generation: int
+    offset: int
+
+
 @dataclass
 class StopFetching:
     """Pause everything now and everything assigned later; keep polling."""
@@ -110,7 +125,7 @@ class Resubscribe:
     notice at its next periodic metadata refresh (5 minutes by default)."""
 
 
-Command = Commit | Pause | StopFetching | Resubscribe
+Command = Commit | Pause | Seek | StopFetching | Resubscribe
 
 
 class Fetcher:
@@ -258,6 +273,8 @@ class Fetcher:
                 self._commit(consumer, command)
             elif isinstance(command, Pause):
                 self._pause(consumer, command)
+            elif isinstance(command, Seek):
+                self._seek(consumer, command)
             elif isinstance(command, Resubscribe):
                 try:  # refreshes librdkafka's metadata cache, so the new topics are seen
                     consumer.list_topics(timeout=PROBE_TIMEOUT)
@@ -362,6 +379,22 @@ class Fetcher:
             (consumer.resume if command.resume else consumer.pause)(tps)
         except KafkaException as exc:
             log.warning("%s failed: %s", "resume" if command.resume else "pause", exc)
+
+    def _seek(self, consumer: Consumer, command: Seek) -> None:
+        tp = command.tp
+        if self._assigned.get(tp) != command.generation:
+            self._sink.on_sought(command, None, "the partition was reassigned meanwhile")
+            return
+        try:
+            consumer.seek(KafkaTopicPartition(tp.topic, tp.partition, command.offset))
+        except KafkaException as exc:
+            self._sink.on_sought(command, None, exc.args[0].str())
+            return
+        generation = next(self._generations)
+        self._assigned[tp] = generation
+        rebalance_log.info("%s[%d] moved to offset %d (generation %d)", tp.topic, tp.partition,
+                           command.offset, generation)
+        self._sink.on_sought(command, generation, None)
 
     def _pause_all(self, consumer: Consumer) -> None:
         tps = [KafkaTopicPartition(tp.topic, tp.partition) for tp in self._assigned]

@@ -32,7 +32,7 @@ from coordinator.core.ledger import (
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
 from coordinator.core.records import LEASED
-from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe
+from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe, Seek
 from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, RetriedMessage, retried
 from coordinator.runtime.subscriptions import Lane, Router
 
@@ -52,10 +52,30 @@ REBALANCES_KEPT = 20
 """Rebalance events kept for the status views."""
 HANDOFF_RETRY_S = 1.0
 """Seconds before a hand-off whose produce failed is tried again (the record stays pending)."""
+SEEK_TIMEOUT = 10.0
+"""Seconds an operator's seek waits for the consumer thread to move the partition."""
+
+
+class SeekRefused(Exception):
+    """:meth:`Engine.seek` did not move the partition; ``missing``: it is not assigned here."""
+
+    def __init__(self, why: str, *, missing: bool = False) -> None:
+        super().__init__(why)
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class Sought:
+    """What an operator's seek did."""
+
+    previous_commit_offset: int | None
+    """The offset the partition's next commit would have carried before the seek."""
+    dropped: int
+    """Pending records dropped unfinished: they are not delivered again unless fetched again."""
 
 
 class CommandSink(Protocol):
-    def submit(self, command: Commit | Pause | Resubscribe) -> None: ...
+    def submit(self, command: Commit | Pause | Resubscribe | Seek) -> None: ...
 
 
 class HandoffSink(Protocol):
@@ -215,7 +235,7 @@ class Engine:
             ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
              "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
              "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed",
-             "skipped"), 0
+             "skipped", "sought"), 0
         )
         """Totals since start, read by the metrics collector (on this loop)."""
         self.settled_by: dict[Outcome | None, int] = {}
@@ -227,6 +247,9 @@ class Engine:
         self.rebalances: deque[RebalanceView] = deque(maxlen=REBALANCES_KEPT)
         """The latest rebalance events, for Admin/GetStatus and ``lowwater top``."""
         self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
+        self._seeks: dict[Seek, tuple[asyncio.Future[Sought], str, int | None]] = {}
+        """Seeks sent to the consumer thread and not answered yet: (their answer, the
+        operator's reason, the commit offset before)."""
         self.operator_paused: set[TopicPartition] = set()
         """Partitions an operator paused (Admin/PausePartitions): fetching stays paused, across
         reassignments to this sidecar, until Admin/ResumePartitions."""
@@ -374,6 +397,57 @@ class Engine:
         acks_log.warning("operator skipped %s[%d]@%d without processing it: %s",
                          tp.topic, tp.partition, offset, reason or "no reason given")
         self._after_change()
+
+    async def seek(self, tp: TopicPartition, offset: int, reason: str) -> Sought:
+        """An operator moves ``tp``'s consumer to ``offset``: forward past records no one
+        should process, or back to process some again. The partition's pending records are
+        dropped unfinished and their leases released; the next commit carries ``offset``.
+
+        Raises:
+            SeekRefused: ``tp`` is not assigned here (``missing``), is being revoked, the
+                sidecar is draining, another seek of it is under way, or the consumer
+                refused or did not answer within :data:`SEEK_TIMEOUT`.
+        """
+        if self._draining:
+            raise SeekRefused("the sidecar is shutting down")
+        part = self.ledger.partitions.get(tp)
+        if part is None or part.revoking:
+            raise SeekRefused("the partition is not assigned here", missing=True)
+        command = Seek(tp, part.generation, offset)
+        if any(pending.tp == tp for pending in self._seeks):
+            raise SeekRefused("another seek of this partition is under way")
+        answer: asyncio.Future[Sought] = asyncio.get_running_loop().create_future()
+        self._seeks[command] = (answer, reason, part.offsets.commit_offset)
+        self._commands.submit(command)
+        try:  # shielded: the seek still applies if the caller gives up
+            return await asyncio.wait_for(asyncio.shield(answer), SEEK_TIMEOUT)
+        except TimeoutError:
+            raise SeekRefused(f"the consumer did not move the partition within "
+                              f"{SEEK_TIMEOUT:.0f}s") from None
+
+    def sought(self, command: Seek, generation: int | None, error: str | None) -> None:
+        """The consumer thread's answer to a :class:`Seek`."""
+        answer, reason, before = self._seeks.pop(command, (None, "", None))
+        tp = command.tp
+        dropped = None if generation is None else self.ledger.seek(
+            tp, command.generation, generation, command.offset)
+        if generation is None or dropped is None:
+            why = error or "the partition was reassigned meanwhile"
+            if answer is not None and not answer.done():
+                answer.set_exception(SeekRefused(why))
+            return
+        self.counters["sought"] += 1
+        held = self._holds.pop(tp, None)
+        if held is not None:
+            held[2].cancel()
+        if tp not in self.operator_paused:  # the old generation may have paused it (its cap)
+            self._commands.submit(Pause([(tp, generation)], resume=True))
+        flow_log.warning("operator moved %s[%d] from offset %s to %d, dropping %d pending "
+                         "record(s) unfinished: %s", tp.topic, tp.partition, before,
+                         command.offset, dropped, reason or "no reason given")
+        self._after_change()
+        if answer is not None and not answer.done():
+            answer.set_result(Sought(before, dropped))
 
     def pause(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
         """An operator pauses fetching from ``tps``; returns those not assigned here (they

@@ -43,6 +43,8 @@ _COUNTERS = (
     ("records_retried", "retried", "Records handed off to a retry topic."),
     ("records_dead_lettered", "dead_lettered", "Records given up on (dead-letter path)."),
     ("records_skipped", "skipped", "Records an operator skipped (Admin/SkipRecord)."),
+    ("partition_seeks", "sought",
+     "Partitions an operator moved to another offset (Admin/SeekPartition)."),
     ("worker_streams_opened", "streams_opened", "Worker streams opened."),
     ("worker_streams_closed", "streams_closed", "Worker streams closed, however they ended."),
 )

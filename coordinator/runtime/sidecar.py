@@ -26,7 +26,7 @@ from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.pending import KeySpace
 from coordinator.core.policy import RetryPolicy
-from coordinator.kafka.fetcher import Assignment, Fetcher, Resubscribe, StopFetching
+from coordinator.kafka.fetcher import Assignment, Fetcher, Resubscribe, Seek, StopFetching
 from coordinator.kafka.producer import HandoffProducer
 from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
@@ -106,6 +106,9 @@ class Bridge:
 
     def on_committed(self, points: list[CommitPoint], ok: bool) -> None:
         self._post(self._sidecar.engine.committed, points, ok)
+
+    def on_sought(self, command: Seek, generation: int | None, error: str | None) -> None:
+        self._post(self._sidecar.engine.sought, command, generation, error)
 
     def on_commit_latency(self, seconds: float) -> None:
         metrics = self._sidecar.metrics

@@ -9,7 +9,7 @@ import grpc
 
 from coordinator.core.ledger import SkipRefused
 from coordinator.core.model import TopicPartition
-from coordinator.runtime.engine import Engine
+from coordinator.runtime.engine import Engine, SeekRefused
 from coordinator.runtime.pendingstore import PendingStore
 from coordinator.service import convert
 from coordinator.service.errors import failed_precondition, invalid_argument, not_found
@@ -20,7 +20,8 @@ MAX_PAGE = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    """Read-only operator calls, answered from the engine's state on its loop."""
+    """Operator calls, answered from the engine's state on its loop. Skipping records and
+    seeking partitions need ``operator_actions``."""
 
     def __init__(self, engine: Engine, *, group: str, health: Callable[[], str],
                  store: PendingStore | None = None, operator_actions: bool = False) -> None:
@@ -89,10 +90,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def SkipRecord(
         self, request: admin_pb2.SkipRecordRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SkipRecordResponse:
-        if not self._operator_actions:
-            await context.abort_with_status(failed_precondition(
-                "operator actions are off: set admin_operator_actions to skip records",
-                subject="admin_operator_actions", description="must be true", kind="SETTING"))
+        await self._allow_operator_action("skip records", context)
         tp = TopicPartition(request.topic, request.partition)
         if not tp.topic or tp.partition < 0 or request.offset < 0:
             await context.abort_with_status(invalid_argument(
@@ -106,6 +104,34 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 not_found(message, resource_type="record", resource_name=name) if exc.missing
                 else failed_precondition(message, subject=name, description=str(exc)))
         return admin_pb2.SkipRecordResponse()
+
+    async def SeekPartition(
+        self, request: admin_pb2.SeekPartitionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SeekPartitionResponse:
+        await self._allow_operator_action("seek partitions", context)
+        tp = TopicPartition(request.topic, request.partition)
+        if not tp.topic or tp.partition < 0 or request.offset < 0:
+            await context.abort_with_status(invalid_argument(
+                "offset", "needs a topic, a partition and an offset, all of 0 or more"))
+        name = f"{tp.topic}[{tp.partition}]"
+        try:
+            sought = await self._engine.seek(tp, request.offset, request.reason)
+        except SeekRefused as exc:
+            message = f"cannot seek {name}: {exc}"
+            await context.abort_with_status(
+                not_found(message, resource_type="partition", resource_name=name)
+                if exc.missing else failed_precondition(message, subject=name,
+                                                        description=str(exc)))
+            return admin_pb2.SeekPartitionResponse()  # not reached: abort raises
+        before = sought.previous_commit_offset
+        return admin_pb2.SeekPartitionResponse(
+            previous_commit_offset=-1 if before is None else before, dropped_count=sought.dropped)
+
+    async def _allow_operator_action(self, what: str, context: grpc.aio.ServicerContext) -> None:
+        if not self._operator_actions:
+            await context.abort_with_status(failed_precondition(
+                f"operator actions are off: set admin_operator_actions to {what}",
+                subject="admin_operator_actions", description="must be true", kind="SETTING"))
 
 
 async def _partitions(refs: Iterable[admin_pb2.PartitionRef],

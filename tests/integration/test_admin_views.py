@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 
 import grpc
@@ -207,6 +208,10 @@ async def test_an_operator_skips_a_poison_record_only_when_allowed(
                                 await asyncio.to_thread(stub.SkipRecord, skip, timeout=5)
                             assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
                             assert "admin_operator_actions" in (info.value.details() or "")
+                            seek = admin_pb2.SeekPartitionRequest(topic=topic, partition=0)
+                            with pytest.raises(grpc.RpcError) as info:
+                                await asyncio.to_thread(stub.SeekPartition, seek, timeout=5)
+                            assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
                             continue
                         await asyncio.to_thread(stub.SkipRecord, skip, timeout=5)
                         with pytest.raises(grpc.RpcError) as info:  # it is not pending now
@@ -222,3 +227,73 @@ async def test_an_operator_skips_a_poison_record_only_when_allowed(
             finally:
                 sidecar.stop()
                 sidecar.kill()
+
+
+@async_test
+async def test_an_operator_seeks_a_partition_forward_past_a_stuck_record_and_back(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """Seeking forward drops the stuck record and lets the commit pass it; seeking back
+    delivers everything again. The partition's commit follows both."""
+    budget = Budget()
+    topic = new_topic(1)
+    produce_ids(kafka_bootstrap, topic, 10)
+    seen: dict[int, int] = {}
+    stuck = asyncio.Event()
+
+    async def hang_once_at_2(msg: lowwater.Message) -> None:
+        seen[msg.offset] = seen.get(msg.offset, 0) + 1
+        if msg.offset == 2 and seen[2] == 1:
+            stuck.set()
+            await asyncio.Event().wait()
+
+    sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
+                             extra=["--admin-operator-actions"])
+    loop = asyncio.get_running_loop()
+
+    async def wait_for(done: Callable[[admin_pb2.PartitionStatus], bool], what: str) -> None:
+        deadline = loop.time() + budget.left(60)
+        while not done((await asyncio.to_thread(sidecar.status)).partitions[0]):
+            assert loop.time() < deadline, f"timed out waiting for {what}; seen {seen}"
+            await asyncio.sleep(0.1)
+
+    with logs_on_failure(sidecar):
+        sidecar.start()
+        try:
+            async with lowwater.AsyncWorker(sidecar.target, hang_once_at_2, max_in_flight=5,
+                                            shutdown_timeout=timedelta(seconds=1)):
+                await asyncio.wait_for(stuck.wait(), budget.left(60))
+                await wait_for(lambda p: p.pending_count == 1 and p.committed_offset == 2,
+                               "all but the stuck record to be finished")
+                channel, stub = admin(sidecar.target)
+                with channel:
+                    def seek(offset: int, partition: int = 0) -> admin_pb2.SeekPartitionResponse:
+                        request = admin_pb2.SeekPartitionRequest(
+                            topic=topic, partition=partition, offset=offset, reason="incident 42")
+                        response: admin_pb2.SeekPartitionResponse = stub.SeekPartition(
+                            request, timeout=15)
+                        return response
+
+                    forward = await asyncio.to_thread(seek, 8)
+                    assert (forward.previous_commit_offset, forward.dropped_count) == (2, 1)
+                    await wait_for(lambda p: p.committed_offset == 10,
+                                   "the commit to pass the skipped range")
+                    assert seen[8] == seen[9] == 2 and seen[2] == 1  # 8, 9 fetched again
+                    back = await asyncio.to_thread(seek, 0)
+                    assert (back.previous_commit_offset, back.dropped_count) == (10, 0)
+                    deadline = loop.time() + budget.left(60)
+                    while min(seen.get(o, 0) for o in range(10)) < 2:
+                        assert loop.time() < deadline, f"not every record came back: {seen}"
+                        await asyncio.sleep(0.1)
+                    await wait_for(lambda p: p.committed_offset == 10 and not p.pending_count,
+                                   "the replay to be committed")
+                    for offset, partition, code in ((-1, 0, grpc.StatusCode.INVALID_ARGUMENT),
+                                                    (0, 3, grpc.StatusCode.NOT_FOUND)):
+                        with pytest.raises(grpc.RpcError) as info:
+                            await asyncio.to_thread(seek, offset, partition)
+                        assert info.value.code() is code
+            log = sidecar.log()
+            assert "operator moved" in log and "incident 42" in log
+            assert sidecar.stop() == 0
+        finally:
+            sidecar.kill()

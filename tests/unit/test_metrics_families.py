@@ -19,7 +19,7 @@ COUNTERS = dict.fromkeys(
     ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
      "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
      "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed",
-     "skipped"), 0)
+     "skipped", "sought"), 0)
 
 
 class Static(Collector):

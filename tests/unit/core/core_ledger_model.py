@@ -50,6 +50,8 @@ class LedgerModel(RuleBasedStateMachine):
         self.gen: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
         self.pending: dict[TopicPartition, set[int]] = {tp: set() for tp in TPS}
         self.next_pos: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
+        self.start: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
+        """Where an operator's seek moved the partition, until its first fetch."""
         self.fetch_pos = dict.fromkeys(TPS, 0)
         self.committed: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
         self.sent: dict[TopicPartition, int | None] = dict.fromkeys(TPS)
@@ -79,7 +81,9 @@ class LedgerModel(RuleBasedStateMachine):
     # -- model helpers ------------------------------------------------------
 
     def _commit(self, tp: TopicPartition) -> int | None:
-        return min(self.pending[tp]) if self.pending[tp] else self.next_pos[tp]
+        if self.pending[tp]:
+            return min(self.pending[tp])
+        return self.start[tp] if self.next_pos[tp] is None else self.next_pos[tp]
 
     def _snapshot(self) -> tuple:
         parts = tuple(
@@ -243,6 +247,7 @@ class LedgerModel(RuleBasedStateMachine):
             self._end_lease(msg_id, self.stale)  # at-most-once leases live on: nothing to undo
         self.lapsed = {m: a for m, a in self.lapsed.items() if a.tp != tp or a.at_most_once}
         self.gen[tp], self.next_pos[tp], self.pending[tp] = None, None, set()
+        self.start[tp] = None
         self.revoking.discard(tp)
         self.handoffs = [r for r in self.handoffs if r.part.tp != tp]
 

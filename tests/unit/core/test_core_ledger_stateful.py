@@ -82,6 +82,26 @@ class LedgerMachine(LedgerModel):
         if really and self.gen[tp] is not None:
             self._assign(tp)
 
+    @rule(tp=st.sampled_from(TPS), offset=st.integers(0, 40), really=RARELY)
+    def seek(self, tp: TopicPartition, offset: int, really: bool) -> None:
+        """An operator moves the partition: its pending records are dropped, its leases go
+        stale, and the next commit carries the offset (unless the broker has it)."""
+        old = self.gen[tp]
+        if not really or old is None:
+            return
+        generation = next(self.led._generations)  # the fetcher's, in the runtime
+        if tp in self.revoking:  # a revoke under way wins: the seek changes nothing
+            before = self._snapshot()
+            assert self.led.seek(tp, old, generation, offset) is None
+            assert self._snapshot() == before
+            return
+        assert self.led.seek(tp, old - 1, generation, offset) is None  # an old generation's
+        dropped = len(self.pending[tp])
+        assert self.led.seek(tp, old, generation, offset) == dropped
+        self._drop_generation(tp)
+        self.gen[tp], self.sent[tp], self.paused[tp] = generation, self.committed[tp], False
+        self.start[tp] = self.fetch_pos[tp] = offset
+
     @rule(name=st.sampled_from(["s0", "s1", "s2", "pull:w"]), max_messages=st.integers(1, 4),
           max_bytes=st.sampled_from([0, 0, 30, 80]))
     def open_holder(self, name: str, max_messages: int, max_bytes: int) -> None:
@@ -248,7 +268,7 @@ class LedgerMachine(LedgerModel):
         for tp in TPS:
             if self.gen[tp] is not None and tp not in self.revoking:
                 assert not self.pending[tp]
-                assert self.led.partitions[tp].offsets.commit_offset == self.next_pos[tp]
+                assert self.led.partitions[tp].offsets.commit_offset == self._commit(tp)
         self.every_pending_record_is_in_exactly_one_place()
         self.commit_points_never_pass_a_pending_record()
         self.revoke(set(TPS), True)  # checks the final points

@@ -20,6 +20,16 @@ def fetched(*offsets: int) -> PartitionOffsets:
     return po
 
 
+def test_a_seek_sets_the_commit_point_until_the_first_fetch_moves_it() -> None:
+    po = PartitionOffsets[None]()
+    po.start_at(50)
+    assert po.commit_offset == 50 and po.next_offset is None
+    po.fetched(10, None)  # out of range: auto.offset.reset moved the consumer to the start
+    assert po.commit_offset == 10
+    po.finished(10)
+    assert po.commit_offset == 11
+
+
 def test_nothing_fetched_has_no_commit_point() -> None:
     po = PartitionOffsets[None]()
     assert po.commit_offset is None

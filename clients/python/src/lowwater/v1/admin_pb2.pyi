@@ -698,3 +698,59 @@ class SkipRecordResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SkipRecordResponse: _TypeAlias = SkipRecordResponse  # noqa: Y015
+
+@_typing.final
+class SeekPartitionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    partition: _builtins.int
+    offset: _builtins.int
+    """The next offset to fetch: 0 or more."""
+    reason: _builtins.str
+    """Why, for the log."""
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "reason", b"reason", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeekPartitionRequest: _TypeAlias = SeekPartitionRequest  # noqa: Y015
+
+@_typing.final
+class SeekPartitionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_COMMIT_OFFSET_FIELD_NUMBER: _builtins.int
+    DROPPED_COUNT_FIELD_NUMBER: _builtins.int
+    previous_commit_offset: _builtins.int
+    """The offset the partition's next commit would have carried before the
+    seek; -1 when none was known (nothing fetched or committed yet).
+    """
+    dropped_count: _builtins.int
+    """Pending records dropped unfinished by the seek."""
+    def __init__(
+        self,
+        *,
+        previous_commit_offset: _builtins.int = ...,
+        dropped_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_count", b"dropped_count", "previous_commit_offset", b"previous_commit_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeekPartitionResponse: _TypeAlias = SeekPartitionResponse  # noqa: Y015

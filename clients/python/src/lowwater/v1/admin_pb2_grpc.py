@@ -70,6 +70,11 @@ class AdminStub:
                 request_serializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordRequest.SerializeToString,
                 response_deserializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordResponse.FromString,
                 _registered_method=True)
+        self.SeekPartition = channel.unary_unary(
+                '/lowwater.v1.Admin/SeekPartition',
+                request_serializer=lowwater_dot_v1_dot_admin__pb2.SeekPartitionRequest.SerializeToString,
+                response_deserializer=lowwater_dot_v1_dot_admin__pb2.SeekPartitionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -135,6 +140,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SeekPartition(self, request, context):
+        """SeekPartition moves the consumer of a partition assigned here to an
+        offset: forward past records no one should process, or back to process
+        some again. The partition's pending records are dropped unfinished (a
+        worker's later settlement of one is answered STALE), and the next commit
+        carries the offset, so a restart resumes there too. An offset outside the
+        log is reset by the consumer's auto.offset.reset, as with any Kafka seek.
+        Needs the setting admin_operator_actions (FAILED_PRECONDITION otherwise);
+        NOT_FOUND when the partition is not assigned to this sidecar.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +191,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SkipRecord,
                     request_deserializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordRequest.FromString,
                     response_serializer=lowwater_dot_v1_dot_admin__pb2.SkipRecordResponse.SerializeToString,
+            ),
+            'SeekPartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.SeekPartition,
+                    request_deserializer=lowwater_dot_v1_dot_admin__pb2.SeekPartitionRequest.FromString,
+                    response_serializer=lowwater_dot_v1_dot_admin__pb2.SeekPartitionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +388,33 @@ class Admin:
             '/lowwater.v1.Admin/SkipRecord',
             lowwater_dot_v1_dot_admin__pb2.SkipRecordRequest.SerializeToString,
             lowwater_dot_v1_dot_admin__pb2.SkipRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SeekPartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lowwater.v1.Admin/SeekPartition',
+            lowwater_dot_v1_dot_admin__pb2.SeekPartitionRequest.SerializeToString,
+            lowwater_dot_v1_dot_admin__pb2.SeekPartitionResponse.FromString,
             options,
             channel_credentials,
             insecure,

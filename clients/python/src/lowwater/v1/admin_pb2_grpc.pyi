@@ -63,6 +63,16 @@ class AdminStub:
     worker's later settlement of it is answered STALE. Needs the setting
     admin_operator_actions (FAILED_PRECONDITION otherwise).
     """
+    SeekPartition: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SeekPartitionRequest, _admin_pb2.SeekPartitionResponse]
+    """SeekPartition moves the consumer of a partition assigned here to an
+    offset: forward past records no one should process, or back to process
+    some again. The partition's pending records are dropped unfinished (a
+    worker's later settlement of one is answered STALE), and the next commit
+    carries the offset, so a restart resumes there too. An offset outside the
+    log is reset by the consumer's auto.offset.reset, as with any Kafka seek.
+    Needs the setting admin_operator_actions (FAILED_PRECONDITION otherwise);
+    NOT_FOUND when the partition is not assigned to this sidecar.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -98,6 +108,16 @@ class AdminAsyncStub(AdminStub):
     that no attempt gets past. It is logged with the reason and counted; a
     worker's later settlement of it is answered STALE. Needs the setting
     admin_operator_actions (FAILED_PRECONDITION otherwise).
+    """
+    SeekPartition: _aio.UnaryUnaryMultiCallable[_admin_pb2.SeekPartitionRequest, _admin_pb2.SeekPartitionResponse]  # type: ignore[assignment]
+    """SeekPartition moves the consumer of a partition assigned here to an
+    offset: forward past records no one should process, or back to process
+    some again. The partition's pending records are dropped unfinished (a
+    worker's later settlement of one is answered STALE), and the next commit
+    carries the offset, so a restart resumes there too. An offset outside the
+    log is reset by the consumer's auto.offset.reset, as with any Kafka seek.
+    Needs the setting admin_operator_actions (FAILED_PRECONDITION otherwise);
+    NOT_FOUND when the partition is not assigned to this sidecar.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +193,22 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         that no attempt gets past. It is logged with the reason and counted; a
         worker's later settlement of it is answered STALE. Needs the setting
         admin_operator_actions (FAILED_PRECONDITION otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def SeekPartition(
+        self,
+        request: _admin_pb2.SeekPartitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SeekPartitionResponse, _abc.Awaitable[_admin_pb2.SeekPartitionResponse]]:
+        """SeekPartition moves the consumer of a partition assigned here to an
+        offset: forward past records no one should process, or back to process
+        some again. The partition's pending records are dropped unfinished (a
+        worker's later settlement of one is answered STALE), and the next commit
+        carries the offset, so a restart resumes there too. An offset outside the
+        log is reset by the consumer's auto.offset.reset, as with any Kafka seek.
+        Needs the setting admin_operator_actions (FAILED_PRECONDITION otherwise);
+        NOT_FOUND when the partition is not assigned to this sidecar.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
