@@ -22,12 +22,14 @@ from coordinator import status as status_command
 from coordinator.config import (
     CONFIG_ENV_VAR,
     FILE_ONLY_SETTINGS,
+    LOG_CONCERNS,
     ConfigError,
     Problem,
     Settings,
     default_text,
     flag_for,
     is_sensitive_property,
+    log_levels,
     resolve_settings,
     unknown_environment_variables,
 )
@@ -79,6 +81,7 @@ _METAVARS: Final[Mapping[str, str]] = {
     "ttl": "DURATION",
     "expiry_header": "HEADER",
     "log_level": "LEVEL",
+    "log_levels": "CONCERN=LEVEL[,...]",
 }
 
 
@@ -195,13 +198,16 @@ class _Handler(logging.StreamHandler[TextIO]):
     """lowwater's own handler on the root logger; :func:`configure_logging` replaces it."""
 
 
-def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text") -> None:
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text",
+                      concerns: Mapping[str, str] | None = None) -> None:
     """Log one line per record to ``stream`` (stderr): time, level, logger name, message;
     with ``fmt="json"`` one JSON object per line (structlog's renderer) with the fields
     ``timestamp``, ``level``, ``logger``, ``event`` and, on errors, ``exception``.
 
     ``coordinator.*`` loggers log at ``level``; other libraries at WARNING and above (or
-    ``level`` if that is higher). Calling it again replaces the previous configuration.
+    ``level`` if that is higher). ``concerns`` sets single concern loggers apart, as
+    {logger name: level} (see ``log_levels``). Calling it again replaces the previous
+    configuration.
     """
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
@@ -212,6 +218,10 @@ def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text
     number = logging.getLevelNamesMapping()[level]
     root.setLevel(max(number, OTHER_LOGGERS_LEVEL))
     logging.getLogger("coordinator").setLevel(number)
+    for concern in LOG_CONCERNS:  # a concern follows `level` unless set apart
+        logging.getLogger(f"coordinator.{concern}").setLevel(logging.NOTSET)
+    for name, concern_level in (concerns or {}).items():
+        logging.getLogger(name).setLevel(concern_level)
 
 
 def _json_formatter() -> logging.Formatter:
@@ -236,7 +246,8 @@ def _json_formatter() -> logging.Formatter:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
-    configure_logging(settings.log_level, fmt=settings.log_format)
+    configure_logging(settings.log_level, fmt=settings.log_format,
+                      concerns=log_levels(settings.log_levels))
     for name in unknown_environment_variables(os.environ):
         config_log.warning("ignoring environment variable %s: no such setting", name)
     config_log.debug("settings: %r", settings)

@@ -36,7 +36,9 @@ from coordinator.config.fields import (
     redact_url,
     tcp_address,
 )
+from coordinator.config.fields import LOG_CONCERNS as LOG_CONCERNS
 from coordinator.config.fields import LogLevel as LogLevel
+from coordinator.config.fields import log_levels
 from coordinator.config.model import DEFAULT_AUTO_OFFSET_RESET as DEFAULT_AUTO_OFFSET_RESET
 from coordinator.config.model import LIBRDKAFKA_MAX_POLL_INTERVAL as LIBRDKAFKA_MAX_POLL_INTERVAL
 from coordinator.config.model import Settings
@@ -69,6 +71,7 @@ __all__ = [
     "is_loopback_listen",
     "is_producer_property",
     "is_sensitive_property",
+    "log_levels",
     "parse_duration",
     "redact_url",
     "resolve_settings",

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -308,6 +308,39 @@ _SocketMode = Annotated[str, BeforeValidator(_check_socket_mode)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
+LOG_CONCERNS: Final = ("acks", "commits", "config", "flow", "handoff", "kafka", "kafka.client",
+                       "metrics", "rebalance", "records", "redis", "retry", "sidecar", "streams")
+"""The concern loggers under ``coordinator.``, each of which ``log_levels`` can set."""
+
+
+def _check_log_levels(value: object) -> object:
+    """``concern=LEVEL[,concern=LEVEL...]`` -> the same, normalized (``acks=DEBUG``)."""
+    if not isinstance(value, str):
+        return value
+    levels: dict[str, str] = {}
+    for item in (i.strip() for i in value.split(",")):
+        if not item:
+            continue
+        concern, eq, level = (part.strip() for part in item.partition("="))
+        concern = concern.lower().removeprefix("coordinator.")
+        if not eq or concern not in LOG_CONCERNS:
+            raise ValueError(f"{item!r}: use concern=LEVEL, with a concern of "
+                             f"{', '.join(LOG_CONCERNS)}")
+        if level.upper() not in get_args(LogLevel):
+            raise ValueError(f"{item!r}: the level must be one of {', '.join(get_args(LogLevel))}")
+        if concern in levels:
+            raise ValueError(f"{concern!r} is given twice")
+        levels[concern] = level.upper()
+    return ",".join(f"{c}={lv}" for c, lv in levels.items())
+
+
+def log_levels(spec: str) -> dict[str, str]:
+    """A valid ``log_levels`` value as {concern logger name: level}."""
+    pairs = (item.split("=") for item in spec.split(",") if item)
+    return {f"coordinator.{concern}": level for concern, level in pairs}
+
+
+_LogLevels = Annotated[str, BeforeValidator(_check_log_levels)]
 Guarantee = Literal["at_least_once", "at_most_once"]
 """What a subscription promises about its records (see the `guarantee` setting)."""
 

@@ -32,6 +32,7 @@ from coordinator.config.fields import (
     _check_listen,
     _check_retry_topic_format,
     _check_topics,
+    _LogLevels,
     _freeze,
     _MaxAttempts,
     _NonBlank,
@@ -182,6 +183,12 @@ class Settings(BaseModel):
     keep the pod's termination grace period longer."""
     log_level: Annotated[LogLevel, BeforeValidator(_to_log_level)] = "INFO"
     """Level of lowwater's `coordinator.*` loggers; other libraries log WARNING and above."""
+    log_levels: _LogLevels = ""
+    """Levels for single concern loggers, beating `log_level` for them:
+    `concern=LEVEL[,concern=LEVEL...]`, for example `acks=DEBUG,commits=DEBUG` to follow
+    settlements and commits without the rest. Concerns: `acks`, `commits`, `config`, `flow`,
+    `handoff`, `kafka`, `kafka.client` (librdkafka's own lines), `metrics`, `rebalance`,
+    `records`, `redis`, `retry`, `sidecar`, `streams`."""
     log_format: Annotated[LogFormat, BeforeValidator(_to_choice)] = "text"
     """`text`: one line per event for people; `json`: one JSON object per line for log
     pipelines, with the fields `timestamp` (ISO 8601, UTC), `level`, `logger` (the concern:

@@ -28,7 +28,7 @@ from coordinator.core.model import TopicPartition
 
 log = logging.getLogger("coordinator.kafka")
 rebalance_log = logging.getLogger("coordinator.rebalance")
-commit_log = logging.getLogger("coordinator.commit")
+commit_log = logging.getLogger("coordinator.commits")
 client_log = logging.getLogger("coordinator.kafka.client")
 
 POLL_TIMEOUT = 0.02

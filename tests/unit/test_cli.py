@@ -21,10 +21,13 @@ import pytest
 from coordinator import cli
 from coordinator.config import (
     FILE_ONLY_SETTINGS,
+    LOG_CONCERNS,
     ConfigError,
     Settings,
     SubscriptionPolicy,
     flag_for,
+    log_levels,
+    resolve_settings,
 )
 
 REQUIRED_ARGS = ["--bootstrap-servers", "kafka:9092", "--group", "g", "--topic", "t"]
@@ -43,10 +46,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def restore_logging() -> Iterator[None]:
     root, ours = logging.getLogger(), logging.getLogger("coordinator")
     handlers, root_level, our_level = list(root.handlers), root.level, ours.level
+    concerns = [logging.getLogger(f"coordinator.{c}") for c in LOG_CONCERNS]
+    concern_levels = [c.level for c in concerns]
     yield
     root.handlers[:] = handlers
     root.setLevel(root_level)
     ours.setLevel(our_level)
+    for concern, level in zip(concerns, concern_levels, strict=True):
+        concern.setLevel(level)
 
 
 @pytest.fixture
@@ -259,6 +266,7 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("rebalance_timeout", [*REQUIRED_ARGS, "--rebalance-timeout", "0s"], {}),
     ("drain_timeout", [*REQUIRED_ARGS, "--drain-timeout", "never"], {}),
     ("log_level", REQUIRED_ARGS, {"LOWWATER_LOG_LEVEL": "chatty"}),
+    ("log_levels", [*REQUIRED_ARGS, "--log-levels", "acks"], {}),
     ("kafka", [*REQUIRED_ARGS, "--kafka", "=5"], {}),
 ]
 """(setting, argv, environment) giving the setting an invalid value; every setting but the
@@ -421,13 +429,13 @@ def test_logging_is_one_line_per_record_with_the_logger_name() -> None:
     stream = io.StringIO()
     cli.configure_logging("INFO", stream)
     cli.configure_logging("INFO", stream)  # replaces, does not add a second handler
-    logging.getLogger("coordinator.commit").info("committed %d", 7)
+    logging.getLogger("coordinator.commits").info("committed %d", 7)
     logging.getLogger("coordinator.flow").debug("hidden at INFO")
     logging.getLogger("some.library").info("hidden below WARNING")
     logging.getLogger("some.library").warning("shown")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith(" INFO    coordinator.commit: committed 7")
+    assert lines[0].endswith(" INFO    coordinator.commits: committed 7")
     assert lines[1].endswith(" WARNING some.library: shown")
 
 
@@ -438,6 +446,33 @@ def test_log_level_error_quiets_everything_below() -> None:
     logging.getLogger("coordinator.rebalance").warning("hidden")
     logging.getLogger("other").warning("hidden too")
     assert stream.getvalue() == ""
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_one_concern_is_turned_up_or_down_apart_from_the_rest() -> None:
+    stream = io.StringIO()
+    flags = {"bootstrap_servers": "kafka:9092", "group": "g", "topics": ["t"],
+             "log_levels": " Acks=debug, coordinator.flow=error"}
+    settings = resolve_settings(flags=flags)
+    assert settings.log_levels == "acks=DEBUG,flow=ERROR"
+    cli.configure_logging("INFO", stream, concerns=log_levels(settings.log_levels))
+    logging.getLogger("coordinator.acks").debug("settled 3")
+    logging.getLogger("coordinator.commits").debug("hidden: commits follow log_level")
+    logging.getLogger("coordinator.flow").warning("hidden: flow is at ERROR")
+    logging.getLogger("coordinator.flow").error("flow shown")
+    assert [line.split(" ", 2)[2] for line in stream.getvalue().splitlines()] == [
+        "DEBUG   coordinator.acks: settled 3", "ERROR   coordinator.flow: flow shown"]
+    cli.configure_logging("INFO", stream)  # again, without concerns: they follow log_level
+    assert not logging.getLogger("coordinator.acks").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("coordinator.flow").isEnabledFor(logging.INFO)
+
+
+def test_every_concern_logger_in_the_code_can_be_set() -> None:
+    """log_levels lists the concerns: a new `coordinator.*` logger must be added to it."""
+    names = set()
+    for path in (Path(cli.__file__).parent).rglob("*.py"):
+        names |= set(re.findall(r'getLogger\("coordinator\.([a-z._]+)"\)', path.read_text()))
+    assert names and names == set(LOG_CONCERNS)
 
 
 # --- as a user runs it --------------------------------------------------------------------------
