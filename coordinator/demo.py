@@ -37,6 +37,8 @@ PLAIN_PROGRESS_EVERY_S = 2.0
 """Seconds between progress lines when stdout is not a terminal."""
 FINISH_TIMEOUT_S = 300.0
 """Seconds the demo waits for everything to be processed and committed."""
+SIDECAR_FLAGS = ["--metrics-listen", "127.0.0.1:0", "--kafka", "statistics.interval.ms=1000"]
+"""Metrics on, with librdkafka's statistics every second: ``lowwater top`` shows the lag."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold]embedded broker[/] Tansu at {bootstrap}")
         create_topic(bootstrap, TOPIC, args.partitions)
         console.print(f"[bold]topic[/] {TOPIC} with {args.partitions} partitions")
-        with SidecarProcess(bootstrap, "sms-senders", [TOPIC]) as sidecar:
+        with SidecarProcess(bootstrap, "sms-senders", [TOPIC], extra=SIDECAR_FLAGS) as sidecar:
             console.print(f"[bold]sidecar[/] lowwater serve on {sidecar.target} "
                           f"(log: {sidecar.log_path})")
             tally = Tally()

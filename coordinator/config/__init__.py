@@ -23,6 +23,7 @@ from coordinator.config.durations import NonNegativeDuration as NonNegativeDurat
 from coordinator.config.durations import PositiveDuration as PositiveDuration
 from coordinator.config.durations import format_duration, parse_duration
 from coordinator.config.errors import ConfigError, Problem
+from coordinator.config.fields import LOG_CONCERNS as LOG_CONCERNS
 from coordinator.config.fields import PRODUCER_PASSTHROUGH_NAMES as PRODUCER_PASSTHROUGH_NAMES
 from coordinator.config.fields import (
     PRODUCER_PASSTHROUGH_PREFIXES as PRODUCER_PASSTHROUGH_PREFIXES,
@@ -33,12 +34,11 @@ from coordinator.config.fields import (
     is_loopback_listen,
     is_producer_property,
     is_sensitive_property,
+    log_levels,
     redact_url,
     tcp_address,
 )
-from coordinator.config.fields import LOG_CONCERNS as LOG_CONCERNS
 from coordinator.config.fields import LogLevel as LogLevel
-from coordinator.config.fields import log_levels
 from coordinator.config.model import DEFAULT_AUTO_OFFSET_RESET as DEFAULT_AUTO_OFFSET_RESET
 from coordinator.config.model import LIBRDKAFKA_MAX_POLL_INTERVAL as LIBRDKAFKA_MAX_POLL_INTERVAL
 from coordinator.config.model import Settings

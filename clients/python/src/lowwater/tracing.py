@@ -3,7 +3,9 @@
 lowwater passes record headers through unchanged, so a W3C ``traceparent`` (and
 ``tracestate``) that the producer wrote reaches the worker. :func:`traced` wraps a handler so
 that each message is handled in a ``process <topic>`` span whose parent is that context, and
-is settled in a ``settle <topic>`` span inside it. Attributes follow the OpenTelemetry
+is settled in a ``settle <topic>`` span inside it. A ``receive <topic>`` span, also a child of
+the producer's context, runs from the moment the worker received the message from the sidecar
+to the moment its handler started: the time it waited for a free slot in the worker. Attributes follow the OpenTelemetry
 messaging semantic conventions (``messaging.system``, ``messaging.operation.type``,
 ``messaging.destination.name``, ``messaging.destination.partition.id``,
 ``messaging.kafka.offset``), with the current names rather than the deprecated ones.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar, overload
@@ -90,15 +93,28 @@ def _settle(tracer: Tracer, msg: Message, exc: HandlerOutcome | None) -> None:
             msg.already_processed(exc.reason)
 
 
+def _received(tracer: Tracer, msg: Message, parent: Context) -> None:
+    """The ``receive`` span: from the message's arrival from the sidecar until now."""
+    waited_ns = int((time.monotonic() - msg._received) * 1e9)
+    now_ns = time.time_ns()
+    span = tracer.start_span(f"receive {msg.topic}", context=parent, kind=SpanKind.CLIENT,
+                             attributes=_attributes(msg, "receive"),
+                             start_time=now_ns - max(0, waited_ns))
+    span.end(end_time=now_ns)
+
+
 @contextmanager
 def _handling(tracer: Tracer, msg: Message) -> Iterator[None]:
-    """The ``process`` span around a handler call, and the settlement in its ``settle`` span.
+    """The ``receive`` span up to the handler call, the ``process`` span around it, and the
+    settlement in its ``settle`` span.
 
     A HandlerOutcome is settled as it asks and not raised further (an outcome, not an error);
     any other exception is recorded and raised, for the worker to settle with its backoff.
     """
+    parent = parent_context(msg)
+    _received(tracer, msg, parent)
     with tracer.start_as_current_span(
-        f"process {msg.topic}", context=parent_context(msg), kind=SpanKind.CONSUMER,
+        f"process {msg.topic}", context=parent, kind=SpanKind.CONSUMER,
         attributes=_attributes(msg, "process"), record_exception=False,
         set_status_on_exception=False,
     ) as span:
@@ -127,7 +143,7 @@ def traced(handler: Callable[[Message], T], *,
 
 def traced(handler: Callable[[Message], Any], *, tracer_provider: Any = None
            ) -> Callable[[Message], Any]:
-    """Wraps a ``def`` or ``async def`` handler in ``process`` and ``settle`` spans.
+    """Wraps a ``def`` or ``async def`` handler in ``receive``, ``process`` and ``settle`` spans.
 
     Args:
         tracer_provider: where spans go; by default the global one

@@ -54,8 +54,16 @@ def test_the_handler_span_continues_the_producers_trace(
             fake.wait_for_settlements(1)
         assert fake.outcome(ref) == "ACK"
     finished = exporter.get_finished_spans()
+    [receive] = named(finished, "receive ")
     [process] = named(finished, "process ")
     [settle] = named(finished, "settle ")
+    assert receive.name == "receive sms.verification" and receive.kind is SpanKind.CLIENT
+    assert receive.context.trace_id == TRACE_ID
+    assert receive.parent is not None and receive.parent.span_id == PARENT_ID
+    assert dict(receive.attributes or {})["messaging.operation.type"] == "receive"
+    assert receive.start_time is not None and receive.end_time is not None
+    assert process.start_time is not None
+    assert receive.start_time <= receive.end_time <= process.start_time  # waiting, then handling
     assert process.name == "process sms.verification" and process.kind is SpanKind.CONSUMER
     assert process.context.trace_id == TRACE_ID  # the producer's trace
     assert process.parent is not None and process.parent.span_id == PARENT_ID
