@@ -82,6 +82,13 @@ _METAVARS: Final[Mapping[str, str]] = {
     "expiry_header": "HEADER",
     "log_level": "LEVEL",
     "log_levels": "CONCERN=LEVEL[,...]",
+    "token_file": "PATH",
+    "token_env": "VARIABLE",
+    "admin_token_file": "PATH",
+    "admin_token_env": "VARIABLE",
+    "tls_cert_file": "PATH",
+    "tls_key_file": "PATH",
+    "tls_client_ca_file": "PATH",
 }
 
 
@@ -248,7 +255,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
     configure_logging(settings.log_level, fmt=settings.log_format,
                       concerns=log_levels(settings.log_levels))
+    token_vars = {settings.token_env, settings.admin_token_env}
     for name in unknown_environment_variables(os.environ):
+        if name in token_vars:  # named by token_env or admin_token_env: not a typo
+            continue
         config_log.warning("ignoring environment variable %s: no such setting", name)
     config_log.debug("settings: %r", settings)
     # Imported here so that the CLI, and its tests, work without the runtime's dependencies.

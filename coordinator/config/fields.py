@@ -308,8 +308,9 @@ _SocketMode = Annotated[str, BeforeValidator(_check_socket_mode)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
-LOG_CONCERNS: Final = ("acks", "commits", "config", "flow", "handoff", "kafka", "kafka.client",
-                       "metrics", "rebalance", "records", "redis", "retry", "sidecar", "streams")
+LOG_CONCERNS: Final = ("acks", "auth", "commits", "config", "flow", "handoff", "kafka",
+                       "kafka.client", "metrics", "rebalance", "records", "redis", "retry",
+                       "sidecar", "streams", "tls")
 """The concern loggers under ``coordinator.``, each of which ``log_levels`` can set."""
 
 
@@ -380,3 +381,16 @@ Ordering = Literal["unordered", "key", "partition"]
 def _to_choice(value: object) -> object:
     """A choice as written by hand: any case, dashes for underscores, spaces around."""
     return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_env_name(value: str) -> str:
+    """The name of an environment variable (not its value: a token never goes in a setting)."""
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an environment variable name (letters, digits, '_')")
+    return value
+
+
+_EnvName = Annotated[str, AfterValidator(_check_env_name)]

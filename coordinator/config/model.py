@@ -12,6 +12,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
     PlainSerializer,
     ValidationInfo,
     field_validator,
@@ -32,6 +33,7 @@ from coordinator.config.fields import (
     _check_listen,
     _check_retry_topic_format,
     _check_topics,
+    _EnvName,
     _freeze,
     _LogLevels,
     _MaxAttempts,
@@ -87,7 +89,36 @@ class Settings(BaseModel):
     """Group (name or number) the Unix socket belongs to, for `socket_mode = "0660"`. Unset:
     the sidecar's own group."""
     allow_remote_listen: Annotated[bool, BeforeValidator(_to_bool)] = False
-    """Allow `listen` on a non-loopback address. The gRPC API has no authentication of its own."""
+    """Allow `listen` on a non-loopback address. Without `tls_cert_file` this logs a warning:
+    tokens and records would cross the network in clear."""
+    token_file: FilePath | None = None
+    """File holding the bearer token that workers must send (gRPC metadata `authorization:
+    Bearer <token>`) to use the worker API; surrounding whitespace is ignored. Re-read when
+    it changes (a rotated Kubernetes Secret): new calls need the new token, open streams go on.
+    Unset, with no `token_env`: workers need no token."""
+    token_env: _EnvName | None = None
+    """Name of an environment variable holding the workers' bearer token, read at start-up;
+    instead of `token_file`. The name, never the token: a flag shows in `ps`."""
+    admin_token_file: FilePath | None = None
+    """File holding the bearer token of the Admin API, which must differ from the workers'
+    token; every Admin call then needs it. Re-read when it changes, like `token_file`."""
+    admin_token_env: _EnvName | None = None
+    """Name of an environment variable holding the Admin bearer token, read at start-up;
+    instead of `admin_token_file`."""
+    admin_insecure: Annotated[bool, BeforeValidator(_to_bool)] = False
+    """Allow the Admin calls that change what gets processed (`PausePartitions`,
+    `ResumePartitions`, `SkipRecord`, `SeekPartition`) without Admin authentication (an Admin
+    token, or `tls_client_ca_file`). Off: they answer PERMISSION_DENIED. Only for a sidecar
+    that nobody else can reach."""
+    tls_cert_file: FilePath | None = None
+    """PEM certificate chain that the gRPC server (worker and Admin API) presents: TLS on
+    `listen`. Needs `tls_key_file`. Reloaded, with the key, when the files change (as
+    cert-manager rotates them), for new connections."""
+    tls_key_file: FilePath | None = None
+    """PEM private key of `tls_cert_file`."""
+    tls_client_ca_file: FilePath | None = None
+    """PEM bundle of the CAs that sign client certificates: mutual TLS. Every client must then
+    present a certificate signed by one of them. Needs `tls_cert_file`; reloaded like it."""
     lease: PositiveDuration = timedelta(seconds=30)
     """Lease of each delivery: unless the worker settles or extends it in time, the record is
     redelivered with its attempt number incremented."""
@@ -159,7 +190,8 @@ class Settings(BaseModel):
     admin_operator_actions: Annotated[bool, BeforeValidator(_to_bool)] = False
     """Allow the Admin calls that change what gets processed: `SkipRecord` (finish a poison
     record without a worker) and `SeekPartition` (move a partition's consumer to an offset).
-    Off: they answer FAILED_PRECONDITION. Pausing and resuming fetching are always allowed."""
+    Off: they answer FAILED_PRECONDITION. Like pausing and resuming, they also need Admin
+    authentication or `admin_insecure`."""
     health_listen: _TcpListen | None = None
     """A second gRPC address that serves only `grpc.health.v1` (no worker or Admin API), for
     probes that must reach the pod IP on a numeric port: `HOST:PORT`, `[IPV6]:PORT` or `:PORT`
@@ -186,9 +218,9 @@ class Settings(BaseModel):
     log_levels: _LogLevels = ""
     """Levels for single concern loggers, beating `log_level` for them:
     `concern=LEVEL[,concern=LEVEL...]`, for example `acks=DEBUG,commits=DEBUG` to follow
-    settlements and commits without the rest. Concerns: `acks`, `commits`, `config`, `flow`,
-    `handoff`, `kafka`, `kafka.client` (librdkafka's own lines), `metrics`, `rebalance`,
-    `records`, `redis`, `retry`, `sidecar`, `streams`."""
+    settlements and commits without the rest. Concerns: `acks`, `auth`, `commits`, `config`,
+    `flow`, `handoff`, `kafka`, `kafka.client` (librdkafka's own lines), `metrics`,
+    `rebalance`, `records`, `redis`, `retry`, `sidecar`, `streams`, `tls`."""
     log_format: Annotated[LogFormat, BeforeValidator(_to_choice)] = "text"
     """`text`: one line per event for people; `json`: one JSON object per line for log
     pipelines, with the fields `timestamp` (ISO 8601, UTC), `level`, `logger` (the concern:
@@ -236,6 +268,7 @@ class Settings(BaseModel):
                 f"{self.listen!r} is not a loopback address or unix socket"
                 " (set allow_remote_listen = true to serve workers on other hosts)",
             )
+        self._check_security()
         if self.max_lease < self.lease:
             raise _setting_error(
                 "max_lease",
@@ -259,6 +292,24 @@ class Settings(BaseModel):
         self._check_dead_letter_topics()
         self._check_retry_tiers()
         return self
+
+    def _check_security(self) -> None:
+        for file, env in (("token_file", "token_env"), ("admin_token_file", "admin_token_env")):
+            if getattr(self, file) is not None and getattr(self, env) is not None:
+                raise _setting_error(env, f"{file} is set too: the token comes from one of them")
+        if self.tls_cert_file is not None and self.tls_key_file is None:
+            raise _setting_error("tls_key_file", "not set, but tls_cert_file is")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise _setting_error("tls_cert_file", "not set, but tls_key_file is")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise _setting_error("tls_cert_file",
+                                 "not set, but tls_client_ca_file is: mutual TLS needs TLS")
+
+    @property
+    def admin_authenticated(self) -> bool:
+        """Whether Admin callers prove who they are: an Admin token, or client certificates."""
+        return (self.admin_token_file is not None or self.admin_token_env is not None
+                or self.tls_client_ca_file is not None)
 
     def _check_retry_tiers(self) -> None:
         """Retry topics reorder records, and a pattern has no topic name to derive theirs from."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Literal
 
 from coordinator.config.durations import format_duration
@@ -40,6 +41,8 @@ def _kind(annotation: object) -> str:
         return _kind(optional)
     if annotation is timedelta:
         return "duration"
+    if annotation is Path:
+        return "file path"
     if annotation is bool:
         return "boolean"
     if annotation is int:

@@ -49,9 +49,16 @@ class SidecarProcess:
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
         socket_path: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        admin_token: str | None = None,
     ) -> None:
-        """``socket_path`` listens on that Unix socket instead of a free loopback port."""
+        """``socket_path`` listens on that Unix socket instead of a free loopback port.
+        ``credentials`` (TLS) and ``admin_token`` are what this object's own health and
+        Admin calls use, for a sidecar started with ``--tls-*`` or an Admin token."""
         self.socket_path = socket_path
+        self.credentials = credentials
+        self.admin_metadata = None if admin_token is None else [
+            ("authorization", f"Bearer {admin_token}")]
         self.bootstrap = bootstrap
         self.group = group
         self.topics = topics
@@ -106,7 +113,7 @@ class SidecarProcess:
             TimeoutError: it did not report ``status`` within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc is not None and self.proc.poll() is not None:
@@ -123,10 +130,16 @@ class SidecarProcess:
 
     def status(self, timeout: float = 5.0) -> admin_pb2.GetStatusResponse:
         """Admin/GetStatus."""
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             resp: admin_pb2.GetStatusResponse = admin_pb2_grpc.AdminStub(channel).GetStatus(
-                admin_pb2.GetStatusRequest(), timeout=timeout)
+                admin_pb2.GetStatusRequest(), timeout=timeout, metadata=self.admin_metadata)
             return resp
+
+    def channel(self) -> grpc.Channel:
+        """A blocking channel to the sidecar, with ``credentials`` if given."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.credentials)
 
     def wait_assigned(self, partitions: int, timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
         """Waits until Admin/GetStatus shows ``partitions`` assigned partitions."""

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -187,6 +187,14 @@ class Metrics:
             "lowwater_commit_latency_seconds",
             "From an asynchronous commit's request to the broker's answer.",
             buckets=COMMIT_LATENCY_BUCKETS, registry=self.registry)
+        self.auth_refused = Counter(
+            "lowwater_auth_refused",
+            "Calls refused for a missing or invalid bearer token, by API (worker or admin)"
+            " and reason (missing or invalid).",
+            labelnames=["api", "reason"], registry=self.registry)
+        for api in ("worker", "admin"):  # present at 0 from the start, for rate() and alerts
+            for reason in ("missing", "invalid"):
+                self.auth_refused.labels(api, reason)
         self._server: Any = None
         self._thread: Any = None
         self.port: int | None = None

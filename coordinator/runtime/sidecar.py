@@ -14,14 +14,21 @@ import grp
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.config import ConfigError, Settings, redact_url, tcp_address
+from coordinator.config import (
+    ConfigError,
+    Problem,
+    Settings,
+    is_loopback_listen,
+    redact_url,
+    tcp_address,
+)
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.pending import KeySpace
@@ -33,7 +40,9 @@ from coordinator.runtime.engine import Engine
 from coordinator.runtime.metrics import EngineCollector, Metrics
 from coordinator.runtime.pendingstore import PendingStore, StoreState, connect
 from coordinator.runtime.subscriptions import Router
+from coordinator.runtime.tls import CertificateFiles
 from coordinator.service.admin import AdminService
+from coordinator.service.auth import ServerGuard, token_source
 from coordinator.service.coordinator import CoordinatorService
 from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 
@@ -133,7 +142,12 @@ class Sidecar:
     set when it is over. Not thread-safe: use it from its event loop.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        """Reads the tokens (from ``environ``, default :data:`os.environ`, for ``*_token_env``).
+
+        Raises:
+            ConfigError: a token cannot be read, or both APIs have the same one.
+        """
         self.settings = settings
         self.ledger = Ledger(
             leases=LeaseTimes(settings.lease.total_seconds(), settings.max_lease.total_seconds()),
@@ -146,8 +160,12 @@ class Sidecar:
             offset_map_limit=settings.offset_map_max_bytes if settings.offset_map else None,
         )
         self.health = health.aio.HealthServicer()
+        self.metrics: Metrics | None = Metrics() if settings.metrics_listen else None
         # No SO_REUSEPORT: a second sidecar on a taken port must fail, not share it silently.
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+                                      interceptors=[self._guard(environ or os.environ)])
+        self.tls: CertificateFiles | None = None
+        """The certificate files, when ``tls_cert_file`` is set."""
         self.health_server: grpc.aio.Server | None = None
         """With ``health_listen``: a server of grpc.health.v1 alone, for probes."""
         self.port: int | None = None
@@ -166,7 +184,23 @@ class Sidecar:
         """Background tasks, referenced until they end."""
         self.store: PendingStore | None = None
         self._store_task: asyncio.Task[None] | None = None
-        self.metrics: Metrics | None = Metrics() if settings.metrics_listen else None
+
+    def _guard(self, environ: Mapping[str, str]) -> ServerGuard:
+        settings = self.settings
+        worker = token_source("token_file", settings.token_file, "token_env", settings.token_env,
+                              environ)
+        admin = token_source("admin_token_file", settings.admin_token_file, "admin_token_env",
+                             settings.admin_token_env, environ)
+        if worker is not None and admin is not None and worker.current() == admin.current():
+            raise ConfigError(Problem(
+                "admin_token_file" if settings.admin_token_file else "admin_token_env",
+                "the Admin token must differ from the workers' token"))
+        metrics = self.metrics
+        return ServerGuard(
+            worker_token=worker, admin_token=admin,
+            admin_mutations=settings.admin_authenticated or settings.admin_insecure,
+            on_refused=(lambda api, reason: None) if metrics is None
+            else lambda api, reason: metrics.auth_refused.labels(api, reason).inc())
 
     async def start(self) -> None:
         """Binds the gRPC server and starts the consumer thread. Call once."""
@@ -212,8 +246,17 @@ class Sidecar:
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)
         await self.health.set(LIVENESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.tls = CertificateFiles(settings.tls_cert_file, settings.tls_key_file,
+                                        settings.tls_client_ca_file)
+            credentials = self.tls.credentials()
+        elif not is_loopback_listen(settings.listen):
+            log.warning("serving on %s without TLS: records, and any token, cross the network"
+                        " in clear (set tls_cert_file and tls_key_file)", settings.listen)
         try:
-            port = self.server.add_insecure_port(_bind_address(settings.listen))
+            address = _bind_address(settings.listen)
+            port = (self.server.add_insecure_port(address) if self.tls is None
+                    else self.server.add_secure_port(address, credentials))
         except RuntimeError as exc:  # grpc's only signal for a taken or invalid address
             raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
         self.port = None if settings.listen.startswith("unix:") else port
@@ -258,8 +301,8 @@ class Sidecar:
                                    ) from exc
             log.info("metrics on http://%s:%d/metrics",
                      tcp_address(settings.metrics_listen).rpartition(":")[0], port)
-        log.info("serving on %s", settings.listen if self.port is None
-                 else f"{settings.listen.rpartition(':')[0]}:{self.port}")
+        log.info("serving on %s%s", settings.listen if self.port is None
+                 else f"{settings.listen.rpartition(':')[0]}:{self.port}", _security(settings))
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
         if self.store is not None:
             log.info("writing pending sets to %s every %s (instance %s)",
@@ -370,6 +413,17 @@ class Sidecar:
                 os.unlink(_socket_path(settings.listen))
         log.info("shut down")
         self.closed.set()
+
+
+def _security(settings: Settings) -> str:
+    """What protects the server, for the start-up log line (never a token)."""
+    tls = ("mTLS" if settings.tls_client_ca_file is not None
+           else "TLS" if settings.tls_cert_file is not None else "plaintext")
+    worker = "token" if settings.token_file or settings.token_env else "open"
+    admin = "token" if settings.admin_token_file or settings.admin_token_env else "open"
+    mutations = ("allowed" if settings.admin_authenticated
+                 else "insecure" if settings.admin_insecure else "refused")
+    return f" ({tls}; worker API {worker}; Admin API {admin}, mutating calls {mutations})"
 
 
 def _secure_socket(path: str, mode: str, group: str | None) -> None:

@@ -51,3 +51,22 @@ def failed_precondition(message: str, *, subject: str, description: str,
     status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message,
                                details=[detail])
     return rpc_status.to_status(status)
+
+
+def unauthenticated(message: str, *, reason: str) -> grpc.Status:
+    """UNAUTHENTICATED with an ``ErrorInfo`` detail (``reason`` like ``TOKEN_MISSING``)."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="lowwater"))
+    status = status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+def permission_denied(message: str, *, reason: str, settings: str) -> grpc.Status:
+    """PERMISSION_DENIED with an ``ErrorInfo`` detail whose ``settings`` metadata names the
+    settings that would allow the call."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="lowwater",
+                                            metadata={"settings": settings}))
+    status = status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=message,
+                               details=[detail])
+    return rpc_status.to_status(status)

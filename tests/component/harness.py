@@ -9,13 +9,14 @@ commands meant for the consumer thread are recorded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from confluent_kafka import TIMESTAMP_CREATE_TIME
+from grpc_health.v1 import health, health_pb2_grpc
 
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
@@ -129,8 +130,12 @@ class Harness:
 @asynccontextmanager
 async def harness(
     *, lease: float = 30.0, max_pending: int = 10_000, rebalance_timeout: float = 2.0,
-    max_attempts: int | None = None,
+    max_attempts: int | None = None, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> AsyncIterator[Harness]:
+    """An engine behind the worker, Admin and health servicers, on 127.0.0.1:0.
+
+    ``interceptors`` go to the server, as :class:`coordinator.service.auth.ServerGuard` does in
+    the sidecar."""
     ledger = Ledger(
         leases=LeaseTimes(lease, max(lease, 60.0)),
         policy=RetryPolicy(0.05, 60.0, max_attempts),
@@ -138,7 +143,8 @@ async def harness(
     )
     sink = RecordingSink()
     engine = Engine(ledger, sink, commit_interval=3600, rebalance_timeout=rebalance_timeout)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService(engine, lease=lease, max_lease=max(lease, 60.0)), server)
     admin_pb2_grpc.add_AdminServicer_to_server(

@@ -63,6 +63,10 @@ def test_readme_grpcurl_commands_work(
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCS_TOPIC = "sms.verification"
 """The topic the docs' commands name; the test swaps in its own."""
+DOCS_ADMIN_TOKEN = "$ADMIN_TOKEN"
+"""The Admin token the docs' commands send. The docs' sidecar has no Admin token (the other
+commands send none) and allows mutating calls with ``--admin-insecure``; the header is
+ignored. Tokens themselves are tested in tests/integration/test_channel_security.py."""
 
 
 def docs_grpcurl_commands() -> list[tuple[str, list[str]]]:
@@ -82,9 +86,12 @@ def test_the_docs_grpcurl_commands_work(
     produce(kafka_bootstrap, topic, id_records(12))
     commands = docs_grpcurl_commands()
     assert {name for name, _ in commands} >= {"metrics.md", "operations.md"}
-    with SidecarProcess(kafka_bootstrap, unique_name("g"), [topic]) as sidecar:
+    with SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
+                        extra=["--admin-insecure"]) as sidecar:
         sidecar.wait_assigned(4)
         for name, argv in commands:
-            out = run(grpcurl, [a.replace(DOCS_TOPIC, topic) for a in argv], sidecar.target)
+            argv = [a.replace(DOCS_TOPIC, topic).replace(DOCS_ADMIN_TOKEN, "docs-token")
+                    for a in argv]
+            out = run(grpcurl, argv, sidecar.target)
             json.loads(out)  # each answers a JSON document
             print(f"{name}: {shlex.join(argv)}\n{out}")

@@ -135,7 +135,8 @@ async def test_an_operator_pauses_and_resumes_fetching(
     topic = new_topic(1)
     first = produce_ids(kafka_bootstrap, topic, 10, prefix="before")
     book = Ledgerbook()
-    sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic])
+    sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
+                             extra=["--admin-insecure"])  # mutating calls without Admin auth
     with logs_on_failure(sidecar):
         sidecar.start()
         try:
@@ -190,7 +191,8 @@ async def test_an_operator_skips_a_poison_record_only_when_allowed(
             await asyncio.Event().wait()  # the handler hangs on this record
 
     for allowed in (False, True):
-        extra = ["--admin-operator-actions"] if allowed else []
+        # --admin-insecure lets the mutating call reach the servicer (no Admin auth here).
+        extra = ["--admin-insecure", *(["--admin-operator-actions"] if allowed else [])]
         sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic], extra=extra)
         stuck.clear()
         with logs_on_failure(sidecar):
@@ -248,7 +250,7 @@ async def test_an_operator_seeks_a_partition_forward_past_a_stuck_record_and_bac
             await asyncio.Event().wait()
 
     sidecar = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
-                             extra=["--admin-operator-actions"])
+                             extra=["--admin-insecure", "--admin-operator-actions"])
     loop = asyncio.get_running_loop()
 
     async def wait_for(done: Callable[[admin_pb2.PartitionStatus], bool], what: str) -> None:

@@ -256,6 +256,16 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("socket_mode", 432),
     ("socket_group", ""),
     ("admin_operator_actions", "perhaps"),
+    ("token_file", "/nonexistent/token"),
+    ("token_file", "/"),
+    ("token_env", ""),
+    ("token_env", "MY-TOKEN"),
+    ("admin_token_file", "/nonexistent/token"),
+    ("admin_token_env", "A TOKEN"),
+    ("admin_insecure", "perhaps"),
+    ("tls_cert_file", "/nonexistent/tls.crt"),
+    ("tls_key_file", "/nonexistent/tls.key"),
+    ("tls_client_ca_file", "/"),
     ("health_listen", "localhost"),
     ("metrics_listen", "unix:/run/metrics.sock"),
     ("metrics_listen", "127.0.0.1:99999"),
@@ -1092,3 +1102,39 @@ def test_docs_subscriptions_example_gives_the_policies_in_its_table(tmp_path: Pa
         )
         for p in settings.subscription_policies()
     ] == rows
+
+
+# --- channel security ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "setting", "says"),
+    [
+        ({"token_file": "F", "token_env": "T"}, "token_env", "token_file is set too"),
+        ({"admin_token_file": "F", "admin_token_env": "T"}, "admin_token_env",
+         "admin_token_file is set too"),
+        ({"tls_cert_file": "F"}, "tls_key_file", "tls_cert_file is"),
+        ({"tls_key_file": "F"}, "tls_cert_file", "tls_key_file is"),
+        ({"tls_client_ca_file": "F"}, "tls_cert_file", "mutual TLS needs TLS"),
+    ],
+)
+def test_security_settings_that_go_together(
+    given: dict[str, str], setting: str, says: str, tmp_path: Path
+) -> None:
+    (tmp_path / "F").write_text("x")
+    flags = {k: str(tmp_path / v) if k.endswith("_file") else v for k, v in given.items()}
+    error = config_error(**flags)
+    assert error.setting == setting
+    assert says in str(error)
+
+
+def test_admin_is_authenticated_by_a_token_or_client_certificates(tmp_path: Path) -> None:
+    file = tmp_path / "f"
+    file.write_text("x")
+    assert not resolve_settings(flags=REQUIRED).admin_authenticated
+    assert not resolve_settings(flags={**REQUIRED, "token_env": "T"}).admin_authenticated
+    assert not resolve_settings(flags={**REQUIRED, "admin_insecure": "true"}).admin_authenticated
+    for flags in ({"admin_token_env": "T"}, {"admin_token_file": str(file)},
+                  {"tls_cert_file": str(file), "tls_key_file": str(file),
+                   "tls_client_ca_file": str(file)}):
+        assert resolve_settings(flags={**REQUIRED, **flags}).admin_authenticated

@@ -152,13 +152,14 @@ class Runtime:
             if self._stop_requested:
                 self._begin_shutdown()
             settings = self.settings
-            if settings.credentials is None:
+            credentials = settings.channel_credentials()
+            if credentials is None:
                 channel = grpc.aio.insecure_channel(
                     settings.target, options=channel_options(settings)
                 )
             else:
                 channel = grpc.aio.secure_channel(
-                    settings.target, settings.credentials, options=channel_options(settings)
+                    settings.target, credentials, options=channel_options(settings)
                 )
             try:
                 await self._serve(pb_grpc.CoordinatorStub(channel), dispatcher)

@@ -231,7 +231,11 @@ class Session:
             SidecarRejected: the sidecar refused the stream or broke the protocol.
         """
         try:
-            call = self._call = self._stub.Stream()
+            metadata = self._settings.call_metadata()  # a token file is read again each time
+        except (OSError, ValueError) as exc:
+            raise ConnectionLost(f"cannot read the token: {exc}") from None
+        try:
+            call = self._call = self._stub.Stream(metadata=metadata)
             if self._closing:  # closed before the call existed
                 return SessionEnd.CLOSED
             await self._open(call)

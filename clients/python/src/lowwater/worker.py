@@ -75,8 +75,20 @@ class AsyncWorker:
         retry_backoff: retry delays for handlers that fail with an exception
             other than a :class:`~lowwater.outcomes.HandlerOutcome`, by attempt.
         reconnect_backoff: delays between attempts to reach the sidecar.
-        credentials: ``grpc.ChannelCredentials`` for TLS; None for plaintext.
+        credentials: ``grpc.ChannelCredentials`` for TLS; None for plaintext
+            (or the ``tls_*`` files, not both).
         channel_options: extra gRPC channel options, as (name, value) pairs.
+        token: the bearer token the sidecar's ``token_file``/``token_env``
+            requires, sent as ``authorization: Bearer <token>``.
+        token_file: a file holding the token instead, read again at every
+            (re)connection, so a rotated Secret is picked up.
+        token_env: the name of an environment variable holding the token
+            instead, read once here. Give at most one of the three.
+        tls_ca_file: PEM bundle of the CA that signed the sidecar's
+            certificate: connect with TLS.
+        tls_cert_file, tls_key_file: the worker's PEM certificate and key,
+            for a sidecar that requires client certificates (mutual TLS).
+            TLS files are read when the worker starts.
 
     Raises:
         TypeError, ValueError: an argument is invalid; the message names it.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,3 +71,60 @@ def test_defaults() -> None:
     worker = AsyncWorker("127.0.0.1:1", _async_handler)
     assert ":" in worker.worker_id
     assert AsyncWorker("127.0.0.1:1", _async_handler, worker_id="w1").worker_id == "w1"
+
+
+# --- token and TLS options ----------------------------------------------------------------------
+
+
+def _make(**options: Any) -> Any:
+    from lowwater._settings import make_settings
+
+    return make_settings("127.0.0.1:1", **options)
+
+
+def test_a_token_from_a_value_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _make().call_metadata() is None
+    assert _make(token=" t1 ").call_metadata() == (("authorization", "Bearer t1"),)
+    monkeypatch.setenv("LW_SDK_TOKEN", "t2\n")
+    assert _make(token_env="LW_SDK_TOKEN").call_metadata() == (("authorization", "Bearer t2"),)
+    file = tmp_path / "token"
+    file.write_text("t3\n")
+    settings = _make(token_file=file)
+    assert settings.call_metadata() == (("authorization", "Bearer t3"),)
+    file.write_text("t4")  # rotated: read again at the next connection
+    assert settings.call_metadata() == (("authorization", "Bearer t4"),)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "says"),
+    [
+        ({"token": "a", "token_env": "B"}, ValueError, "not token and token_env"),
+        ({"token": ""}, ValueError, "token must not be empty"),
+        ({"token": b"a"}, TypeError, "token must be a str"),
+        ({"token_env": "LW_SDK_UNSET_TOKEN"}, ValueError, "$LW_SDK_UNSET_TOKEN is not set"),
+        ({"token_file": "/nonexistent"}, ValueError, "token_file: /nonexistent"),
+        ({"tls_ca_file": 5}, TypeError, "tls_ca_file must be a path"),
+        ({"tls_ca_file": "/nonexistent"}, ValueError, "tls_ca_file"),
+        ({"tls_cert_file": "CERT"}, ValueError, "tls_cert_file and tls_key_file go together"),
+        ({"tls_ca_file": "CERT", "credentials": object()}, ValueError, "credentials or the tls_"),
+    ],
+)
+def test_bad_token_and_tls_options_name_themselves(
+    options: dict[str, Any], error: type[Exception], says: str, tmp_path: Path
+) -> None:
+    (tmp_path / "CERT").write_text("x")
+    options = {k: str(tmp_path / v) if v == "CERT" else v for k, v in options.items()}
+    for cls in (AsyncWorker, Worker):
+        with pytest.raises(error, match=re.escape(says)):
+            cls("127.0.0.1:1", _async_handler if cls is AsyncWorker else _sync_handler,
+                **options)
+
+
+async def _async_handler(msg: Message) -> None:
+    pass
+
+
+def _sync_handler(msg: Message) -> None:
+    pass
