@@ -37,6 +37,16 @@ DELIVERY_FRAMING = 6
 length (a message under 4 GiB)."""
 
 
+class Stalled(Exception):
+    """A stream message was not taken within ``stream_write_timeout``."""
+
+
+def _consume(write: asyncio.Future[None]) -> None:
+    """Retrieves a write's outcome: a write that failed because its call ended is no news."""
+    if not write.cancelled():
+        write.exception()
+
+
 def request_ids(req: pb.StreamRequest) -> int:
     """The msg_ids one stream request names: what ``max_settlement_batch`` counts."""
     return len(req.settlements) + len(req.ack_msg_ids) + len(req.extend.msg_ids)
@@ -53,6 +63,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._limits = limits or Limits()
         self._unary = 0
         """Pull and Acknowledge calls running now."""
+        self._streams = 0
+        """Stream calls running now (a stalled one until gRPC has ended it)."""
         self.refused: dict[str, int] = {}
         """Requests refused per limit (setting name), since start."""
 
@@ -73,10 +85,18 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await context.abort_with_status(
                 unavailable("the sidecar is draining", reason="DRAINING"))
         limits = self._limits
-        if self._engine.stream_count >= limits.max_streams:
+        if self._streams >= limits.max_streams:
             await context.abort_with_status(self._refuse(
-                "max_streams", f"{self._engine.stream_count} worker streams are open, the most"
-                " this sidecar serves", context.peer()))
+                "max_streams", f"{self._streams} worker streams are open, the most this"
+                " sidecar serves", context.peer()))
+        self._streams += 1
+        try:
+            await self._serve(first, context)
+        finally:
+            self._streams -= 1
+
+    async def _serve(self, first: pb.StreamRequest, context: grpc.aio.ServicerContext) -> None:
+        limits = self._limits
         flow = first.open.flow_control
         worker_id = first.open.worker_id or context.peer()
         try:
@@ -91,7 +111,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await self._send(context, session, pb.StreamResponse(opened=pb.StreamOpened(
                 stream_id=session.stream_id, lease=self._lease, max_lease=self._max_lease)))
             await self._write(context, session, reader)
-        except TimeoutError:
+        except Stalled:
+            # Its leases go elsewhere now. The abort itself waits until the worker reads what
+            # was sent or goes away (gRPC sends the status after the data): until then the
+            # call counts towards max_streams, so stalled calls stay bounded too.
+            reader.cancel()
+            self._engine.close_session(session)
             await context.abort_with_status(self._refuse(
                 "stream_write_timeout", f"the worker took no message for"
                 f" {limits.stream_write_timeout:g}s; its leases go to other workers",
@@ -153,9 +178,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def _send(self, context: grpc.aio.ServicerContext, session: Session,
                     message: pb.StreamResponse) -> None:
-        """Writes one message; raises TimeoutError if the worker does not take it in time."""
+        """Writes one message; raises :class:`Stalled` if the worker does not take it within
+        ``stream_write_timeout``. The write is not cancelled (that would break the call): it
+        ends when the call is aborted."""
         session.unsent_bytes = message.ByteSize()
-        await asyncio.wait_for(context.write(message), self._limits.stream_write_timeout)
+        write = asyncio.ensure_future(context.write(message))
+        write.add_done_callback(_consume)
+        done, _ = await asyncio.wait((write,), timeout=self._limits.stream_write_timeout)
+        if not done:
+            raise Stalled
+        write.result()
         session.unsent_bytes = 0
         session.writes += 1
 
