@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from coordinator.core.model import TopicPartition
 from coordinator.service.coordinator import DELIVERY_MESSAGE_BYTES
 from coordinator.service.limits import Limits
+from lowwater._outbox import MAX_IDS_PER_REQUEST
 from lowwater.v1 import coordinator_pb2 as pb
 from tests.support.aio import async_test
 
@@ -120,6 +121,10 @@ async def workers(*ws: Worker) -> AsyncIterator[None]:
     finally:
         for w in ws:
             await w.close()
+
+
+def test_the_sdk_never_sends_more_ids_than_the_default_batch_limit() -> None:
+    assert MAX_IDS_PER_REQUEST == Limits().max_settlement_batch
 
 
 @async_test
