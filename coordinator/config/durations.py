@@ -87,3 +87,18 @@ _Duration = Annotated[
 ]
 PositiveDuration = Annotated[_Duration, AfterValidator(_positive)]
 NonNegativeDuration = Annotated[_Duration, AfterValidator(_non_negative)]
+
+
+GRPC_MAX_MILLIS = 2**31 - 1
+"""gRPC's channel arguments are C ints: the longest duration one can carry, in milliseconds."""
+
+
+def _fits_grpc(value: timedelta) -> timedelta:
+    if value > timedelta(milliseconds=GRPC_MAX_MILLIS):
+        raise ValueError(f"must be at most {format_duration(timedelta(milliseconds=GRPC_MAX_MILLIS))}"
+                         f" (a gRPC option in milliseconds), got {format_duration(value)}")
+    return value
+
+
+GrpcDuration = Annotated[PositiveDuration, AfterValidator(_fits_grpc)]
+"""A positive duration that is passed to gRPC as a number of milliseconds."""

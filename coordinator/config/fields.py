@@ -309,8 +309,8 @@ _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
 LOG_CONCERNS: Final = ("acks", "auth", "commits", "config", "flow", "handoff", "kafka",
-                       "kafka.client", "metrics", "rebalance", "records", "redis", "retry",
-                       "sidecar", "streams", "tls")
+                       "kafka.client", "limits", "metrics", "rebalance", "records", "redis",
+                       "retry", "sidecar", "streams", "tls")
 """The concern loggers under ``coordinator.``, each of which ``log_levels`` can set."""
 
 

@@ -19,7 +19,12 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator.config.durations import NonNegativeDuration, PositiveDuration, format_duration
+from coordinator.config.durations import (
+    GrpcDuration,
+    NonNegativeDuration,
+    PositiveDuration,
+    format_duration,
+)
 from coordinator.config.errors import _missing_error, _setting_error
 from coordinator.config.fields import (
     DEFAULT_RETRY_TOPIC_FORMAT,
@@ -213,13 +218,69 @@ class Settings(BaseModel):
     drain_timeout: PositiveDuration = timedelta(seconds=30)
     """On SIGTERM or SIGINT, the longest wait for workers to finish before the final commit;
     keep the pod's termination grace period longer."""
+    max_streams: Annotated[_AtLeastOne, Field(le=100_000)] = 100
+    """Worker streams (open `Stream` calls, over all connections) served at once, 1 to 100000;
+    one more is refused with RESOURCE_EXHAUSTED. Each stream costs two coroutines, a send
+    buffer (see `max_send_message_bytes`) and up to `max_leases_per_stream` leases; a pod's
+    workers need a handful, so 100 leaves room for many processes and stops a runaway client
+    before it costs more than a few hundred MiB."""
+    max_leases_per_stream: Annotated[_AtLeastOne, Field(le=1_000_000)] = 1000
+    """Most records one worker may hold leased at once, 1 to 1000000: a stream's
+    `max_in_flight_messages`, and a Pull caller's leases, are cut to this. The default is 16
+    times the SDK's `max_in_flight` (64) and keeps up with 100k records/s at 10 ms each, while
+    a worker that hoards leases withholds at most this many records from the others."""
+    max_settlement_batch: Annotated[_AtLeastOne, Field(le=1_000_000)] = 10_000
+    """Most msg_ids in one request, 1 to 1000000: a `Stream` request's settlements, packed acks
+    and extended ids together, or an `Acknowledge` request's settlements. A bigger one is
+    refused whole (RESOURCE_EXHAUSTED; a stream is closed and its leases redelivered at once)
+    and settles nothing. 10000 ids cost the event loop a few milliseconds; batching more saves
+    nothing (a stream message costs ~100 µs) and would stall every other stream meanwhile."""
+    max_receive_message_bytes: Annotated[_AtLeastOne, Field(ge=65_536, le=2**31 - 1)] = (
+        4 * 1024 * 1024)
+    """Largest request the sidecar reads, in bytes (gRPC `grpc.max_receive_message_length`);
+    a bigger one ends its call with RESOURCE_EXHAUSTED. gRPC's own default, 4 MiB, holds
+    `max_settlement_batch` settlements many times over."""
+    max_send_message_bytes: Annotated[_AtLeastOne, Field(ge=65_536, le=2**31 - 1)] = (
+        64 * 1024 * 1024)
+    """Largest message the sidecar sends, in bytes (gRPC `grpc.max_send_message_length`).
+    Deliveries are packed into stream messages of up to 1 MiB; only a record bigger than that
+    goes alone in a bigger one. A record whose delivery does not fit this limit is never
+    sent: it is answered RETRY, so its subscription's retry policy (and `max_attempts`)
+    decides. 64 MiB is far above what brokers take by default (Kafka's `message.max.bytes` is
+    1 MB) and bounds what one such record costs a worker that stops reading (see
+    `stream_write_timeout`)."""
+    stream_write_timeout: PositiveDuration = timedelta(seconds=10)
+    """How long a message to a worker stream may wait to be taken by the worker: a stream that
+    stops reading is closed (DEADLINE_EXCEEDED) and its leases are redelivered at once, instead
+    of when they expire. The SDK reads all the time, and a loopback connection moves 4 MiB in
+    milliseconds, so 10 s means a wedged or hostile worker."""
+    max_pull_wait: PositiveDuration = timedelta(seconds=30)
+    """Longest a `Pull` waits for records; a longer `wait` is shortened to this (a long poll
+    returns empty and is called again)."""
+    max_concurrent_unary: Annotated[_AtLeastOne, Field(le=100_000)] = 64
+    """`Pull` and `Acknowledge` calls served at once, 1 to 100000; one more is refused with
+    RESOURCE_EXHAUSTED. A waiting Pull holds a coroutine and a deadline for up to
+    `max_pull_wait`: 64 is many more than a pod's workers need."""
+    max_streams_per_connection: Annotated[_AtLeastOne, Field(le=100_000)] = 100
+    """Concurrent HTTP/2 streams (calls) per client connection (gRPC
+    `grpc.max_concurrent_streams`), 1 to 100000; the client queues the ones over it. 100 is
+    the HTTP/2 specification's recommended minimum."""
+    keepalive_min_ping_interval: GrpcDuration = timedelta(seconds=10)
+    """Shortest interval between a client's keepalive pings that is tolerated (gRPC
+    `grpc.http2.min_ping_interval_without_data_ms`); a client pinging more often is sent
+    GOAWAY (too_many_pings) after 2 strikes, and pings with no call open always count as
+    strikes. 10 s lets any sane client keepalive through and stops a ping flood."""
+    max_connection_idle: GrpcDuration = timedelta(minutes=5)
+    """A client connection with no call open for this long is closed gracefully (gRPC
+    `grpc.max_connection_idle_ms`); clients reconnect on their next call. Streams keep their
+    connection busy, so only abandoned connections are closed."""
     log_level: Annotated[LogLevel, BeforeValidator(_to_log_level)] = "INFO"
     """Level of lowwater's `coordinator.*` loggers; other libraries log WARNING and above."""
     log_levels: _LogLevels = ""
     """Levels for single concern loggers, beating `log_level` for them:
     `concern=LEVEL[,concern=LEVEL...]`, for example `acks=DEBUG,commits=DEBUG` to follow
     settlements and commits without the rest. Concerns: `acks`, `auth`, `commits`, `config`,
-    `flow`, `handoff`, `kafka`, `kafka.client` (librdkafka's own lines), `metrics`,
+    `flow`, `handoff`, `kafka`, `kafka.client` (librdkafka's own lines), `limits`, `metrics`,
     `rebalance`, `records`, `redis`, `retry`, `sidecar`, `streams`, `tls`."""
     log_format: Annotated[LogFormat, BeforeValidator(_to_choice)] = "text"
     """`text`: one line per event for people; `json`: one JSON object per line for log

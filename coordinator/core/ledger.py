@@ -328,11 +328,14 @@ class Ledger:
         self.holders[name] = holder
         return holder
 
-    def pull_holder(self, worker_id: str) -> Holder:
+    def pull_holder(self, worker_id: str, max_in_flight: int | None = None) -> Holder:
+        """The holder of Pull leases for ``worker_id``, opened on first use with room for
+        ``max_in_flight`` leases (None: :data:`PULL_HOLDER_MAX_IN_FLIGHT`)."""
         name = f"pull:{worker_id}"
         holder = self.holders.get(name)
         if holder is None:
-            holder = self.open_holder(name, worker_id, PULL_HOLDER_MAX_IN_FLIGHT, pull=True)
+            cap = PULL_HOLDER_MAX_IN_FLIGHT if max_in_flight is None else max_in_flight
+            holder = self.open_holder(name, worker_id, cap, pull=True)
         return holder
 
     def close_holder(self, name: str, now: float) -> int:

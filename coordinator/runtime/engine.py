@@ -106,7 +106,8 @@ Notice = Revoking | Draining
 class Session:
     """One worker stream as the engine sees it. Owned by the event loop."""
 
-    __slots__ = ("delivered", "holder", "notices", "rejected", "wake", "writes")
+    __slots__ = ("delivered", "drained", "holder", "notices", "rejected", "unsent_bytes", "wake",
+                 "writes")
 
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
@@ -115,9 +116,14 @@ class Session:
         self.notices: list[Notice] = []
         self.rejected: list[tuple[int, SettleStatus]] = []
         """Settlements not accepted, to report on the stream."""
+        self.drained = asyncio.Event()
+        """Set when the writer has taken answers from ``rejected``."""
+        self.unsent_bytes = 0
+        """Size of the message being written and not yet taken by the transport (0: none)."""
         self.delivered = 0
         self.writes = 0
-        """Deliveries and stream messages sent: their ratio is the batching achieved."""
+        """Deliveries and stream messages sent (of every kind): their ratio is the batching
+        achieved."""
 
     def take_notices(self) -> list[Notice]:
         notices, self.notices = self.notices, []
@@ -207,13 +213,16 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         leaving: Callable[[list[PartitionState]], Awaitable[object]] | None = None,
+        max_leases_per_worker: int | None = None,
     ) -> None:
         """Without a ``router`` every topic gets the ledger's policy and no TTL; without
         ``handoffs`` a hand-off with a topic is an error (the sidecar always passes one when
         a subscription names a topic). ``leaving`` is awaited on a revoke, once the wait for
         settlements is over and before the ledger lets the partitions go (the pending-set
-        writer's last snapshot); it must bound its own wait."""
+        writer's last snapshot); it must bound its own wait. ``max_leases_per_worker`` cuts
+        what a stream asks to hold in flight, and what a Pull caller may hold (None: no cap)."""
         self.ledger = ledger
+        self._max_leases = max_leases_per_worker
         self._commands = commands
         self._router = router
         self._handoffs = handoffs
@@ -497,7 +506,8 @@ class Engine:
     def open_session(self, worker_id: str, max_messages: int, max_bytes: int) -> Session:
         """Registers a worker stream. Raises ValueError for bad limits."""
         name = f"stream-{next(self._stream_ids)}"
-        session = Session(self.ledger.open_holder(name, worker_id, max_messages, max_bytes))
+        session = Session(self.ledger.open_holder(name, worker_id, self._capped(max_messages),
+                                                  max_bytes))
         self._sessions[name] = session
         self.counters["streams_opened"] += 1
         session.wake.set()
@@ -514,8 +524,16 @@ class Engine:
                           session.stream_id, redelivered)
         self._after_change()
 
+    def _capped(self, max_messages: int) -> int:
+        cap = self._max_leases
+        if cap is None or max_messages <= cap:
+            return max_messages
+        flow_log.info("a worker asked for %d in flight; max_leases_per_stream allows %d",
+                      max_messages, cap)
+        return cap
+
     def set_flow(self, session: Session, max_messages: int, max_bytes: int) -> None:
-        session.holder.credits.resize(max_messages, max_bytes)
+        session.holder.credits.resize(self._capped(max_messages), max_bytes)
         session.wake.set()
 
     def lease(self, holder: Holder, limit: int = DELIVERY_BATCH) -> list[Lease]:
@@ -576,7 +594,7 @@ class Engine:
         return [(m, s) for m, s in out if s is not SettleStatus.OK]
 
     async def pull(self, worker_id: str, max_messages: int, wait: float) -> list[Lease]:
-        holder = self.ledger.pull_holder(worker_id)
+        holder = self.ledger.pull_holder(worker_id, self._max_leases)
         limit = min(max(max_messages, 1), PULL_MAX_MESSAGES)
         deadline = self._clock() + wait
         while True:

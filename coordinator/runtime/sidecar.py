@@ -44,6 +44,7 @@ from coordinator.runtime.tls import CertificateFiles
 from coordinator.service.admin import AdminService
 from coordinator.service.auth import ServerGuard, token_source
 from coordinator.service.coordinator import CoordinatorService
+from coordinator.service.limits import Limits
 from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator.sidecar")
@@ -56,6 +57,8 @@ TOPIC_CHECK_RETRY = 5.0
 """Seconds before the hand-off topics are checked again when the broker could not be asked."""
 STATISTICS_INTERVAL_MS = 5000
 """librdkafka's statistics interval when metrics are on, unless passed through."""
+HEALTH_MAX_RPCS = 32
+"""Calls the health-only server (``health_listen``) takes at once: probes, and a few watches."""
 SERVER_GRACE = 1.0
 """Seconds open RPCs get when the gRPC server stops."""
 LIVENESS_HEALTH = "lowwater.live"
@@ -161,8 +164,9 @@ class Sidecar:
         )
         self.health = health.aio.HealthServicer()
         self.metrics: Metrics | None = Metrics() if settings.metrics_listen else None
-        # No SO_REUSEPORT: a second sidecar on a taken port must fail, not share it silently.
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+        self.limits = Limits.of(settings)
+        self.server = grpc.aio.server(options=self.limits.server_options(),
+                                      maximum_concurrent_rpcs=self.limits.maximum_concurrent_rpcs,
                                       interceptors=[self._guard(environ or os.environ)])
         self.tls: CertificateFiles | None = None
         """The certificate files, when ``tls_cert_file`` is set."""
@@ -231,10 +235,11 @@ class Sidecar:
             commit_interval=settings.commit_interval.total_seconds(),
             rebalance_timeout=settings.rebalance_timeout.total_seconds(),
             leaving=None if self.store is None else self.store.write_final,
+            max_leases_per_worker=settings.max_leases_per_stream,
         )
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorService(self.engine, lease=settings.lease.total_seconds(),
-                               max_lease=settings.max_lease.total_seconds()),
+                               max_lease=settings.max_lease.total_seconds(), limits=self.limits),
             self.server,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
@@ -269,7 +274,8 @@ class Sidecar:
                 raise StartupError(f"cannot set the mode or group of {settings.listen}: {exc}"
                                    ) from exc
         if settings.health_listen is not None:
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            self.health_server = grpc.aio.server(
+                options=self.limits.server_options(), maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             try:
                 self.health_port = self.health_server.add_insecure_port(

@@ -1,4 +1,13 @@
-"""The ``lowwater.v1.Coordinator`` servicer: thin translation over the engine."""
+"""The ``lowwater.v1.Coordinator`` servicer: thin translation over the engine, and the
+limits that keep one client from exhausting the sidecar (see :mod:`coordinator.service.limits`).
+
+A worker that stops reading its stream costs at most one stream message (at most
+``max_send_message_bytes``, built and handed to gRPC) plus what the stream's HTTP/2 window
+holds: the writer awaits each write, and takes no new lease while one is pending. Settlement
+answers it has not sent yet are bounded too: the reader stops reading requests while more than
+``max_settlement_batch`` of them wait. A write that is not taken within
+``stream_write_timeout`` closes the stream, and its leases are redelivered at once.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +17,61 @@ from typing import Any
 
 import grpc
 
-from coordinator.core.model import SettleStatus
+from coordinator.core.model import Outcome, SettleStatus
 from coordinator.runtime.engine import DELIVERY_BATCH, Draining, Engine, Revoking, Session
 from coordinator.service import convert
-from coordinator.service.errors import invalid_argument, unavailable
+from coordinator.service.errors import invalid_argument, limit_exceeded, unavailable
+from coordinator.service.limits import Limits
 from lowwater.v1 import coordinator_pb2 as pb
 from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
 
 log = logging.getLogger("coordinator.streams")
+limits_log = logging.getLogger("coordinator.limits")
 
-PULL_MAX_WAIT = 30.0
-"""Seconds a Pull may wait at most, whatever it asks for."""
+DELIVERY_MESSAGE_BYTES = 1024 * 1024
+"""Deliveries are packed into one stream message up to this size; a lone bigger record goes
+alone, up to ``max_send_message_bytes``. 1 MiB holds a full batch of 500 records of 2 KiB,
+so batching loses nothing, and keeps the message a worker that stops reading holds small."""
+DELIVERY_FRAMING = 6
+"""Bytes a delivery adds to a stream message beyond its own size, at most: its field tag and
+length (a message under 4 GiB)."""
+
+
+class Stalled(Exception):
+    """A stream message was not taken within ``stream_write_timeout``."""
+
+
+def _consume(write: asyncio.Future[None]) -> None:
+    """Retrieves a write's outcome: a write that failed because its call ended is no news."""
+    if not write.cancelled():
+        write.exception()
+
+
+def request_ids(req: pb.StreamRequest) -> int:
+    """The msg_ids one stream request names: what ``max_settlement_batch`` counts."""
+    return len(req.settlements) + len(req.ack_msg_ids) + len(req.extend.msg_ids)
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     """Serves worker streams, Pull and Acknowledge on the engine's event loop."""
 
-    def __init__(self, engine: Engine, *, lease: float, max_lease: float) -> None:
+    def __init__(self, engine: Engine, *, lease: float, max_lease: float,
+                 limits: Limits | None = None) -> None:
         self._engine = engine
         self._lease = convert.duration(lease)
         self._max_lease = convert.duration(max_lease)
+        self._limits = limits or Limits()
+        self._unary = 0
+        """Pull and Acknowledge calls running now."""
+        self._streams = 0
+        """Stream calls running now (a stalled one until gRPC has ended it)."""
+        self.refused: dict[str, int] = {}
+        """Requests refused per limit (setting name), since start."""
+
+    def _refuse(self, limit: str, description: str, peer: str) -> grpc.Status:
+        self.refused[limit] = self.refused.get(limit, 0) + 1
+        limits_log.warning("refused a request from %s: %s: %s", peer, limit, description)
+        return limit_exceeded(limit, description)
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
         first = await context.read()
@@ -40,6 +84,19 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if self._engine.draining:
             await context.abort_with_status(
                 unavailable("the sidecar is draining", reason="DRAINING"))
+        limits = self._limits
+        if self._streams >= limits.max_streams:
+            await context.abort_with_status(self._refuse(
+                "max_streams", f"{self._streams} worker streams are open, the most this"
+                " sidecar serves", context.peer()))
+        self._streams += 1
+        try:
+            await self._serve(first, context)
+        finally:
+            self._streams -= 1
+
+    async def _serve(self, first: pb.StreamRequest, context: grpc.aio.ServicerContext) -> None:
+        limits = self._limits
         flow = first.open.flow_control
         worker_id = first.open.worker_id or context.peer()
         try:
@@ -51,9 +108,19 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                  flow.max_in_flight_messages)
         reader = asyncio.ensure_future(self._read(context, session))
         try:
-            await context.write(pb.StreamResponse(opened=pb.StreamOpened(
+            await self._send(context, session, pb.StreamResponse(opened=pb.StreamOpened(
                 stream_id=session.stream_id, lease=self._lease, max_lease=self._max_lease)))
             await self._write(context, session, reader)
+        except Stalled:
+            # Its leases go elsewhere now. The abort itself waits until the worker reads what
+            # was sent or goes away (gRPC sends the status after the data): until then the
+            # call counts towards max_streams, so stalled calls stay bounded too.
+            reader.cancel()
+            self._engine.close_session(session)
+            await context.abort_with_status(self._refuse(
+                "stream_write_timeout", f"the worker took no message for"
+                f" {limits.stream_write_timeout:g}s; its leases go to other workers",
+                context.peer()))
         finally:
             reader.cancel()
             self._engine.close_session(session)
@@ -63,13 +130,21 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def _read(self, context: grpc.aio.ServicerContext, session: Session) -> grpc.Status | None:
         """Applies requests until the worker half-closes; returns a status to abort with."""
         engine, holder = self._engine, session.holder
+        max_batch = self._limits.max_settlement_batch
         try:
             while True:
+                while len(session.rejected) >= max_batch:  # answers the worker has not taken
+                    session.drained.clear()
+                    await session.drained.wait()
                 req = await context.read()
                 if req is grpc.aio.EOF:
                     return None
                 if req.HasField("open"):
                     return invalid_argument("open", "only the first request may carry `open`")
+                ids = request_ids(req)
+                if ids > max_batch:  # refused whole: nothing in it is applied
+                    return self._refuse("max_settlement_batch", f"a request names {ids} msg_ids,"
+                                        f" more than {max_batch}", context.peer())
                 if req.settlements:
                     rejected = engine.settle(holder, convert.settlements(req.settlements))
                     if rejected:
@@ -101,9 +176,24 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         finally:
             session.wake.set()
 
+    async def _send(self, context: grpc.aio.ServicerContext, session: Session,
+                    message: pb.StreamResponse) -> None:
+        """Writes one message; raises :class:`Stalled` if the worker does not take it within
+        ``stream_write_timeout``. The write is not cancelled (that would break the call): it
+        ends when the call is aborted."""
+        session.unsent_bytes = message.ByteSize()
+        write = asyncio.ensure_future(context.write(message))
+        write.add_done_callback(_consume)
+        done, _ = await asyncio.wait((write,), timeout=self._limits.stream_write_timeout)
+        if not done:
+            raise Stalled
+        write.result()
+        session.unsent_bytes = 0
+        session.writes += 1
+
     async def _write(self, context: grpc.aio.ServicerContext, session: Session,
                      reader: asyncio.Future[grpc.Status | None]) -> None:
-        engine = self._engine
+        engine, limits = self._engine, self._limits
         while True:
             await session.wake.wait()
             session.wake.clear()
@@ -112,30 +202,84 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if status is not None:
                     await context.abort_with_status(status)
                 return
-            resp = pb.StreamResponse()
             for notice in session.take_notices():
                 if isinstance(notice, Revoking):
-                    await context.write(pb.StreamResponse(revoking=pb.PartitionsRevoking(
-                        partitions=[pb.TopicPartition(topic=t, partition=p)
-                                    for t, p in notice.partitions],
-                        msg_ids=notice.msg_ids, deadline=convert.duration(notice.deadline))))
+                    await self._send(context, session, pb.StreamResponse(
+                        revoking=pb.PartitionsRevoking(
+                            partitions=[pb.TopicPartition(topic=t, partition=p)
+                                        for t, p in notice.partitions],
+                            msg_ids=notice.msg_ids, deadline=convert.duration(notice.deadline))))
                 elif isinstance(notice, Draining):
-                    await context.write(pb.StreamResponse(
+                    await self._send(context, session, pb.StreamResponse(
                         draining=pb.Draining(deadline=convert.duration(notice.deadline))))
+            resp = pb.StreamResponse()
             if session.rejected:
-                resp.rejected.extend(convert.results(session.rejected))
-                session.rejected.clear()
+                answers = session.rejected[:limits.max_settlement_batch]
+                del session.rejected[:limits.max_settlement_batch]
+                resp.rejected.extend(convert.results(answers))
+                session.drained.set()
+                if session.rejected:
+                    session.wake.set()
             leases = engine.lease(session.holder, DELIVERY_BATCH)
             if leases:
                 convert.add_deliveries(resp.deliveries, leases)
                 if len(leases) == DELIVERY_BATCH:
                     session.wake.set()  # there may be more, and credit for it
-            if leases or resp.rejected:
-                session.delivered += len(leases)
-                session.writes += 1
-                await context.write(resp)
+            if not (leases or resp.rejected):
+                continue
+            session.delivered += len(leases)
+            if resp.ByteSize() <= min(DELIVERY_MESSAGE_BYTES, limits.max_send_message_bytes):
+                await self._send(context, session, resp)
+                continue
+            for message in self._split(session, resp):
+                await self._send(context, session, message)
+
+    def _split(self, session: Session, resp: pb.StreamResponse) -> list[pb.StreamResponse]:
+        """``resp`` as messages of at most :data:`DELIVERY_MESSAGE_BYTES`, or one delivery
+        within ``max_send_message_bytes``. A delivery over that is not sent: it is answered
+        RETRY for the worker (the retry policy decides)."""
+        limit = self._limits.max_send_message_bytes
+        pack = min(DELIVERY_MESSAGE_BYTES, limit)
+        out = [pb.StreamResponse(rejected=resp.rejected)]
+        size = out[0].ByteSize()
+        too_big: list[tuple[int, Outcome | None, float | None, str]] = []
+        for delivery in resp.deliveries:
+            cost = delivery.ByteSize() + DELIVERY_FRAMING
+            if cost > limit:
+                too_big.append((delivery.msg_id, Outcome.RETRY, None,
+                                f"its delivery ({cost} bytes) exceeds max_send_message_bytes"))
+                continue
+            if size and size + cost > pack:
+                out.append(pb.StreamResponse())
+                size = 0
+            out[-1].deliveries.append(delivery)
+            size += cost
+        if too_big:
+            session.delivered -= len(too_big)
+            self.refused["max_send_message_bytes"] = (
+                self.refused.get("max_send_message_bytes", 0) + len(too_big))
+            limits_log.warning("%d record(s) too big for max_send_message_bytes (%d): retrying"
+                               " them: %s", len(too_big), limit,
+                               ", ".join(str(m) for m, *_ in too_big[:10]))
+            self._engine.settle(session.holder, too_big)
+        return [m for m in out if m.deliveries or m.rejected]
+
+    async def _enter_unary(self, context: grpc.aio.ServicerContext) -> None:
+        if self._unary >= self._limits.max_concurrent_unary:
+            await context.abort_with_status(self._refuse(
+                "max_concurrent_unary", f"{self._unary} Pull and Acknowledge calls are running,"
+                " the most this sidecar serves at once", context.peer()))
+        self._unary += 1
 
     async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
+        await self._enter_unary(context)
+        try:
+            return await self._pull(request, context)
+        finally:
+            self._unary -= 1
+
+    async def _pull(self, request: pb.PullRequest,
+                    context: grpc.aio.ServicerContext) -> pb.PullResponse:
         if request.max_messages < 1:
             await context.abort_with_status(invalid_argument("max_messages", "must be at least 1"))
         wait = convert.span_seconds(request.wait) if request.HasField("wait") else 0.0
@@ -144,13 +288,26 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 invalid_argument("wait", "must be a valid Duration, not negative"))
             return pb.PullResponse()  # not reached: abort raises
         leases = await self._engine.pull(
-            request.worker_id or "pull", request.max_messages, min(wait, PULL_MAX_WAIT))
+            request.worker_id or "pull", request.max_messages, min(wait, self._limits.max_pull_wait))
         resp = pb.PullResponse()
         convert.add_deliveries(resp.deliveries, leases)
         return resp
 
     async def Acknowledge(self, request: pb.AcknowledgeRequest,
                           context: grpc.aio.ServicerContext) -> pb.AcknowledgeResponse:
+        await self._enter_unary(context)
+        try:
+            return await self._acknowledge(request, context)
+        finally:
+            self._unary -= 1
+
+    async def _acknowledge(self, request: pb.AcknowledgeRequest,
+                           context: grpc.aio.ServicerContext) -> pb.AcknowledgeResponse:
+        ids = len(request.settlements)
+        if ids > self._limits.max_settlement_batch:  # refused whole: nothing is settled
+            await context.abort_with_status(self._refuse(
+                "max_settlement_batch", f"a request names {ids} msg_ids, more than"
+                f" {self._limits.max_settlement_batch}", context.peer()))
         results = []
         for item in convert.settlements(request.settlements):
             rejected = self._engine.settle(None, (item,))

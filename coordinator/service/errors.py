@@ -70,3 +70,20 @@ def permission_denied(message: str, *, reason: str, settings: str) -> grpc.Statu
     status = status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=message,
                                details=[detail])
     return rpc_status.to_status(status)
+
+
+def limit_exceeded(limit: str, description: str) -> grpc.Status:
+    """RESOURCE_EXHAUSTED for a request (or a stream) over one of the sidecar's limits.
+
+    The details name the limit twice over: a ``QuotaFailure`` whose violation's subject is the
+    setting (``max_streams``, ``max_settlement_batch``, ...), and an ``ErrorInfo`` with reason
+    ``LIMIT_EXCEEDED`` and the setting in its ``limit`` metadata.
+    """
+    quota, info = any_pb2.Any(), any_pb2.Any()
+    quota.Pack(error_details_pb2.QuotaFailure(violations=[
+        error_details_pb2.QuotaFailure.Violation(subject=limit, description=description)]))
+    info.Pack(error_details_pb2.ErrorInfo(reason="LIMIT_EXCEEDED", domain="lowwater",
+                                          metadata={"limit": limit}))
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=f"{limit}: {description}",
+                               details=[quota, info])
+    return rpc_status.to_status(status)

@@ -25,11 +25,8 @@ from coordinator.kafka.fetcher import Commit, Pause
 from coordinator.runtime.engine import Engine
 from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
+from coordinator.service.limits import Limits
 from lowwater.v1 import admin_pb2_grpc, coordinator_pb2_grpc
-
-SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
-"""The options ``coordinator.runtime.sidecar`` gives its server; the receive limit is gRPC's
-default (4 MiB), the send limit none."""
 
 
 @dataclass
@@ -110,6 +107,7 @@ class RecordingSink:
 class Harness:
     engine: Engine
     sink: RecordingSink
+    service: CoordinatorService
     channel: grpc.aio.Channel
     coordinator: coordinator_pb2_grpc.CoordinatorStub
     admin: admin_pb2_grpc.AdminStub
@@ -130,23 +128,29 @@ class Harness:
 @asynccontextmanager
 async def harness(
     *, lease: float = 30.0, max_pending: int = 10_000, rebalance_timeout: float = 2.0,
-    max_attempts: int | None = None, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_attempts: int | None = None, limits: Limits | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> AsyncIterator[Harness]:
     """An engine behind the worker, Admin and health servicers, on 127.0.0.1:0.
 
-    ``interceptors`` go to the server, as :class:`coordinator.service.auth.ServerGuard` does in
-    the sidecar."""
+    The server gets the options and limits ``coordinator.runtime.sidecar`` gives its own (the
+    defaults of the limit settings unless ``limits`` says otherwise); ``interceptors`` go to
+    it, as :class:`coordinator.service.auth.ServerGuard` does in the sidecar."""
+    limits = limits or Limits()
     ledger = Ledger(
         leases=LeaseTimes(lease, max(lease, 60.0)),
         policy=RetryPolicy(0.05, 60.0, max_attempts),
         max_pending_per_partition=max_pending,
     )
     sink = RecordingSink()
-    engine = Engine(ledger, sink, commit_interval=3600, rebalance_timeout=rebalance_timeout)
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    engine = Engine(ledger, sink, commit_interval=3600, rebalance_timeout=rebalance_timeout,
+                    max_leases_per_worker=limits.max_leases_per_stream)
+    server = grpc.aio.server(options=limits.server_options(),
+                             maximum_concurrent_rpcs=limits.maximum_concurrent_rpcs,
+                             interceptors=interceptors)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorService(engine, lease=lease, max_lease=max(lease, 60.0)), server)
+    service = CoordinatorService(engine, lease=lease, max_lease=max(lease, 60.0), limits=limits)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminService(engine, group="g", health=lambda: "SERVING"), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -154,7 +158,7 @@ async def harness(
     timers = asyncio.create_task(engine.run())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Harness(engine, sink, channel, coordinator_pb2_grpc.CoordinatorStub(channel),
+        yield Harness(engine, sink, service, channel, coordinator_pb2_grpc.CoordinatorStub(channel),
                       admin_pb2_grpc.AdminStub(channel), f"127.0.0.1:{port}")
     finally:
         timers.cancel()

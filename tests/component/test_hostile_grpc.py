@@ -2,8 +2,9 @@
 
 Hypothesis writes programs of hostile steps for two workers (settlements of unknown,
 foreign, settled and revoked msg_ids; unknown outcomes; zero, negative, malformed and
-overflowing durations; 100k packed acks; a second ``open``; a zero flow limit; requests
-over the 4 MiB receive limit; streams whose first request is not a lone ``open``) and
+overflowing durations; packed acks at ``max_settlement_batch`` and 100k of them, over it; a
+second ``open``; a zero flow limit; requests over the 4 MiB receive limit; streams whose first
+request is not a lone ``open``) and
 runs them against a real server. A model predicts every per-id answer and every commit
 offset; after each step the test checks that
 
@@ -12,7 +13,8 @@ offset; after each step the test checks that
 - each partition's commit offset is exactly the lowest offset not finished by an accepted
   ACK, DROP, ALREADY_PROCESSED or DEAD_LETTER, so no commit passes an unfinished record;
 - a stream ends only with the predicted status code and, where the service gives them,
-  ``google.rpc.Status`` details naming the offending field.
+  ``google.rpc.Status`` details naming the offending field or the limit; a stream refused for
+  a giant batch settles none of it, and its leases are redelivered at once.
 
 ``HYPOTHESIS_PROFILE=soak`` runs many more and longer programs.
 """
@@ -55,8 +57,10 @@ LAPSE_BELOW = 0.25
 LONG_SPAN (nothing lapses while an example runs): no race on either side."""
 LONG_SPAN = 30
 RECEIVE_LIMIT = 4 * 1024 * 1024
-"""gRPC's default receive limit, which the sidecar keeps."""
-BULK_ACKS = 100_000
+"""gRPC's default receive limit, which the sidecar keeps (``max_receive_message_bytes``)."""
+BULK_ACKS = 10_000
+"""The default ``max_settlement_batch`` (written here again: the test's own oracle)."""
+GIANT_ACKS = 100_000
 UNKNOWN_BASE = 2**63
 """msg_ids from here up are never issued (they start at 1 and count up)."""
 SENTINELS = itertools.count(2**64 - 1, -1)
@@ -108,6 +112,7 @@ STEPS = st.one_of(
     st.tuples(st.just("flow_zero"), WHO),
     st.tuples(st.just("bad_first"), st.sampled_from(BAD_FIRST), PICKS),
     st.tuples(st.just("bulk_ack"), WHO),
+    st.tuples(st.just("giant_ack"), WHO),
     st.tuples(st.just("oversize"), WHO),
 )
 Step = tuple[Any, ...]
@@ -127,6 +132,7 @@ EVERY_KIND: list[Step] = [
     ("extend", 1, [("mine", 0)], (LONG_SPAN * 10, 5)),
     ("ack", 0, [("mine", 0), ("mine", 0), ("theirs", 1), ("gone", 1)]),
     ("bulk_ack", 1),
+    ("giant_ack", 0),
     ("revoke", 0),
     ("ack", 0, [("gone", 0), ("gone", 1), ("gone", 2), ("mine", 0)]),
     ("reopen", 1),
@@ -270,13 +276,17 @@ class Peer:
         out, self.rejected = self.rejected[:at], self.rejected[at + 1:]
         return out
 
-    async def expect_end(self, code: grpc.StatusCode, violation: str | None) -> None:
-        """The stream must end with ``code`` (and a BadRequest naming ``violation``)."""
+    async def expect_end(self, code: grpc.StatusCode, violation: str | None,
+                         limit: str | None = None) -> None:
+        """The stream must end with ``code`` (and a BadRequest naming ``violation``, or a
+        QuotaFailure naming ``limit``); its leases are redelivered at once."""
         assert self.ended is not None
         error = await asyncio.wait_for(self.ended, WAIT)
         assert error is not None, "the stream ended with OK"
         assert error.code() == code, (error.code(), error.details())
         check_details(error, violation)
+        if limit is not None:
+            check_limit(error, limit)
         stream_id = self.stream_id
         await until(lambda: stream_id not in self.h.engine.ledger.holders)
         self.model.lapsed([m for m, s in self.model.owner.items() if s == stream_id])
@@ -297,6 +307,14 @@ def check_details(error: grpc.aio.AioRpcError, violation: str | None) -> None:
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert [v.field for v in bad.field_violations] == [violation]
+
+
+def check_limit(error: grpc.aio.AioRpcError, limit: str) -> None:
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status details"
+    quota = error_details_pb2.QuotaFailure()
+    assert status.details[0].Unpack(quota)
+    assert [v.subject for v in quota.violations] == [limit]
 
 
 async def until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -386,6 +404,19 @@ class Run:
             model.settled(m, pb.OUTCOME_ACK)
         expected = [(m, UNKNOWN) for m in ids if m >= UNKNOWN_BASE]
         assert await peer.round_trip(request) == expected
+
+    async def giant_ack(self, who: int) -> None:
+        """100k packed acks, over ``max_settlement_batch``: the stream is refused, nothing in
+        the request is settled (the commit check after the step), and the peer's leases are
+        redelivered at once (they leave its holder, and the model forgets them)."""
+        peer, model = self.peers[who], self.model
+        assert peer.call is not None
+        mine = model.pool("mine", peer.stream_id)
+        request = pb.StreamRequest(ack_msg_ids=[*mine, *(UNKNOWN_BASE + i
+                                                         for i in range(GIANT_ACKS))])
+        assert request.ByteSize() < RECEIVE_LIMIT
+        await peer.call.write(request)
+        await peer.expect_end(grpc.StatusCode.RESOURCE_EXHAUSTED, None, "max_settlement_batch")
 
     async def revoke(self, partition: int) -> None:
         tp = TopicPartition(TOPIC, partition)

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
 """Seconds a test waits for a condition before failing."""
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
-"""gRPC's default receive limit (the SDK lifts it; the sidecar never limits what it sends)."""
+"""gRPC's default receive limit (the SDK lifts it; the sidecar sends up to
+``max_send_message_bytes``, 64 MiB by default)."""
 ODD_HEADERS: list[tuple[str, bytes | None]] = [
     ("h", b"\xff\xfe\x00not utf-8"),
     ("h", b""),  # a repeated key, an empty value

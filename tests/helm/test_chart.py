@@ -239,6 +239,9 @@ def test_the_full_values_pass_credentials_through_env_from_secrets(
     # ...the TOML integers stay integers (Helm reads YAML numbers as floats)...
     assert settings.kafka["fetch.wait.max.ms"] == 50
     assert settings.max_pending_per_partition == 20000
+    assert (settings.max_streams, settings.max_settlement_batch,
+            settings.max_send_message_bytes) == (16, 5000, 16 * 1024 * 1024)
+    assert settings.stream_write_timeout == timedelta(seconds=5)
     assert [s.topic for s in settings.subscriptions] == ["sms.otp", "sms.receipts"]
     # ...and no secret value is written into the ConfigMap.
     toml = lowwater_toml(docs)
@@ -521,6 +524,9 @@ def test_values_that_cannot_work_together_fail_with_a_message(
     # Properties lowwater sets itself (helm names the property, not the path, here).
     (["sidecar.config.kafka.group\\.id=other"], "invalid propertyName 'group.id'"),
     (["metrics.port=0"], "/metrics/port"),
+    (["sidecar.config.max_streams=0"], "/sidecar/config/max_streams"),
+    (["sidecar.config.max_receive_message_bytes=2147483648"],
+     "/sidecar/config/max_receive_message_bytes"),
     (["keda.metadata.consumerGroup=other"], "invalid propertyName 'consumerGroup'"),
 ])
 def test_the_schema_rejects(helm: Helm, sets: list[str], expected: str) -> None:

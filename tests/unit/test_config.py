@@ -181,6 +181,15 @@ def test_defaults() -> None:
     assert settings.fetch_batch_size == 500
     assert settings.rebalance_timeout == timedelta(seconds=10)
     assert settings.drain_timeout == timedelta(seconds=30)
+    assert (settings.max_streams, settings.max_leases_per_stream, settings.max_settlement_batch,
+            settings.max_concurrent_unary, settings.max_streams_per_connection) == (
+        100, 1000, 10_000, 64, 100)
+    assert settings.max_receive_message_bytes == 4 * 1024 * 1024  # gRPC's own default
+    assert settings.max_send_message_bytes == 64 * 1024 * 1024
+    assert settings.stream_write_timeout == timedelta(seconds=10)
+    assert settings.max_pull_wait == timedelta(seconds=30)
+    assert settings.keepalive_min_ping_interval == timedelta(seconds=10)
+    assert settings.max_connection_idle == timedelta(minutes=5)
     assert settings.log_level == "INFO"
     assert dict(settings.kafka) == {}
     assert settings.subscriptions == ()
@@ -285,6 +294,29 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("fetch_batch_size", 0),
     ("fetch_batch_size", 100_001),
     ("fetch_batch_size", False),
+    ("max_streams", 0),
+    ("max_streams", 100_001),
+    ("max_streams", True),
+    ("max_leases_per_stream", 0),
+    ("max_leases_per_stream", 1_000_001),
+    ("max_settlement_batch", 0),
+    ("max_settlement_batch", "many"),
+    ("max_receive_message_bytes", 65_535),  # below 64 KiB: not even one settlement batch
+    ("max_receive_message_bytes", 2**31),  # gRPC's option is a C int
+    ("max_send_message_bytes", 0),
+    ("max_send_message_bytes", -1),  # gRPC's "no limit" is not offered
+    ("stream_write_timeout", "0s"),
+    ("stream_write_timeout", "soon"),
+    ("max_pull_wait", 0),
+    ("max_pull_wait", "-1s"),
+    ("max_concurrent_unary", 0),
+    ("max_concurrent_unary", 100_001),
+    ("max_streams_per_connection", 0),
+    ("max_streams_per_connection", "1.5"),
+    ("keepalive_min_ping_interval", "0s"),
+    ("keepalive_min_ping_interval", "25d"),  # over 2**31 - 1 ms
+    ("max_connection_idle", -5),
+    ("max_connection_idle", "25d"),
     ("log_level", "TRACE"),
     ("log_levels", "acks=TRACE"),
     ("log_levels", "acks"),

@@ -9,8 +9,14 @@ MAX_SETTLEMENTS_PER_REQUEST = 2000
 """Settlement messages (non-ACK outcomes, reasons up to 1000 chars) in one StreamRequest at
 most, to stay far below message-size limits."""
 
-MAX_ACKS_PER_REQUEST = 50_000
-"""Packed ACK (or extended) msg_ids in one StreamRequest at most (at most ~0.5 MB of varints)."""
+MAX_ACKS_PER_REQUEST = 8000
+"""Packed ACK (or extended) msg_ids in one StreamRequest at most (at most ~80 KB of varints):
+with a full load of settlements, within MAX_IDS_PER_REQUEST."""
+
+MAX_IDS_PER_REQUEST = 10_000
+"""msg_ids in one StreamRequest at most, settlements, acks and extensions together: the
+sidecar's default ``max_settlement_batch``, over which it refuses the request and ends the
+stream."""
 
 MAX_REASON_BYTES_PER_REQUEST = 1 << 20
 """UTF-8 bytes of settlement reasons in one StreamRequest at most: 2000 reasons of 1000
@@ -51,6 +57,7 @@ class Outbox:
             return None
         request = pb.StreamRequest()
         acks, others = self.acks, self.others
+        budget = MAX_IDS_PER_REQUEST
         if acks:
             if len(acks) <= MAX_ACKS_PER_REQUEST:
                 request.ack_msg_ids.extend(acks)
@@ -58,10 +65,12 @@ class Outbox:
             else:
                 request.ack_msg_ids.extend(acks[:MAX_ACKS_PER_REQUEST])
                 del acks[:MAX_ACKS_PER_REQUEST]
-        if others:
+            budget -= len(request.ack_msg_ids)
+        if others and budget:
             add = request.settlements.add
             taken = reason_bytes = 0
-            for msg_id, outcome, delay, reason in others[:MAX_SETTLEMENTS_PER_REQUEST]:
+            for msg_id, outcome, delay, reason in others[:min(MAX_SETTLEMENTS_PER_REQUEST,
+                                                             budget)]:
                 reason_bytes += len(reason.encode())
                 if taken and reason_bytes > MAX_REASON_BYTES_PER_REQUEST:
                     break
@@ -70,11 +79,12 @@ class Outbox:
                     settlement.retry_delay.FromNanoseconds(round(delay * 1e9))
                 taken += 1
             del others[:taken]
-        if self.extends:
+            budget -= taken
+        if self.extends and budget:
             seconds = next(iter(self.extends))
             ids = self.extends[seconds]
-            request.extend.msg_ids.extend(ids[:MAX_ACKS_PER_REQUEST])
-            del ids[:MAX_ACKS_PER_REQUEST]
+            request.extend.msg_ids.extend(ids[:min(MAX_ACKS_PER_REQUEST, budget)])
+            del ids[:min(MAX_ACKS_PER_REQUEST, budget)]
             if not ids:
                 del self.extends[seconds]
             if seconds is not None:

@@ -10,6 +10,7 @@ from lowwater import Message
 from lowwater._leases import due_for_extension, lease_tick
 from lowwater._outbox import (
     MAX_ACKS_PER_REQUEST,
+    MAX_IDS_PER_REQUEST,
     MAX_REASON_BYTES_PER_REQUEST,
     MAX_SETTLEMENTS_PER_REQUEST,
     Outbox,
@@ -47,14 +48,16 @@ def test_large_backlogs_and_extension_groups_are_split() -> None:
     box.others.extend((i, Outcome.DEAD_LETTER, None, "x") for i in range(MAX_SETTLEMENTS_PER_REQUEST + 1))
     box.extends[2.0] = [1]
     box.extends[None] = [2]
-    first, second = box.take(), box.take()
-    assert first is not None and second is not None
+    first, second, third = box.take(), box.take(), box.take()
+    assert first is not None and second is not None and third is not None
     assert len(first.ack_msg_ids) == MAX_ACKS_PER_REQUEST
     assert len(first.settlements) == MAX_SETTLEMENTS_PER_REQUEST
-    assert first.extend.extension.ToNanoseconds() == 2_000_000_000
+    assert not first.HasField("extend")  # full: MAX_IDS_PER_REQUEST msg_ids already
     assert list(second.ack_msg_ids) == list(range(MAX_ACKS_PER_REQUEST, MAX_ACKS_PER_REQUEST + 5))
     assert [s.msg_id for s in second.settlements] == [MAX_SETTLEMENTS_PER_REQUEST]
-    assert list(second.extend.msg_ids) == [2]
+    assert second.extend.extension.ToNanoseconds() == 2_000_000_000
+    assert list(second.extend.msg_ids) == [1]
+    assert list(third.extend.msg_ids) == [2]
     assert box.take() is None
 
 
@@ -105,3 +108,16 @@ def test_lease_tick_is_bounded() -> None:
     assert lease_tick(0.3) == pytest.approx(0.05)
     assert lease_tick(30.0) == 1.0
     assert lease_tick(0.001) == 0.01
+
+
+def test_no_request_names_more_msg_ids_than_the_sidecar_takes() -> None:
+    box = Outbox()
+    box.acks.extend(range(3 * MAX_ACKS_PER_REQUEST))
+    box.others.extend((i, Outcome.RETRY, None, "") for i in range(3 * MAX_SETTLEMENTS_PER_REQUEST))
+    box.extends[None] = list(range(3 * MAX_ACKS_PER_REQUEST))
+    sizes = []
+    while (request := box.take()) is not None:
+        sizes.append(len(request.ack_msg_ids) + len(request.settlements)
+                     + len(request.extend.msg_ids))
+    assert max(sizes) == MAX_IDS_PER_REQUEST
+    assert sum(sizes) == 6 * MAX_ACKS_PER_REQUEST + 3 * MAX_SETTLEMENTS_PER_REQUEST

@@ -569,8 +569,9 @@ class PullRequest(_message.Message):
     """A name for the caller, shown in Admin/GetStatus. Defaults to "pull"."""
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
-        """How long to wait for the first record, at most 30 s. Unset or zero
-        returns at once. Negative or not a valid Duration: INVALID_ARGUMENT.
+        """How long to wait for the first record; a longer wait is shortened to the
+        sidecar's max_pull_wait (30 s by default). Unset or zero returns at once.
+        Negative or not a valid Duration: INVALID_ARGUMENT.
         """
 
     def __init__(

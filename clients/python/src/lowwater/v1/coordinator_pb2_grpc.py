@@ -81,11 +81,23 @@ class CoordinatorServicer:
         `flow_control`). When the stream breaks, every lease it held is
         redelivered at once.
 
-        Sizes: a request larger than gRPC's default receive limit (4 MiB) ends the
-        stream with RESOURCE_EXHAUSTED. Responses have no size limit: a record is
-        never split, refused or dropped for its size, so a worker must accept
-        messages as large as its largest batch (the Python SDK lifts gRPC's
-        client-side 4 MiB receive limit).
+        Limits (settings of the sidecar; each refusal is RESOURCE_EXHAUSTED with
+        a google.rpc.QuotaFailure whose subject names the setting):
+        - max_streams: a stream opened while that many are open is refused.
+        - max_settlement_batch (10000): a request naming more msg_ids
+        (settlements, ack_msg_ids and extend.msg_ids together) ends the stream;
+        nothing in it is applied, and the stream's leases are redelivered.
+        - max_leases_per_stream (1000): max_in_flight_messages is cut to it.
+        - stream_write_timeout (10 s): a stream that takes no response for that
+        long is ended, and its leases are redelivered.
+
+        Sizes: a request larger than max_receive_message_bytes (gRPC's default,
+        4 MiB) ends the stream with RESOURCE_EXHAUSTED. Deliveries are packed into
+        responses of up to 1 MiB; a bigger record goes alone, up to
+        max_send_message_bytes (64 MiB). A record too big even for that is never
+        sent: it is retried by the sidecar's retry policy as if the worker had
+        answered RETRY. A worker must accept messages as large as its largest
+        record (the Python SDK lifts gRPC's client-side 4 MiB receive limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +106,8 @@ class CoordinatorServicer:
     def Pull(self, request, context):
         """Pull leases up to `max_messages` records, waiting up to `wait` for the
         first one. Meant for grpcurl and simple clients; settle with Acknowledge.
+        At most max_concurrent_unary Pull and Acknowledge calls run at once; one
+        more is refused with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +115,8 @@ class CoordinatorServicer:
 
     def Acknowledge(self, request, context):
         """Acknowledge settles msg_ids leased through Pull, and reports a result
-        per msg_id.
+        per msg_id. More than max_settlement_batch settlements: RESOURCE_EXHAUSTED,
+        and none is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
