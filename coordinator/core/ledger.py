@@ -349,6 +349,15 @@ class Ledger:
         holder.lapsed.clear()
         return len(leases)
 
+    def drop_idle_pull_holders(self) -> int:
+        """Forgets the Pull holders that hold no lease: they have no other state, and the
+        next Pull of their worker opens one again. Without this, a client inventing worker
+        ids would grow the holders without bound. Returns how many were dropped."""
+        idle = [name for name, h in self.holders.items() if h.pull and not h.leases]
+        for name in idle:
+            del self.holders[name]
+        return len(idle)
+
     def lease(self, holder: Holder, now: float, limit: int) -> list[Lease]:
         """Leases ready records to ``holder``, within its credits and ``limit``.
 

@@ -594,11 +594,12 @@ class Engine:
         return [(m, s) for m, s in out if s is not SettleStatus.OK]
 
     async def pull(self, worker_id: str, max_messages: int, wait: float) -> list[Lease]:
-        holder = self.ledger.pull_holder(worker_id, self._max_leases)
         limit = min(max(max_messages, 1), PULL_MAX_MESSAGES)
         deadline = self._clock() + wait
         while True:
             self._ready.clear()
+            # Looked up again after each wait: an idle Pull holder may have been dropped.
+            holder = self.ledger.pull_holder(worker_id, self._max_leases)
             leases = self.lease(holder, limit)
             remaining = deadline - self._clock()
             if leases or remaining <= 0 or self._draining:
@@ -668,6 +669,7 @@ class Engine:
             if now >= next_commit:
                 next_commit = now + self._commit_interval
                 self.commit()
+                self.ledger.drop_idle_pull_holders()
 
     def commit(self) -> None:
         """Hands every advanced commit point to the fetcher, asynchronously."""

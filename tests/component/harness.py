@@ -129,7 +129,7 @@ class Harness:
 async def harness(
     *, lease: float = 30.0, max_pending: int = 10_000, rebalance_timeout: float = 2.0,
     max_attempts: int | None = None, limits: Limits | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (), commit_interval: float = 3600,
 ) -> AsyncIterator[Harness]:
     """An engine behind the worker, Admin and health servicers, on 127.0.0.1:0.
 
@@ -143,7 +143,8 @@ async def harness(
         max_pending_per_partition=max_pending,
     )
     sink = RecordingSink()
-    engine = Engine(ledger, sink, commit_interval=3600, rebalance_timeout=rebalance_timeout,
+    engine = Engine(ledger, sink, commit_interval=commit_interval,
+                    rebalance_timeout=rebalance_timeout,
                     max_leases_per_worker=limits.max_leases_per_stream)
     server = grpc.aio.server(options=limits.server_options(),
                              maximum_concurrent_rpcs=limits.maximum_concurrent_rpcs,

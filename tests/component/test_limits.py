@@ -226,6 +226,28 @@ async def test_leases_per_worker_are_capped_whatever_the_worker_asks() -> None:
 
 
 @async_test
+async def test_pull_callers_inventing_worker_ids_do_not_grow_the_holders() -> None:
+    """A Pull holder without leases is forgotten at the next commit tick; one holding leases
+    stays, with its cap, until they are settled."""
+    async with harness(commit_interval=0.1) as h:
+        h.assign(TOPIC, 1)
+        h.feed(TOPIC, 0, [0, 1])
+        keeper = await h.coordinator.Pull(pb.PullRequest(max_messages=2, worker_id="keeper"))
+        assert len(keeper.deliveries) == 2
+        for i in range(300):
+            empty = await h.coordinator.Pull(pb.PullRequest(max_messages=1,
+                                                             worker_id=f"invented-{i}"))
+            assert not empty.deliveries
+        holders = h.engine.ledger.holders
+        await until(lambda: set(holders) == {"pull:keeper"})
+        acked = await h.coordinator.Acknowledge(pb.AcknowledgeRequest(settlements=[
+            pb.Settlement(msg_id=d.msg_id, outcome=pb.OUTCOME_ACK) for d in keeper.deliveries]))
+        assert [r.status for r in acked.results] == [pb.SETTLE_STATUS_OK] * 2, acked
+        await until(lambda: not holders)
+        assert commit_offset(h) == 2
+
+
+@async_test
 async def test_a_pull_wait_over_max_pull_wait_is_cut_to_it() -> None:
     async with harness(limits=Limits(max_pull_wait=0.3)) as h:
         h.assign(TOPIC, 1)

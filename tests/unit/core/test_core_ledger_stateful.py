@@ -110,6 +110,14 @@ class LedgerMachine(LedgerModel):
         elif name not in self.led.holders:
             self.led.open_holder(name, "w", max_messages, max_bytes)
 
+    @rule()
+    def drop_idle_pull_holders(self) -> None:
+        """Pull holders without leases are forgotten; every other holder stays as it was."""
+        idle = {n for n, h in self.led.holders.items() if h.pull and not h.leases}
+        before = {n: h for n, h in self.led.holders.items() if n not in idle}
+        assert self.led.drop_idle_pull_holders() == len(idle)
+        assert self.led.holders == before
+
     @precondition(lambda self: self.led.holders)
     @rule(pick=PICK, really=RARELY)
     def close_holder(self, pick: int, really: bool) -> None:
