@@ -6,7 +6,11 @@ Per partition: the committed offset, lag, pending and in-flight records, the com
 the latest rebalances. Reading (:func:`fetch`, the only I/O) is apart from drawing
 (:func:`render`, pure: it takes the time and the rates).
 
-Exit codes: 0; 1 when the sidecar cannot be asked; 2 on bad usage.
+A sidecar with an Admin token or TLS needs the flags of :mod:`coordinator.admin_client`
+(``--token-file``, ``--tls-ca-file``...).
+
+Exit codes: 0; 1 when the sidecar cannot be asked or refuses; 2 on bad usage (a security flag
+naming a missing file or an empty variable, too).
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from coordinator import admin_client
 from coordinator.inspect import duration
+from lowwater.security import ChannelSecurity
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
 
 TARGET_ENV: Final = "LOWWATER_LISTEN"
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
 CALL_TIMEOUT_S: Final = 5.0
 REBALANCES_SHOWN: Final = 5
+PLAINTEXT: Final = ChannelSecurity()
+"""No token, no TLS."""
 
 Rates = Mapping[tuple[str, int], float]
 """Committed records per second, per (topic, partition)."""
@@ -41,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET), metavar="ADDRESS",
         help=f"the sidecar's listen address: HOST:PORT or unix:PATH (default: ${TARGET_ENV},"
              f" else {DEFAULT_TARGET})")
+    admin_client.add_arguments(parser)
 
 
 def add_top_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,11 +70,12 @@ def _positive(text: str) -> float:
     return value
 
 
-def fetch(target: str) -> admin_pb2.GetStatusResponse:
+def fetch(target: str, security: ChannelSecurity = PLAINTEXT) -> admin_pb2.GetStatusResponse:
     """Admin/GetStatus of the sidecar at ``target``. Raises grpc.RpcError."""
-    with grpc.insecure_channel(target) as channel:
+    with security.channel(target) as channel:
         resp: admin_pb2.GetStatusResponse = admin_pb2_grpc.AdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=CALL_TIMEOUT_S)
+            admin_pb2.GetStatusRequest(), timeout=CALL_TIMEOUT_S,
+            metadata=security.call_metadata())
         return resp
 
 
@@ -137,29 +147,43 @@ def render(status: admin_pb2.GetStatusResponse, now_ms: int,
     return Group(*shown)
 
 
-def _unreachable(target: str, exc: grpc.RpcError) -> int:
-    code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    print(f"lowwater: cannot get the status of the sidecar at {target}: {code}: {details}",
-          file=sys.stderr)
+def _unreachable(target: str, exc: grpc.RpcError, security: ChannelSecurity) -> int:
+    print(f"lowwater: cannot get the status of the sidecar at {target}:"
+          f" {admin_client.explain(exc, security)}", file=sys.stderr)
     return 1
 
 
-def run_status(args: argparse.Namespace, console: Console | None = None) -> int:
+def _security(command: str, args: argparse.Namespace) -> ChannelSecurity | int:
+    """The checked security flags, or exit code 2 after a one-line message naming the flag."""
     try:
-        status = fetch(args.target)
+        return admin_client.security_from_args(args)
+    except admin_client.OptionError as exc:
+        print(f"lowwater {command}: error: {exc} (see 'lowwater {command} --help')",
+              file=sys.stderr)
+        return 2
+
+
+def run_status(args: argparse.Namespace, console: Console | None = None) -> int:
+    security = _security("status", args)
+    if isinstance(security, int):
+        return security
+    try:
+        status = fetch(args.target, security)
     except grpc.RpcError as exc:
-        return _unreachable(args.target, exc)
+        return _unreachable(args.target, exc, security)
     (console or Console()).print(render(status, int(time.time() * 1000)))
     return 0
 
 
 def run_top(args: argparse.Namespace, console: Console | None = None) -> int:
+    security = _security("top", args)
+    if isinstance(security, int):
+        return security
     console = console or Console()
     try:
-        before = fetch(args.target)
+        before = fetch(args.target, security)
     except grpc.RpcError as exc:
-        return _unreachable(args.target, exc)
+        return _unreachable(args.target, exc, security)
     taken = time.monotonic()
     shown = 0
     try:
@@ -168,10 +192,10 @@ def run_top(args: argparse.Namespace, console: Console | None = None) -> int:
             while not args.iterations or shown < args.iterations:
                 time.sleep(args.interval)
                 try:
-                    after = fetch(args.target)
+                    after = fetch(args.target, security)
                 except grpc.RpcError as exc:
                     live.stop()
-                    return _unreachable(args.target, exc)
+                    return _unreachable(args.target, exc, security)
                 now = time.monotonic()
                 live.update(render(after, int(time.time() * 1000),
                                    rates(before, after, now - taken)), refresh=True)

@@ -3,7 +3,6 @@ real sidecar holding records."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from grpc_status import rpc_status
 from rich.console import Console
 
 import lowwater
+from coordinator import cli
 from coordinator import status as status_command
 from coordinator.embedded import SidecarProcess
 from lowwater.v1 import admin_pb2, admin_pb2_grpc
@@ -113,7 +113,8 @@ def check_views(target: str, topic: str) -> None:
     assert "assigned" in out.stdout
 
     console = Console(record=True, width=160, force_terminal=False)
-    args = argparse.Namespace(target=target, interval=0.2, iterations=2)
+    args = cli.build_parser().parse_args(
+        ["top", "--target", target, "--interval", "0.2", "--iterations", "2"])
     assert status_command.run_top(args, console) == 0
     frame = console.export_text()
     assert "commits/s" in frame and f"{topic}[0]" in frame and "sms-worker-7" in frame

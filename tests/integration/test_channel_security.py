@@ -23,6 +23,7 @@ from coordinator.embedded import SidecarProcess
 from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2_grpc
 from lowwater.v1 import coordinator_pb2 as pb
 from tests.support.broker import TopicFactory, unique_name
+from tests.support.certs import tls_credentials, write_server_files
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,19 +38,11 @@ KAFKA_SECRETS = {
 WAIT = 30.0
 
 
-def _write_server_files(ca: trustme.CA, directory: Path) -> None:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(directory / "tls.key"))
-    cert.cert_chain_pems[0].write_to_path(str(directory / "tls.crt"))
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(str(directory / "tls.crt"), append=True)
-
-
 def _replace_server_files(ca: trustme.CA, directory: Path) -> None:
     """As cert-manager does: new files, each swapped in by rename."""
     staging = directory / "staging"
     staging.mkdir(exist_ok=True)
-    _write_server_files(ca, staging)
+    write_server_files(ca, staging)
     for name in ("tls.crt", "tls.key"):
         os.replace(staging / name, directory / name)
 
@@ -68,14 +61,6 @@ def _peer_serial(target: str, ca: trustme.CA) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
-
-
-def _tls_credentials(ca: trustme.CA, client: trustme.LeafCert | None = None
-                     ) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca.cert_pem.bytes(),
-        private_key=None if client is None else client.private_key_pem.bytes(),
-        certificate_chain=None if client is None else client.cert_chain_pems[0].bytes())
 
 
 def _pull(channel: grpc.Channel, token: str | None) -> pb.PullResponse:
@@ -111,7 +96,7 @@ def test_tokens_and_mutual_tls_on_a_real_sidecar(
     kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
 ) -> None:
     ca, rogue = trustme.CA(), trustme.CA()
-    _write_server_files(ca, tmp_path)
+    write_server_files(ca, tmp_path)
     client = ca.issue_cert("worker.lowwater.test")
     client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
     client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
@@ -131,18 +116,18 @@ def test_tokens_and_mutual_tls_on_a_real_sidecar(
                "--token-file", str(tmp_path / "worker.token"),
                "--admin-token-env", "LW_TEST_ADMIN_TOKEN_VAR", "--log-level", "DEBUG"],
         env={"LW_TEST_ADMIN_TOKEN_VAR": ADMIN_TOKEN},
-        credentials=_tls_credentials(ca, client), admin_token=ADMIN_TOKEN)
+        credentials=tls_credentials(ca, client), admin_token=ADMIN_TOKEN)
     with sidecar:
         target = sidecar.target
         sidecar.wait_assigned(1)
         # mTLS: a client without a certificate, or with one from another CA, is refused.
-        for credentials in (_tls_credentials(ca), _tls_credentials(ca, rogue.issue_cert("x"))):
+        for credentials in (tls_credentials(ca), tls_credentials(ca, rogue.issue_cert("x"))):
             with grpc.secure_channel(target, credentials) as channel:
                 assert _code(partial(_pull, channel, WORKER_TOKEN)) \
                     == grpc.StatusCode.UNAVAILABLE
         with grpc.insecure_channel(target) as channel:  # plaintext to a TLS port
             assert _code(lambda: _pull(channel, WORKER_TOKEN)) == grpc.StatusCode.UNAVAILABLE
-        with grpc.secure_channel(target, _tls_credentials(ca, client)) as channel:
+        with grpc.secure_channel(target, tls_credentials(ca, client)) as channel:
             # Tokens: none, a wrong one and the Admin one are refused on the worker API ...
             for token in (None, "wrong", ADMIN_TOKEN):
                 assert _code(partial(_pull, channel, token)) \
@@ -179,16 +164,16 @@ def test_certificates_are_reloaded_without_a_restart(
     kafka_bootstrap: str, new_topic: TopicFactory, tmp_path: Path
 ) -> None:
     ca = trustme.CA()
-    _write_server_files(ca, tmp_path)
+    write_server_files(ca, tmp_path)
     sidecar = SidecarProcess(
         kafka_bootstrap, unique_name("g"), [new_topic(1)],
         extra=["--tls-cert-file", str(tmp_path / "tls.crt"),
                "--tls-key-file", str(tmp_path / "tls.key")],
-        credentials=_tls_credentials(ca))
+        credentials=tls_credentials(ca))
     with sidecar:
         first = _peer_serial(sidecar.target, ca)
         assert _peer_serial(sidecar.target, ca) == first  # unchanged files: same certificate
-        with grpc.secure_channel(sidecar.target, _tls_credentials(ca)) as old:
+        with grpc.secure_channel(sidecar.target, tls_credentials(ca)) as old:
             assert _pull(old, None) == pb.PullResponse()
             _replace_server_files(ca, tmp_path)
             second = _peer_serial(sidecar.target, ca)
@@ -197,7 +182,7 @@ def test_certificates_are_reloaded_without_a_restart(
         # A certificate from a new CA: clients that trust only the new CA get in.
         new_ca = trustme.CA()
         _replace_server_files(new_ca, tmp_path)
-        with grpc.secure_channel(sidecar.target, _tls_credentials(new_ca)) as channel:
+        with grpc.secure_channel(sidecar.target, tls_credentials(new_ca)) as channel:
             assert _pull(channel, None) == pb.PullResponse()
         assert sidecar.stop() == 0
     assert "TLS files changed" in sidecar.log_path.read_text()

@@ -8,10 +8,10 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypedDict, TypeVar, get_type_hints
 
 from lowwater.backoff import DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF, Backoff
+from lowwater.security import TlsFiles, TokenSource, channel_security
 
 MAX_UINT32 = 2**32 - 1
 MAX_UINT64 = 2**64 - 1
@@ -46,47 +46,6 @@ class WorkerOptions(TypedDict, total=False):
     tls_ca_file: str | os.PathLike[str] | None
     tls_cert_file: str | os.PathLike[str] | None
     tls_key_file: str | os.PathLike[str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class TokenSource:
-    """The bearer token: a value, or a file read again at each connection (rotation)."""
-
-    value: str | None = None
-    file: Path | None = None
-
-    def current(self) -> str:
-        """The token now; raises OSError or ValueError if its file cannot give one."""
-        if self.file is None:
-            return self.value or ""
-        token = self.file.read_text().strip()
-        if not token:
-            raise ValueError(f"token_file {self.file} is empty")
-        return token
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The call metadata that carries the token."""
-        return (("authorization", f"Bearer {self.current()}"),)
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM files for TLS: the CA bundle that signs the sidecar's certificate, and for mTLS
-    the worker's own certificate and key. Read when the worker connects."""
-
-    ca: Path | None
-    cert: Path | None
-    key: Path | None
-
-    def credentials(self) -> Any:
-        import grpc
-
-        def read(path: Path | None) -> bytes | None:
-            return None if path is None else path.read_bytes()
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca), private_key=read(self.key),
-            certificate_chain=read(self.cert))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +142,9 @@ def make_settings(
         if not (isinstance(option, tuple) and len(option) == 2 and isinstance(option[0], str)):
             raise TypeError(f"channel_options entries must be (str, value) pairs, got {option!r}")
         options.append(option)
-    tls = _tls(credentials, tls_ca_file, tls_cert_file, tls_key_file)
+    security = channel_security(
+        token=token, token_file=token_file, token_env=token_env, tls_ca_file=tls_ca_file,
+        tls_cert_file=tls_cert_file, tls_key_file=tls_key_file)
     return Settings(
         target=target,
         max_in_flight=_int("max_in_flight", max_in_flight, 1, MAX_UINT32),
@@ -195,58 +156,15 @@ def make_settings(
         reconnect_backoff=reconnect_backoff,
         credentials=credentials,
         channel_options=tuple(options),
-        token=_token(token, token_file, token_env),
-        tls=tls,
+        token=security.token,
+        tls=_tls(credentials, security.tls),
     )
 
 
-def _readable(name: str, value: object) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | os.PathLike):
-        raise TypeError(f"{name} must be a path, got {type(value).__name__}")
-    path = Path(value)
-    if not path.is_file():
-        raise ValueError(f"{name}: {path} is not a readable file")
-    return path
-
-
-def _token(token: object, token_file: object, token_env: object) -> TokenSource | None:
-    given = [n for n, v in (("token", token), ("token_file", token_file),
-                            ("token_env", token_env)) if v is not None]
-    if len(given) > 1:
-        raise ValueError(f"give one of token, token_file and token_env, not {' and '.join(given)}")
-    if token is not None:
-        if not isinstance(token, str):
-            raise TypeError(f"token must be a str, got {type(token).__name__}")
-        if not token.strip():
-            raise ValueError("token must not be empty")
-        return TokenSource(value=token.strip())
-    if token_env is not None:
-        if not isinstance(token_env, str):
-            raise TypeError(f"token_env must be a str, got {type(token_env).__name__}")
-        value = os.environ.get(token_env, "").strip()
-        if not value:
-            raise ValueError(f"token_env: ${token_env} is not set or empty")
-        return TokenSource(value=value)
-    path = _readable("token_file", token_file)
-    if path is None:
-        return None
-    source = TokenSource(file=path)
-    source.current()  # fails now, with its name, rather than at the first connection
-    return source
-
-
-def _tls(credentials: object, ca: object, cert: object, key: object) -> TlsFiles | None:
-    files = TlsFiles(_readable("tls_ca_file", ca), _readable("tls_cert_file", cert),
-                     _readable("tls_key_file", key))
-    if files == TlsFiles(None, None, None):
-        return None
-    if credentials is not None:
+def _tls(credentials: object, tls: TlsFiles | None) -> TlsFiles | None:
+    if tls is not None and credentials is not None:
         raise ValueError("give credentials or the tls_* files, not both")
-    if (files.cert is None) != (files.key is None):
-        raise ValueError("tls_cert_file and tls_key_file go together (mutual TLS)")
-    return files
+    return tls
 
 
 def _option_parameters() -> list[inspect.Parameter]:

@@ -6,11 +6,13 @@ import queue
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
+import lowwater
 from lowwater.testing import FakeSidecar
 from lowwater.v1 import coordinator_pb2 as pb
 from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
@@ -181,3 +183,27 @@ def test_restart_keeps_records_and_port() -> None:
         assert [(d.topic, d.offset) for d in pulled.deliveries] == [(ref.topic, ref.offset)]
     finally:
         fake.stop()
+
+
+def test_a_fake_with_a_token_refuses_workers_without_it(tmp_path: Path) -> None:
+    handled: list[bytes | None] = []
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    with FakeSidecar(token="s3cret") as fake:
+        with grpc.insecure_channel(fake.target) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            for metadata in (None, [("authorization", "Bearer wrong")]):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Pull(pb.PullRequest(max_messages=1), metadata=metadata, timeout=5)
+                assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(lowwater.SidecarRejected) as rejected:
+            lowwater.Worker(fake.target, lambda msg: None).run()
+        assert rejected.value.code == "UNAUTHENTICATED"
+        ref = fake.publish(topic="t", value=b"v")
+        with lowwater.Worker(fake.target, lambda msg: handled.append(msg.value),
+                             token_file=token_file):
+            fake.wait_for_settlements(1)
+        assert fake.outcome(ref) == "ACK"
+    assert handled == [b"v"]
+    with pytest.raises(ValueError, match="token must not be empty"):
+        FakeSidecar(token=" ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import lowwater
+import lowwater.security
 import lowwater.testing
 
 EXPECTED = {
@@ -40,6 +41,9 @@ EXPECTED_TESTING = {
     "make_message",
 }
 
+EXPECTED_SECURITY = {"ChannelSecurity", "TlsFiles", "TokenSource", "channel_security"}
+"""For other clients of the sidecar, such as the ``lowwater status`` CLI."""
+
 
 def test_top_level_names_are_pinned() -> None:
     assert set(lowwater.__all__) == EXPECTED
@@ -52,6 +56,12 @@ def test_testing_names_are_pinned() -> None:
     assert set(lowwater.testing.__all__) == EXPECTED_TESTING
     for name in EXPECTED_TESTING:
         assert getattr(lowwater.testing, name) is not None
+
+
+def test_security_names_are_pinned() -> None:
+    assert set(lowwater.security.__all__) == EXPECTED_SECURITY
+    params = inspect.signature(lowwater.security.channel_security).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
 
 
 def test_no_protobuf_in_the_public_surface() -> None:

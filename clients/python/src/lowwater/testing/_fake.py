@@ -22,7 +22,7 @@ from lowwater.testing._records import (
     SettlementRecord,
     StreamInfo,
 )
-from lowwater.testing._servicer import CoordinatorServicer
+from lowwater.testing._servicer import CoordinatorServicer, TokenCheck
 from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
 
 _log = logging.getLogger("lowwater.testing")
@@ -58,6 +58,9 @@ class FakeSidecar:
         default_retry_delay: the delay of a RETRY without one.
         max_attempts: deliveries before a record is dead-lettered; None: no limit.
         max_batch: most deliveries in one response.
+        token: the bearer token workers must send (the worker option ``token``, or
+            ``token_file``/``token_env``); calls without it fail UNAUTHENTICATED, as on a
+            sidecar with ``token_file``. None: no token needed.
     """
 
     def __init__(
@@ -69,7 +72,11 @@ class FakeSidecar:
         default_retry_delay: timedelta = timedelta(seconds=1),
         max_attempts: int | None = None,
         max_batch: int = 500,
+        token: str | None = None,
     ) -> None:
+        if token is not None and not token.strip():
+            raise ValueError("token must not be empty")
+        self._token = None if token is None else token.strip()
         if lease <= timedelta(0) or max_lease < lease:
             raise ValueError("FakeSidecar needs 0 < lease <= max_lease")
         if max_batch < 1:
@@ -96,7 +103,8 @@ class FakeSidecar:
             if self._core.running:
                 return self
             executor = futures.ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="fake-grpc")
-            server = grpc.server(executor)
+            checks = [] if self._token is None else [TokenCheck(self._token)]
+            server = grpc.server(executor, interceptors=checks)
             pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self._core), server)
             port = server.add_insecure_port(f"127.0.0.1:{self._port}")
             if not port:
