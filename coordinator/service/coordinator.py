@@ -109,7 +109,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         reader = asyncio.ensure_future(self._read(context, session))
         try:
             await self._send(context, session, pb.StreamResponse(opened=pb.StreamOpened(
-                stream_id=session.stream_id, lease=self._lease, max_lease=self._max_lease)))
+                stream_id=session.stream_id, lease=self._lease, max_lease=self._max_lease,
+                max_settlement_batch=limits.max_settlement_batch)))
             await self._write(context, session, reader)
         except Stalled:
             # Its leases go elsewhere now. The abort itself waits until the worker reads what

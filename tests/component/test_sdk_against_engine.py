@@ -22,6 +22,7 @@ import pytest
 import lowwater
 from coordinator.core.ledger import CommitPoint
 from coordinator.core.model import TopicPartition
+from coordinator.service.limits import Limits
 
 from .harness import Harness, harness
 
@@ -172,3 +173,33 @@ def test_a_blocked_worker_is_sent_no_more_and_revoke_and_drain_do_not_wait_for_i
     assert {o for o, a in handled[n:]} >= set(range(n))
     messages = [r.getMessage() for r in caplog.records]
     assert not any("still running at the shutdown deadline" in m for m in messages)
+
+
+def test_the_worker_keeps_its_requests_within_the_batch_the_sidecar_announced() -> None:
+    """A sidecar with a small max_settlement_batch says so when the stream opens; the SDK's
+    coalesced acks then stay within it, so the stream is never refused for them."""
+    n, batch = 600, 25
+    done = threading.Event()
+    handled = 0
+
+    async def handler(msg: lowwater.Message) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == n:
+            done.set()
+
+    with engine_thread(limits=Limits(max_settlement_batch=batch)) as e:
+        h = e.h
+        e.call(h.assign, "t", 1)
+        e.call(h.feed, "t", 0, list(range(n)))
+
+        async def work() -> None:
+            async with lowwater.AsyncWorker(e.target, handler, max_in_flight=500):
+                await _until(done.is_set, "every record handled")
+                await _until(lambda: e.call(lambda: h.engine.ledger.leased) == 0,
+                             "every ack applied")
+
+        asyncio.run(work())
+        assert e.call(lambda: h.engine.counters["settled"]) == n
+        assert e.call(lambda: h.engine.counters["streams_opened"]) == 1  # never refused
+        assert e.call(lambda: [p.offset for p in h.commit_points()]) == [n]

@@ -14,9 +14,9 @@ MAX_ACKS_PER_REQUEST = 8000
 with a full load of settlements, within MAX_IDS_PER_REQUEST."""
 
 MAX_IDS_PER_REQUEST = 10_000
-"""msg_ids in one StreamRequest at most, settlements, acks and extensions together: the
-sidecar's default ``max_settlement_batch``, over which it refuses the request and ends the
-stream."""
+"""msg_ids in one StreamRequest at most, settlements, acks and extensions together, unless
+the sidecar says less when the stream opens: the sidecar's default ``max_settlement_batch``,
+over which it refuses the request and ends the stream."""
 
 MAX_REASON_BYTES_PER_REQUEST = 1 << 20
 """UTF-8 bytes of settlement reasons in one StreamRequest at most: 2000 reasons of 1000
@@ -30,7 +30,7 @@ class Outbox:
     by the session's per-message fast path, and only ever mutated in place.
     """
 
-    __slots__ = ("acks", "extends", "flow", "others")
+    __slots__ = ("acks", "extends", "flow", "max_ids", "others")
 
     def __init__(self) -> None:
         self.acks: list[int] = []
@@ -41,6 +41,8 @@ class Outbox:
         """msg_ids to extend, by extension in seconds (None: the sidecar's default lease)."""
         self.flow: tuple[int, int] | None = None
         """New flow-control limits (messages, bytes) to send, if any."""
+        self.max_ids = MAX_IDS_PER_REQUEST
+        """msg_ids one request may name: the sidecar's ``max_settlement_batch``."""
 
     def __bool__(self) -> bool:
         return bool(self.acks or self.others or self.extends or self.flow)
@@ -57,14 +59,15 @@ class Outbox:
             return None
         request = pb.StreamRequest()
         acks, others = self.acks, self.others
-        budget = MAX_IDS_PER_REQUEST
+        budget = self.max_ids
         if acks:
-            if len(acks) <= MAX_ACKS_PER_REQUEST:
+            most = min(MAX_ACKS_PER_REQUEST, budget)
+            if len(acks) <= most:
                 request.ack_msg_ids.extend(acks)
                 acks.clear()
             else:
-                request.ack_msg_ids.extend(acks[:MAX_ACKS_PER_REQUEST])
-                del acks[:MAX_ACKS_PER_REQUEST]
+                request.ack_msg_ids.extend(acks[:most])
+                del acks[:most]
             budget -= len(request.ack_msg_ids)
         if others and budget:
             add = request.settlements.add

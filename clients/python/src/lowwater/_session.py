@@ -283,6 +283,8 @@ class Session:
         self.stream_id = opened.stream_id
         self.lease = _seconds(opened.lease, DEFAULT_LEASE)
         self.max_lease = max(self.lease, _seconds(opened.max_lease, self.lease))
+        if opened.max_settlement_batch:
+            self._outbox.max_ids = opened.max_settlement_batch
         self.opened = True
         _log.debug("stream %s opened (lease %.3f s)", self.stream_id, self.lease)
         self._on_open(self)

@@ -110,8 +110,11 @@ def test_lease_tick_is_bounded() -> None:
     assert lease_tick(0.001) == 0.01
 
 
-def test_no_request_names_more_msg_ids_than_the_sidecar_takes() -> None:
+@pytest.mark.parametrize("max_ids", [MAX_IDS_PER_REQUEST, 2500, 100])
+def test_no_request_names_more_msg_ids_than_the_sidecar_takes(max_ids: int) -> None:
+    """``max_ids`` is what the sidecar said when the stream opened (its max_settlement_batch)."""
     box = Outbox()
+    box.max_ids = max_ids
     box.acks.extend(range(3 * MAX_ACKS_PER_REQUEST))
     box.others.extend((i, Outcome.RETRY, None, "") for i in range(3 * MAX_SETTLEMENTS_PER_REQUEST))
     box.extends[None] = list(range(3 * MAX_ACKS_PER_REQUEST))
@@ -119,5 +122,5 @@ def test_no_request_names_more_msg_ids_than_the_sidecar_takes() -> None:
     while (request := box.take()) is not None:
         sizes.append(len(request.ack_msg_ids) + len(request.settlements)
                      + len(request.extend.msg_ids))
-    assert max(sizes) == MAX_IDS_PER_REQUEST
+    assert max(sizes) == max_ids
     assert sum(sizes) == 6 * MAX_ACKS_PER_REQUEST + 3 * MAX_SETTLEMENTS_PER_REQUEST

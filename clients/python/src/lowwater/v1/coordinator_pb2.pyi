@@ -408,8 +408,14 @@ class StreamOpened(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     MAX_LEASE_FIELD_NUMBER: _builtins.int
+    MAX_SETTLEMENT_BATCH_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """The sidecar's name for this stream, unique within the process."""
+    max_settlement_batch: _builtins.int
+    """The most msg_ids one StreamRequest may name (settlements, packed acks and
+    extensions together); a request over it is refused and ends the stream.
+    0 from a sidecar that does not say: assume 10000.
+    """
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
         """The lease each delivery gets unless extended."""
@@ -424,10 +430,11 @@ class StreamOpened(_message.Message):
         stream_id: _builtins.str = ...,
         lease: _duration_pb2.Duration | None = ...,
         max_lease: _duration_pb2.Duration | None = ...,
+        max_settlement_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "max_lease", b"max_lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "max_lease", b"max_lease", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "max_lease", b"max_lease", "max_settlement_batch", b"max_settlement_batch", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
