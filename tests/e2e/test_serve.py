@@ -44,6 +44,8 @@ def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str) -> None:
     (["--kafka", "fetch.wait.max.ms=soon"],  # librdkafka's own check, at start-up
      "invalid setting 'kafka': Invalid value for configuration property \"fetch.wait.max.ms\""),
     (["--kafka", "no.such.property=1"], "No such configuration property: \"no.such.property\""),
+    (["--token-env", "LOWWATER_TEST_NO_SUCH_VARIABLE"],  # read when the sidecar starts
+     "invalid setting 'token_env': $LOWWATER_TEST_NO_SUCH_VARIABLE is not set or empty"),
 ])
 def test_a_bad_setting_exits_2_naming_it(args: list[str], message: str) -> None:
     done = subprocess.run(
@@ -52,6 +54,23 @@ def test_a_bad_setting_exits_2_naming_it(args: list[str], message: str) -> None:
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_a_remote_listen_without_tls_is_warned_about(tmp_path: Path) -> None:
+    log_path = tmp_path / "sidecar.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "serve", "--bootstrap-servers", "127.0.0.1:1",
+             "--group", "g", "--topic", "t", "--listen", "0.0.0.0:0", "--allow-remote-listen"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while "serving on 0.0.0.0:0 without TLS" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(HEALTH_TIMEOUT_S)
 
 
 def test_a_taken_address_exits_1_naming_it(tansu_bin: str) -> None:
