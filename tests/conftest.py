@@ -21,6 +21,7 @@ from typing import NoReturn
 import pytest
 from confluent_kafka import KafkaException
 
+from coordinator.embedded import sidecar as embedded_sidecar
 from tests.support.broker import (
     BOOTSTRAP_ENV,
     MockCluster,
@@ -72,6 +73,16 @@ def pytest_report_header(config: pytest.Config) -> str:
     if target:
         return f"kafka: {BOOTSTRAP_ENV}={target}"
     return "kafka: librdkafka mock cluster" if use_mock() else "kafka: Tansu started per session"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sidecar_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sidecar logs go to a pytest temporary directory (pytest keeps the last few runs')
+    instead of piling up in /tmp."""
+    before = embedded_sidecar.LOG_DIR
+    embedded_sidecar.LOG_DIR = str(tmp_path_factory.mktemp("sidecar-logs"))
+    yield
+    embedded_sidecar.LOG_DIR = before
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,11 @@ and a join Tansu holds (it can, when it races another member's leave) gives up a
 30 s rebalance timeout (librdkafka uses max.poll.interval.ms) instead of 5 minutes."""
 
 
+LOG_DIR: str | None = None
+"""Where sidecar logs go when ``log_dir`` is not given; None: the system's temporary directory
+(the demo prints the path). The test suite points it at a pytest temporary directory."""
+
+
 class SidecarProcess:
     """One ``lowwater serve`` subprocess on a free loopback port.
 
@@ -65,7 +70,8 @@ class SidecarProcess:
         self.extra = list(extra or [])
         self.env = env
         self.port = pick_free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="lowwater-", suffix=".log", dir=log_dir)[1])
+        self.log_path = Path(tempfile.mkstemp(prefix="lowwater-", suffix=".log",
+                                              dir=log_dir or LOG_DIR)[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
