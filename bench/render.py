@@ -89,6 +89,8 @@ def save_plot(plot: Plot, path: Path) -> Path:
             ax.set_xscale("log")
         if plot.log_y:
             ax.set_yscale("log")
+        else:  # from zero, so that noise does not look like a trend
+            ax.set_ylim(bottom=0)
         ax.grid(True, which="major", alpha=0.35)
         if len(plot.series) > 1:
             ax.legend(fontsize="small")

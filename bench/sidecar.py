@@ -26,6 +26,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,14 +113,20 @@ def idle_rss(bootstrap: str, extra: list[str]) -> int:
         return rss_kib(idle.pid)
 
 
-def wait_pending(sidecar: SidecarProcess, pending: int) -> int:
-    """Waits until ``sidecar`` holds at least ``pending`` records pending; returns how many."""
+def wait_pending(sidecar: SidecarProcess, pending: int,
+                 on_poll: Callable[[int], None] | None = None) -> int:
+    """Waits until ``sidecar`` holds at least ``pending`` records pending; returns how many.
+    ``on_poll(held)`` is called at every look, the last one included."""
     deadline = time.monotonic() + RUN_DEADLINE_S
-    while (held := sum(p.pending_count for p in sidecar.status().partitions)) < pending:
+    while True:
+        held = sum(p.pending_count for p in sidecar.status().partitions)
+        if on_poll is not None:
+            on_poll(held)
+        if held >= pending:
+            return held
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {held} pending after {RUN_DEADLINE_S:g}s")
         time.sleep(0.1)
-    return held
 
 
 def pending_rss(bootstrap: str, topic: str, pending: int, extra: list[str]) -> tuple[int, float]:

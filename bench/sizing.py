@@ -196,27 +196,27 @@ def run(ctx: Context) -> Section:
     cpu_note = (
         f"CPU: a line through (handled rate, cores) gives {idle:.3f} cores idle and "
         f"{per_1k:.3f} cores per 1,000 records/s ({per_1k * 1000:.0f} ms of CPU per 1,000 "
-        f"records). The chart requests {chart.get('requests.cpu', 'no CPU')} for the sidecar: "
-        + (f"that covers about {at_request:,.0f} records/s. "
-           if at_request > 0 else "less than the idle sidecar uses. ")
-        + f"At {top.target:,} records/s it used {top.cores:.2f} cores, so a deployment that "
-        f"expects R records/s should request about {idle:.2f} + {per_1k:.3f} x R/1000 cores; "
-        f"the default fits workloads up to a few thousand records/s, and one that runs near "
-        f"the sidecar's throughput ceiling needs a full core (it is one Python process, so "
-        f"more than about one core does not help).")
+        f"records); at {top.target:,} records/s the sidecar used {top.cores:.2f} cores. A "
+        f"deployment that expects R records/s should request about {idle:.2f} + "
+        f"{per_1k:.3f} x R/1000 cores. The chart requests {chart.get('requests.cpu', 'none')}"
+        + (f", which covers about {at_request:,.0f} records/s: "
+           + ("enough for the rates measured here. " if at_request >= top.handled_per_s
+              else "less than the highest rate measured here. ")
+           if at_request > 0 else ", less than the idle sidecar uses. ")
+        + "A sidecar is one Python process whose consumer thread, event loop and gRPC "
+        "threads share one GIL, so more than about one core does not make it faster; near its "
+        "throughput ceiling (section 1) it needs that whole core.")
     mem_note = (
         f"Memory: RSS stayed at {min(w.rss_mib for w in windows):,.0f} to "
         f"{max(w.rss_mib for w in windows):,.0f} MiB (peak {peak:,.0f} MiB) with the worker "
-        f"keeping up, against a request of {chart.get('requests.memory', 'none')} and a limit "
-        f"of {chart.get('limits.memory', 'none')}. "
-        + ("The request covers the steady state. " if mem_request >= peak else
-           "The request is below the steady state: raise it. ")
-        + f"What grows is the pending set: with the default cap of 10,000 pending records per "
-        f"partition, each pending record costing a few hundred bytes plus its value (section "
-        f"4), a sidecar assigned P partitions whose worker falls behind can hold up to "
-        f"10,000 x P records, e.g. about 1 GiB for 256 partitions of 100-byte records, more "
-        f"than the {chart.get('limits.memory', 'memory')} limit ({mem_limit:,.0f} MiB): such "
-        f"deployments need a lower `--max-pending-per-partition` or a higher limit.")
+        f"keeping up, against a request of {chart.get('requests.memory', 'none')} "
+        f"({mem_request:,.0f} MiB) and a limit of {chart.get('limits.memory', 'none')} "
+        f"({mem_limit:,.0f} MiB): "
+        + ("the request covers the steady state. " if mem_request >= peak else
+           "the request is below the steady state. ")
+        + "What grows is the pending set when a worker falls behind, up to "
+        "`--max-pending-per-partition` per assigned partition: section 4 gives its cost per "
+        "record and how many partitions the limit allows at the default cap.")
     return Section(
         title="5. Sizing",
         setup=(

@@ -75,7 +75,7 @@ def machine(broker: str, command: str) -> dict[str, str]:
     import confluent_kafka
     import grpc
 
-    ck, (rdk, _) = confluent_kafka.version()[0], confluent_kafka.libversion()
+    ck, rdk = confluent_kafka.__version__, confluent_kafka.libversion()[0]
     return {
         "CPU": f"{cpu_model()}, {os.cpu_count()} cores",
         "RAM": f"{ram_gib():.1f} GiB",
@@ -118,9 +118,9 @@ def run_section(name: str, ctx: Context) -> Outcome:
     try:
         module = importlib.import_module(f"bench.{name}")
     except ModuleNotFoundError as e:
-        if e.name != f"bench.{name}":
-            raise
-        return Outcome(name, problem=f"not run: bench/{name}.py does not exist yet")
+        if e.name == f"bench.{name}":
+            return Outcome(name, problem=f"not run: bench/{name}.py does not exist yet")
+        return Outcome(name, problem=f"failed: {e}")
     try:
         section = module.run(ctx)
     except Exception as e:  # noqa: BLE001 - reported; the other sections still run
