@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import statistics
 import sys
 import threading
 import time
+import tracemalloc
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -42,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
+from confluent_kafka import Consumer
 from rich.console import Console
 from rich.table import Table
 
@@ -60,7 +63,7 @@ PENDING = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_PARTITIONS = (1, 16, 256)
 QUICK_PENDING = (1_000, 10_000, 100_000)
 RECORDS = 150_000
-"""Records timed per cell, in three chunks of which the median counts."""
+"""Records timed per cell, in three chunks of which the least costly counts."""
 QUICK_RECORDS = 30_000
 BATCH = 500
 """Records settled, fetched and leased per round (the fetcher's consume batch)."""
@@ -71,6 +74,8 @@ CHUNKS = 3
 SIDECAR_PENDING = 1_000_000
 QUICK_SIDECAR_PENDING = 100_000
 MEMORY_GOAL_BYTES = 500
+PROBED = 50_000
+"""Records held to weigh a confluent-kafka Message and a ledger record with tracemalloc."""
 RESTART_DEADLINE_S = 600.0
 """How long one step of a restart may take before the section fails instead of hanging."""
 
@@ -80,8 +85,9 @@ RESTART_DEADLINE_S = 600.0
 
 def ledger_cost(partitions: int, pending: int, records: int, chunks: int = CHUNKS) -> float:
     """Microseconds per record through settle (out of order), fetch, lease and commit, with
-    ``pending`` records pending over ``partitions`` partitions: the median of ``chunks`` timed
-    chunks of ``records / chunks`` records each."""
+    ``pending`` records pending over ``partitions`` partitions: the least of ``chunks`` timed
+    chunks of ``records / chunks`` records each (the one least disturbed by other processes;
+    each chunk spans many cyclic garbage collections)."""
     if pending < 2 * BATCH:
         raise ValueError(f"pending must be at least {2 * BATCH}")
     led = Ledger(max_pending_per_partition=10**9)
@@ -124,7 +130,7 @@ def ledger_cost(partitions: int, pending: int, records: int, chunks: int = CHUNK
                 led.commit_points()
         costs.append((time.perf_counter() - started) / done * 1e6)
     assert sum(len(p.offsets) for p in parts) == pending
-    return statistics.median(costs)
+    return min(costs)
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,58 @@ def measure_grid(partitions: Sequence[int], pending: Sequence[int], records: int
             if on_cell is not None:
                 on_cell(p, n, cost[p, n])
     return Grid(partitions, pending, cost)
+
+
+def without_gc(pending: Sequence[int], records: int) -> dict[int, float]:
+    """One partition's row again with Python's cyclic garbage collector off: its share of the
+    cost (the sidecar runs with it on)."""
+    gc.disable()
+    try:
+        return {n: ledger_cost(1, n, records) for n in pending}
+    finally:
+        gc.enable()
+
+
+def ledger_bytes(pending: int) -> float:
+    """Python heap bytes per record the ledger holds (fetched, not leased; no payload)."""
+    led = Ledger(max_pending_per_partition=10**9)
+    tps = [TopicPartition("t", p) for p in range(TOPIC_PARTITIONS)]
+    for generation, tp in enumerate(tps, start=1):
+        led.assign(tp, 0, generation)
+    parts = [led.partitions[tp] for tp in tps]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for offset in range(pending // TOPIC_PARTITIONS):
+            for part in parts:
+                led.add_to(part, offset, 100, None, 0.0)
+        return (tracemalloc.get_traced_memory()[0] - before) / pending
+    finally:
+        tracemalloc.stop()
+
+
+def message_bytes(bootstrap: str, topic: str, count: int) -> float:
+    """Python heap bytes per confluent-kafka ``Message`` held (value, topic name and all), as
+    the sidecar holds each pending record's."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("bench-msg"),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    held: list[object] = []
+    try:
+        consumer.subscribe([topic])
+        while not held:  # the group join and the first fetch are not counted
+            held += consumer.consume(500, timeout=1.0)
+        first = len(held)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            deadline = time.monotonic() + RESTART_DEADLINE_S
+            while len(held) < first + count and time.monotonic() < deadline:
+                held += consumer.consume(500, timeout=1.0)
+            return (tracemalloc.get_traced_memory()[0] - before) / (len(held) - first)
+        finally:
+            tracemalloc.stop()
+    finally:
+        consumer.close()
 
 
 def log_bound(pending: Sequence[int]) -> float:
@@ -264,6 +322,8 @@ class Held:
     stop_s: float
     after_stop: Resume
     after_kill: Resume
+    message_bytes: float
+    ledger_bytes: float
 
     @property
     def gross_bytes(self) -> float:
@@ -319,7 +379,11 @@ def hold_and_restart(ctx: Context, pending: int) -> Held:
         second.kill()
         after_kill, _ = resume(stack, ctx.bootstrap, group, topic, args, pending)
         ctx.console.print(f"  after SIGKILL: {after_kill.sentence(pending)}", highlight=False)
-    return Held(held, fill_s, idle, loaded, curve, stop_s, after_stop, after_kill)
+    probed = min(PROBED, pending)
+    weighed = message_bytes(ctx.bootstrap, topic, probed), ledger_bytes(probed)
+    ctx.console.print(f"  tracemalloc: {weighed[0]:,.0f} bytes per Message held, "
+                      f"{weighed[1]:,.0f} per ledger record", highlight=False)
+    return Held(held, fill_s, idle, loaded, curve, stop_s, after_stop, after_kill, *weighed)
 
 
 # --- the section -----------------------------------------------------------------------------
@@ -344,6 +408,9 @@ def run(ctx: Context) -> Section:
     records = QUICK_RECORDS if ctx.quick else RECORDS
     ctx.console.print("4a ledger alone: cost per record by partitions and pending")
     grid = measure_grid(partitions, pending, records, _cell_printer(ctx.console))
+    no_gc = without_gc(pending, records)
+    ctx.console.print("  1 partition, cyclic GC off: " + ", ".join(
+        f"{no_gc[n]:.2f}" for n in pending) + " us/record", highlight=False)
     held_target = QUICK_SIDECAR_PENDING if ctx.quick else SIDECAR_PENDING
     ctx.console.print(f"4b sidecar holding {held_target:,} pending: memory, stop, restart")
     held = hold_and_restart(ctx, held_target)
@@ -354,6 +421,8 @@ def run(ctx: Context) -> Section:
     corners = grid.corners()
     lo_p, hi_p, lo_n, hi_n = partitions[0], partitions[-1], pending[0], pending[-1]
     headers, rows = grid_table(grid)
+    rows.append(["1, cyclic GC off", *(f"{no_gc[n]:.2f}" for n in pending)])
+    gc_share = statistics.mean(1 - no_gc[n] / grid.cost[lo_p, n] for n in pending)
     per_pending = held.marginal_bytes
     limit = quantity(chart_resources().get("limits.memory", "0"))
     cap = Settings.model_fields["max_pending_per_partition"].default
@@ -369,7 +438,7 @@ def run(ctx: Context) -> Section:
             f"{2 * BATCH} out of order (every other one, alternating, so gaps stay open below "
             f"settled records for a round), fetches {BATCH} new records round-robin over the "
             f"partitions and leases them; commit points are taken every {COMMIT_EVERY:,} "
-            f"records. Each cell is the median of {CHUNKS} chunks of "
+            f"records. Each cell is the least of {CHUNKS} chunks of "
             f"{records // CHUNKS:,} records; the harness's own loop is included. Then a real "
             f"sidecar (`lowwater serve`, {TOPIC_PARTITIONS} partitions, no worker) holds "
             f"{held.pending:,} records pending, stopped by `--max-pending-per-partition`, for "
@@ -393,7 +462,11 @@ def run(ctx: Context) -> Section:
             f"at most {growth_p:.2f}x (at {at_n:,} pending). Every step of the ledger is O(1) "
             f"amortized (dicts and queues in fetch order); what growth there is comes from the "
             f"memory hierarchy: the more records pending, the less of them fits in the CPU's "
-            f"caches, and the likelier each touch of a record is a cache miss."),
+            f"caches, and the likelier each touch of a record is a cache miss. The last row "
+            f"runs the first again with Python's cyclic garbage collector off: it takes about "
+            f"{gc_share:.0%} of the cost per record (the sidecar runs with it on; every record "
+            f"allocates a few objects that live until it is settled, and the collector traces "
+            f"each of them a few times as they age)."),
             (f"Memory: the sidecar held {held.pending:,} records pending after "
             f"{held.fill_s:.1f} s. While it filled, its RSS grew {per_pending:,.0f} bytes per "
             f"pending record (the 100-byte value and its Kafka message object included); at "
@@ -401,7 +474,13 @@ def run(ctx: Context) -> Section:
             f"{held.idle_kib / 1024:,.0f} MiB idle, {held.gross_bytes:,.0f} bytes per pending "
             f"record, which also counts about {held.fixed_kib / 1024:,.0f} MiB of fixed costs, "
             f"chiefly librdkafka's fetch queue (up to 64 MiB by default, whatever the number of "
-            f"partitions). So the Helm chart's sidecar memory limit ({limit:,.0f} MiB) holds "
+            f"partitions). Weighed with tracemalloc on {min(PROBED, held.pending):,} records, "
+            f"a held confluent-kafka Message (value, topic name and all) is "
+            f"{held.message_bytes:,.0f} bytes of Python heap and the ledger's own record "
+            f"{held.ledger_bytes:,.0f}: the Message the sidecar keeps as each record's payload "
+            f"is the larger part, and keeping only what a delivery needs (value, key, headers, "
+            f"timestamp), with one topic name per partition, is where memory can be won. "
+            f"So the Helm chart's sidecar memory limit ({limit:,.0f} MiB) holds "
             f"about {fits:,.0f} pending records: with the default cap "
             f"of {cap:,} per partition, a sidecar whose worker falls behind stays within it up "
             f"to about {fits / cap:,.0f} partitions."),
