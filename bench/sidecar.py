@@ -26,6 +26,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,22 +104,38 @@ async def through_sidecar(target: str, n: int) -> float:
             await asyncio.sleep(STATUS_POLL_S)
 
 
-def pending_rss(bootstrap: str, topic: str, pending: int, extra: list[str]) -> tuple[int, float]:
-    """(records held, KiB per pending record) with ``pending`` records fetched and unsettled."""
-    cap = pending // PARTITIONS
-    args = extra + ["--max-pending-per-partition", str(cap)]
+def idle_rss(bootstrap: str, extra: list[str]) -> int:
+    """KiB of RSS of a sidecar assigned an empty topic: what holding nothing costs."""
     empty_topic = unique_name("bench-empty")
     create_topic(bootstrap, empty_topic, PARTITIONS)
-    with SidecarProcess(bootstrap, unique_name("bench-idle"), [empty_topic], extra=args) as idle:
+    with SidecarProcess(bootstrap, unique_name("bench-idle"), [empty_topic], extra=extra) as idle:
         idle.wait_assigned(PARTITIONS)
-        baseline = rss_kib(idle.pid)
+        return rss_kib(idle.pid)
+
+
+def wait_pending(sidecar: SidecarProcess, pending: int,
+                 on_poll: Callable[[int], None] | None = None) -> int:
+    """Waits until ``sidecar`` holds at least ``pending`` records pending; returns how many.
+    ``on_poll(held)`` is called at every look, the last one included."""
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    while True:
+        held = sum(p.pending_count for p in sidecar.status().partitions)
+        if on_poll is not None:
+            on_poll(held)
+        if held >= pending:
+            return held
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {held} pending after {RUN_DEADLINE_S:g}s")
+        time.sleep(0.1)
+
+
+def pending_rss(bootstrap: str, topic: str, pending: int, extra: list[str]) -> tuple[int, float]:
+    """(records held, KiB per pending record) with ``pending`` records fetched and unsettled."""
+    args = extra + ["--max-pending-per-partition", str(pending // PARTITIONS)]
+    baseline = idle_rss(bootstrap, args)
     with SidecarProcess(bootstrap, unique_name("bench-pending"), [topic], extra=args) as full:
         full.wait_assigned(PARTITIONS)
-        deadline = time.monotonic() + RUN_DEADLINE_S
-        while (held := sum(p.pending_count for p in full.status().partitions)) < pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {held} pending after {RUN_DEADLINE_S:g}s")
-            time.sleep(0.1)
+        held = wait_pending(full, pending)
         loaded = rss_kib(full.pid)
     return held, (loaded - baseline) / held
 
