@@ -35,6 +35,7 @@ from bench.ceiling import (
     CONSUME_DEADLINE_S,
     CONSUMER_TUNING,
     PARTITIONS,
+    ConsumeRate,
     _fill_with_progress,
     kafka,
 )
@@ -104,18 +105,6 @@ class ContiguousTracker:
         return out
 
 
-@dataclass(frozen=True)
-class InProcessRate:
-    """One run: records handled and committed, and the seconds it took."""
-
-    records: int
-    seconds: float
-
-    @property
-    def per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else float("inf")
-
-
 def _position(msg: Message) -> tuple[int, int]:
     """(partition, offset) of a consumed record."""
     partition, offset = msg.partition(), msg.offset()
@@ -136,7 +125,7 @@ def measure_inprocess(
     handler: Callable[[Message], tuple[int, int]] = _handle,
     in_flight: int = IN_FLIGHT,
     workers: int | None = None,
-) -> InProcessRate:
+) -> ConsumeRate:
     """Handle the first ``n`` records of ``topic`` (which starts at offset 0) on a thread pool
     in a fresh group; seconds from the first batch until the broker confirms commits of all.
 
@@ -201,7 +190,7 @@ def measure_inprocess(
                         consumer.commit(offsets=[TopicPartition(topic, p, o)
                                                  for p, o in points.items()], asynchronous=True)
             assert started is not None
-            return InProcessRate(n, time.perf_counter() - started)
+            return ConsumeRate(n, time.perf_counter() - started)
     finally:
         consumer.close()
 
