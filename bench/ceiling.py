@@ -84,10 +84,17 @@ def filler(n: int, size: int = RECORD_BYTES, partitions: int = PARTITIONS) -> It
 
 
 def fill_topic(
-    bootstrap: str, topic: str, n: int, *, on_progress: Callable[[int], None] | None = None
+    bootstrap: str,
+    topic: str,
+    n: int,
+    *,
+    partitions: int = PARTITIONS,
+    on_progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Produce `n` filler records to `topic` and wait for every delivery report."""
-    result = produce(bootstrap, topic, filler(n), keep=False, on_progress=on_progress)
+    """Produce `n` filler records round-robin to `topic`'s first `partitions` partitions and wait
+    for every delivery report."""
+    result = produce(bootstrap, topic, filler(n, partitions=partitions), keep=False,
+                     on_progress=on_progress)
     assert result.count == n, f"produced {result.count} of {n}"
 
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,30 +80,128 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
-async def through_sidecar(target: str, n: int) -> float:
-    """Seconds from the first handled record until all ``n`` are committed."""
-    handled = 0
+Handler = Callable[[lowwater.Message], Awaitable[None]]
+"""A benchmark worker's handler."""
+
+GUARANTEE_FLAGS: dict[str, list[str]] = {
+    "at_least_once": ["--guarantee", "at_least_once"],
+    "at_most_once": ["--guarantee", "at_most_once"],
+}
+"""Sidecar flags of each delivery guarantee the benchmarks compare."""
+
+
+async def _return_at_once(msg: lowwater.Message) -> None:
+    """A handler with nothing to do: the worker acks each record at once."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class LowwaterRun:
+    """One timed run through a sidecar: the window is from the first handled record until the
+    commits reach the last one; CPU is what each side used in that window."""
+
+    records: int
+    seconds: float
+    sidecar_cpu_s: float
+    worker_cpu_s: float
+    """The benchmark process: the SDK worker (and the status polls)."""
+    handled_seconds: float = 0.0
+    """From the first handler's start until ``records`` handlers have returned: the window
+    without the wait for the last commit."""
+    sidecar_peak_rss_kib: int = 0
+
+    @property
+    def per_second(self) -> float:
+        """Records per second, to commit."""
+        return self.records / self.seconds
+
+    @property
+    def handled_per_second(self) -> float:
+        """Records per second, handled (not waiting for the last commit)."""
+        return self.records / self.handled_seconds
+
+    def cpu_us_per_record(self, side: str) -> float:
+        """Microseconds of CPU per record on ``side`` ("sidecar" or "worker")."""
+        cpu = self.sidecar_cpu_s if side == "sidecar" else self.worker_cpu_s
+        return cpu / self.records * 1e6
+
+
+async def through_sidecar(
+    target: str,
+    n: int,
+    *,
+    sidecar_pid: int,
+    handler: Handler = _return_at_once,
+    max_in_flight: int = WORKER_IN_FLIGHT,
+) -> LowwaterRun:
+    """Time ``n`` records through the sidecar at ``target``: from the first handled record until
+    the commits reach ``n`` records.
+
+    One SDK ``AsyncWorker`` runs ``handler`` on every record; the commit point is the sum
+    over partitions of the committed offsets (the topic starts at offset 0).
+    """
+    handled = finished = 0
     first = asyncio.Event()
+    started = last_done = 0.0
 
     async def handle(msg: lowwater.Message) -> None:
-        nonlocal handled
+        nonlocal handled, finished, last_done
         handled += 1
         if handled == 1:
             first.set()
+        await handler(msg)
+        finished += 1
+        if finished == n:
+            last_done = time.perf_counter()
 
     async with grpc.aio.insecure_channel(target) as channel, \
-            lowwater.AsyncWorker(target, handle, max_in_flight=WORKER_IN_FLIGHT):
+            lowwater.AsyncWorker(target, handle, max_in_flight=max_in_flight):
         admin = admin_pb2_grpc.AdminStub(channel)
         await first.wait()
         started = time.perf_counter()
+        sidecar_cpu, worker_cpu = cpu_seconds(sidecar_pid), time.process_time()
         deadline = time.monotonic() + RUN_DEADLINE_S
         while True:
             st = await admin.GetStatus(admin_pb2.GetStatusRequest())
             if sum(max(p.committed_offset, 0) for p in st.partitions) >= n:
-                return time.perf_counter() - started
+                return LowwaterRun(n, time.perf_counter() - started,
+                                   cpu_seconds(sidecar_pid) - sidecar_cpu,
+                                   time.process_time() - worker_cpu,
+                                   handled_seconds=(last_done or time.perf_counter()) - started)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {handled} of {n} handled after {RUN_DEADLINE_S:g}s")
             await asyncio.sleep(STATUS_POLL_S)
+
+
+def lowwater_run(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    *,
+    partitions: int = PARTITIONS,
+    flags: Sequence[str] = (),
+    handler: Handler = _return_at_once,
+    max_in_flight: int = WORKER_IN_FLIGHT,
+) -> LowwaterRun:
+    """The first ``n`` records of ``topic`` through a fresh sidecar in a fresh group
+    (``bench_sidecar_flags()`` and ``flags``) to one worker, timed by :func:`through_sidecar`."""
+    extra = [*bench_sidecar_flags(), *flags]
+    with SidecarProcess(bootstrap, unique_name("bench-lw"), [topic], extra=extra) as sc:
+        sc.wait_assigned(partitions)
+        run = asyncio.run(through_sidecar(
+            sc.target, n, sidecar_pid=sc.pid, handler=handler, max_in_flight=max_in_flight))
+        return replace(run, sidecar_peak_rss_kib=rss_kib(sc.pid, "VmHWM"))
+
+
+def bench_sidecar_flags() -> list[str]:
+    """What every benchmark sidecar runs with: the ceiling's consumer tuning and a short commit
+    interval (see COMMIT_INTERVAL)."""
+    return sidecar_args(CONSUMER_TUNING, ["--commit-interval", COMMIT_INTERVAL])
 
 
 def idle_rss(bootstrap: str, extra: list[str]) -> int:
@@ -147,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="pending records for the memory figure")
     args = parser.parse_args(argv)
     console = Console()
-    extra = sidecar_args(CONSUMER_TUNING, ["--commit-interval", COMMIT_INTERVAL])
+    extra = bench_sidecar_flags()
     with kafka() as bootstrap:
         topic = unique_name("bench")
         create_topic(bootstrap, topic, PARTITIONS)
@@ -161,11 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url, prefix = shared_redis_url(), unique_prefix()
         if (why := ping(redis_url)) is not None:
             raise SystemExit(f"Redis at {redis_url} does not answer ({why})")
-        flags = {
-            "at_least_once": ["--guarantee", "at_least_once"],
-            "redis": ["--redis-url", redis_url, "--redis-prefix", prefix],
-            "at_most_once": ["--guarantee", "at_most_once"],
-        }
+        flags = {**GUARANTEE_FLAGS, "redis": ["--redis-url", redis_url, "--redis-prefix", prefix]}
         # With and without Redis alternate (ABBAAB), the median of each compared: a 10%
         # budget is within one run's noise on a shared machine.
         order = [*AB_ORDER, "at_most_once"]
@@ -173,11 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         peaks: dict[str, int] = {}
         try:
             for name in order:
-                with SidecarProcess(bootstrap, unique_name("bench-lw"), [topic],
-                                    extra=[*extra, *flags[name]]) as sc:
-                    sc.wait_assigned(PARTITIONS)
-                    rate = args.n / asyncio.run(through_sidecar(sc.target, args.n))
-                    peaks[name] = max(peaks.get(name, 0), rss_kib(sc.pid, "VmHWM"))
+                run = lowwater_run(bootstrap, topic, args.n, flags=flags[name])
+                rate = run.per_second
+                peaks[name] = max(peaks.get(name, 0), run.sidecar_peak_rss_kib)
                 runs.setdefault(name, []).append(rate)
                 console.print(f"    {name}: {rate:,.0f} rec/s")
         finally:
