@@ -182,10 +182,14 @@ def run(ctx: Context) -> Section:
             "~58%; the handlers themselves (timer set-up, asyncio.sleep) and the SDK's dispatch "
             "were under 10% of the worker's. The time goes to the hand-offs between the two "
             "processes, a handler's ack out and the next delivery back, which this benchmark "
-            "does not yet break down. Candidates: the sidecar leasing replacements only as ack "
-            "batches arrive, and the SDK starting handlers one runner at a time "
-            "(HandlerPool._wake_one), so a delivery batch of hundreds starts over as many loop "
-            "turns.")
+            "does not yet break down. Two suspects were tried and ruled out, each with "
+            "512 and 1024 in flight, before and after, on this machine: the SDK starting "
+            "handlers one runner from another (HandlerPool._wake_one; waking a runner per "
+            "queued message at once changed nothing beyond the noise, 0.78 and 0.60 at 512), "
+            "and HTTP/2 flow control on the deliveries (a 4 MiB stream window on the worker's "
+            "channel, BDP probing off: 0.64-0.67 at 512, 0.41-0.42 at 1024). The cliff between "
+            "256 and 512 is still unexplained; the next step is a timeline of one record's "
+            "ack and the next delivery on both sides.")
     plot = Plot(
         name="bench-slow-handlers",
         title="Slow handlers (20 ms each), 1 partition",
