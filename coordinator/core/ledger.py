@@ -63,12 +63,16 @@ PULL_HOLDER_MAX_IN_FLIGHT = 100_000
 """Outstanding deliveries allowed per Pull caller; leases lapse if it never acknowledges."""
 
 
-class SkipRefused(Exception):
-    """:meth:`Ledger.skip` did not skip; ``missing``: there is no such pending record."""
+class OperatorRefused(Exception):
+    """An operator action was refused; ``missing``: what it names is not here."""
 
-    def __init__(self, why: str, *, missing: bool) -> None:
+    def __init__(self, why: str, *, missing: bool = False) -> None:
         super().__init__(why)
         self.missing = missing
+
+
+class SkipRefused(OperatorRefused):
+    """:meth:`Ledger.skip` did not skip; ``missing``: there is no such pending record."""
 
 
 class Ledger:

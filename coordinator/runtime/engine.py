@@ -27,6 +27,7 @@ from coordinator.core.ledger import (
     Holder,
     Lease,
     Ledger,
+    OperatorRefused,
     PartitionState,
 )
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
@@ -56,12 +57,8 @@ SEEK_TIMEOUT = 10.0
 """Seconds an operator's seek waits for the consumer thread to move the partition."""
 
 
-class SeekRefused(Exception):
+class SeekRefused(OperatorRefused):
     """:meth:`Engine.seek` did not move the partition; ``missing``: it is not assigned here."""
-
-    def __init__(self, why: str, *, missing: bool = False) -> None:
-        super().__init__(why)
-        self.missing = missing
 
 
 @dataclass(frozen=True)

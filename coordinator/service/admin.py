@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
-from coordinator.core.ledger import SkipRefused
+from coordinator.core.ledger import OperatorRefused, SkipRefused
 from coordinator.core.model import TopicPartition
 from coordinator.runtime.engine import Engine, SeekRefused
 from coordinator.runtime.pendingstore import PendingStore
@@ -91,37 +91,24 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SkipRecordRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SkipRecordResponse:
         await self._allow_operator_action("skip records", context)
-        tp = TopicPartition(request.topic, request.partition)
-        if not tp.topic or tp.partition < 0 or request.offset < 0:
-            await context.abort_with_status(invalid_argument(
-                "offset", "needs a topic, a partition and an offset, all of 0 or more"))
+        tp = await _target(request, context)
         name = f"{tp.topic}[{tp.partition}]@{request.offset}"
         try:
             self._engine.skip(tp, request.offset, request.reason)
         except SkipRefused as exc:
-            message = f"cannot skip {name}: {exc}"
-            await context.abort_with_status(
-                not_found(message, resource_type="record", resource_name=name) if exc.missing
-                else failed_precondition(message, subject=name, description=str(exc)))
+            await _refused(context, f"cannot skip {name}", "record", name, exc)
         return admin_pb2.SkipRecordResponse()
 
     async def SeekPartition(
         self, request: admin_pb2.SeekPartitionRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SeekPartitionResponse:
         await self._allow_operator_action("seek partitions", context)
-        tp = TopicPartition(request.topic, request.partition)
-        if not tp.topic or tp.partition < 0 or request.offset < 0:
-            await context.abort_with_status(invalid_argument(
-                "offset", "needs a topic, a partition and an offset, all of 0 or more"))
+        tp = await _target(request, context)
         name = f"{tp.topic}[{tp.partition}]"
         try:
             sought = await self._engine.seek(tp, request.offset, request.reason)
         except SeekRefused as exc:
-            message = f"cannot seek {name}: {exc}"
-            await context.abort_with_status(
-                not_found(message, resource_type="partition", resource_name=name)
-                if exc.missing else failed_precondition(message, subject=name,
-                                                        description=str(exc)))
+            await _refused(context, f"cannot seek {name}", "partition", name, exc)
             return admin_pb2.SeekPartitionResponse()  # not reached: abort raises
         before = sought.previous_commit_offset
         return admin_pb2.SeekPartitionResponse(
@@ -132,6 +119,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort_with_status(failed_precondition(
                 f"operator actions are off: set admin_operator_actions to {what}",
                 subject="admin_operator_actions", description="must be true", kind="SETTING"))
+
+
+async def _target(request: admin_pb2.SkipRecordRequest | admin_pb2.SeekPartitionRequest,
+                  context: grpc.aio.ServicerContext) -> TopicPartition:
+    """The partition an operator action names, once its offset is checked too."""
+    tp = TopicPartition(request.topic, request.partition)
+    if not tp.topic or tp.partition < 0 or request.offset < 0:
+        await context.abort_with_status(invalid_argument(
+            "offset", "needs a topic, a partition and an offset, all of 0 or more"))
+    return tp
+
+
+async def _refused(context: grpc.aio.ServicerContext, message: str, resource_type: str,
+                   name: str, exc: OperatorRefused) -> None:
+    """Aborts with NOT_FOUND when what ``exc`` names is not here, else FAILED_PRECONDITION."""
+    message = f"{message}: {exc}"
+    await context.abort_with_status(
+        not_found(message, resource_type=resource_type, resource_name=name) if exc.missing
+        else failed_precondition(message, subject=name, description=str(exc)))
 
 
 async def _partitions(refs: Iterable[admin_pb2.PartitionRef],

@@ -12,7 +12,9 @@ answers it has not sent yet are bounded too: the reader stops reading requests w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -178,11 +180,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             session.wake.set()
 
     async def _send(self, context: grpc.aio.ServicerContext, session: Session,
-                    message: pb.StreamResponse) -> None:
-        """Writes one message; raises :class:`Stalled` if the worker does not take it within
-        ``stream_write_timeout``. The write is not cancelled (that would break the call): it
-        ends when the call is aborted."""
-        session.unsent_bytes = message.ByteSize()
+                    message: pb.StreamResponse, size: int | None = None) -> None:
+        """Writes one message (of ``size`` bytes, when the caller has measured it); raises
+        :class:`Stalled` if the worker does not take it within ``stream_write_timeout``. The
+        write is not cancelled (that would break the call): it ends when the call is aborted."""
+        session.unsent_bytes = message.ByteSize() if size is None else size
         write = asyncio.ensure_future(context.write(message))
         write.add_done_callback(_consume)
         done, _ = await asyncio.wait((write,), timeout=self._limits.stream_write_timeout)
@@ -229,8 +231,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if not (leases or resp.rejected):
                 continue
             session.delivered += len(leases)
-            if resp.ByteSize() <= min(DELIVERY_MESSAGE_BYTES, limits.max_send_message_bytes):
-                await self._send(context, session, resp)
+            size = resp.ByteSize()  # once per batch: _send needs it too
+            if size <= min(DELIVERY_MESSAGE_BYTES, limits.max_send_message_bytes):
+                await self._send(context, session, resp, size)
                 continue
             for message in self._split(session, resp):
                 await self._send(context, session, message)
@@ -265,19 +268,22 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             self._engine.settle(session.holder, too_big)
         return [m for m in out if m.deliveries or m.rejected]
 
-    async def _enter_unary(self, context: grpc.aio.ServicerContext) -> None:
+    @contextlib.asynccontextmanager
+    async def _unary_slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Counts a Pull or Acknowledge call while it runs; refuses it over the limit."""
         if self._unary >= self._limits.max_concurrent_unary:
             await context.abort_with_status(self._refuse(
                 "max_concurrent_unary", f"{self._unary} Pull and Acknowledge calls are running,"
                 " the most this sidecar serves at once", context.peer()))
         self._unary += 1
-
-    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
-        await self._enter_unary(context)
         try:
-            return await self._pull(request, context)
+            yield
         finally:
             self._unary -= 1
+
+    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
+        async with self._unary_slot(context):
+            return await self._pull(request, context)
 
     async def _pull(self, request: pb.PullRequest,
                     context: grpc.aio.ServicerContext) -> pb.PullResponse:
@@ -296,11 +302,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def Acknowledge(self, request: pb.AcknowledgeRequest,
                           context: grpc.aio.ServicerContext) -> pb.AcknowledgeResponse:
-        await self._enter_unary(context)
-        try:
+        async with self._unary_slot(context):
             return await self._acknowledge(request, context)
-        finally:
-            self._unary -= 1
 
     async def _acknowledge(self, request: pb.AcknowledgeRequest,
                            context: grpc.aio.ServicerContext) -> pb.AcknowledgeResponse:
