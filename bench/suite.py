@@ -45,7 +45,7 @@ INTRO = """\
 Written by `bench/suite.py` (issue 9). Every comparison in a section was measured in the same
 run, on the same broker, and is given as a ratio where one applies: absolute rates on a shared
 machine are noise. A section's setup says what it ran; its notes say what bounds a figure that
-falls short of its goal. To run it again: `.venv/bin/python bench/suite.py` (about half an hour;
+falls short of its goal. To run it again: `.venv/bin/python bench/suite.py` (about ten minutes on a 2-core machine;
 `--quick` for a smoke run, `--only scale sizing` for some sections)."""
 
 
