@@ -138,6 +138,7 @@ async def through_sidecar(
     sidecar_pid: int,
     handler: Handler = _return_at_once,
     max_in_flight: int = WORKER_IN_FLIGHT,
+    concurrency: int | None = None,
 ) -> LowwaterRun:
     """Time ``n`` records through the sidecar at ``target``: from the first handled record until
     the commits reach ``n`` records.
@@ -160,7 +161,8 @@ async def through_sidecar(
             last_done = time.perf_counter()
 
     async with grpc.aio.insecure_channel(target) as channel, \
-            lowwater.AsyncWorker(target, handle, max_in_flight=max_in_flight):
+            lowwater.AsyncWorker(target, handle, max_in_flight=max_in_flight,
+                                  concurrency=concurrency):
         admin = admin_pb2_grpc.AdminStub(channel)
         await first.wait()
         started = time.perf_counter()
@@ -187,6 +189,7 @@ def lowwater_run(
     flags: Sequence[str] = (),
     handler: Handler = _return_at_once,
     max_in_flight: int = WORKER_IN_FLIGHT,
+    concurrency: int | None = None,
 ) -> LowwaterRun:
     """The first ``n`` records of ``topic`` through a fresh sidecar in a fresh group
     (``bench_sidecar_flags()`` and ``flags``) to one worker, timed by :func:`through_sidecar`."""
@@ -194,7 +197,8 @@ def lowwater_run(
     with SidecarProcess(bootstrap, unique_name("bench-lw"), [topic], extra=extra) as sc:
         sc.wait_assigned(partitions)
         run = asyncio.run(through_sidecar(
-            sc.target, n, sidecar_pid=sc.pid, handler=handler, max_in_flight=max_in_flight))
+            sc.target, n, sidecar_pid=sc.pid, handler=handler, max_in_flight=max_in_flight,
+            concurrency=concurrency))
         return replace(run, sidecar_peak_rss_kib=rss_kib(sc.pid, "VmHWM"))
 
 

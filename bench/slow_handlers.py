@@ -49,6 +49,12 @@ async def _slow(msg: lowwater.Message) -> None:
     await asyncio.sleep(HANDLER_S)
 
 
+def held(concurrency: int) -> int:
+    """The worker's max_in_flight for ``concurrency`` handlers at once: a quarter more (at
+    least one), so a handler that returns finds its next record waiting at the worker."""
+    return concurrency + max(1, concurrency // 4)
+
+
 def records_for(in_flight: int, seconds: float) -> int:
     """Records for a point that runs about ``seconds`` at Little's law's rate."""
     return max(MIN_RECORDS, round(seconds * in_flight / HANDLER_S))
@@ -111,9 +117,9 @@ def run(ctx: Context) -> Section:
     for k in points:
         ctx.console.print(f"slow handlers: max in flight {k}, {sizes[k]:,} records")
         # The sidecar's own per-stream lease cap (default 1,000) must not hide the worker's.
-        flags = ["--max-leases-per-stream", str(max(1000, k))]
+        flags = ["--max-leases-per-stream", str(max(1000, held(k)))]
         runs[k] = lowwater_run(ctx.bootstrap, topic, sizes[k], partitions=1, flags=flags,
-                               handler=_slow, max_in_flight=k)
+                               handler=_slow, max_in_flight=held(k), concurrency=k)
         ctx.console.print(f"    {runs[k].handled_per_second:,.0f} rec/s")
     seq_n = max(50, round(seconds / HANDLER_S))
     ctx.console.print(f"slow handlers: sequential consumer (Dapr's model), {seq_n} records")

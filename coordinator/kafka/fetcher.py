@@ -376,9 +376,30 @@ class Fetcher:
         if not tps or (self._stopped_fetching and command.resume):
             return
         try:
-            (consumer.resume if command.resume else consumer.pause)(tps)
+            if command.resume:
+                consumer.resume(tps)
+                self._fetch_now(consumer, tps)
+            else:
+                consumer.pause(tps)
         except KafkaException as exc:
             log.warning("%s failed: %s", "resume" if command.resume else "pause", exc)
+
+    @staticmethod
+    def _fetch_now(consumer: Consumer, tps: list[KafkaTopicPartition]) -> None:
+        """Seeks each resumed partition to its own position, so that its next fetch starts now.
+
+        librdkafka does not wake its broker thread on a resume: the partition's next fetch
+        waited for the thread's next periodic turn, 0.8-0.9 s measured on Tansu (the same
+        wait is reported against Kafka, confluent-kafka-go#630), while the workers drained the
+        pending set to nothing. A seek starts the fetcher at once (15-20 ms measured). The
+        pause dropped librdkafka's prefetched records, so the position (the offset after the
+        last record ``consume()`` returned) is where the resumed fetch starts anyway. A
+        partition without a position (nothing returned since its assignment or a seek) is
+        left alone: a seek to that invalid offset would restart it from the committed one.
+        """
+        for tp in consumer.position(tps):
+            if tp.error is None and tp.offset >= 0:
+                consumer.seek(tp)
 
     def _seek(self, consumer: Consumer, command: Seek) -> None:
         tp = command.tp

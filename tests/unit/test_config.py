@@ -744,6 +744,10 @@ def test_auto_offset_reset_can_be_passed_through() -> None:
     assert settings.consumer_config()["auto.offset.reset"] == "latest"
 
 
+def test_lowwater_shortens_the_fetch_wait_unless_it_is_passed_through() -> None:
+    assert Settings.model_validate(REQUIRED).consumer_config()["fetch.wait.max.ms"] == 100
+
+
 def test_producer_config() -> None:
     kafka = {
         "security.protocol": "SASL_SSL",

@@ -39,9 +39,10 @@ class _Slot:
 class HandlerPool:
     """The sink of a handler-mode worker: a queue of deliveries and the runners that serve it.
 
-    Owned by the event loop thread. At most ``limit`` runners exist, which is
-    also the flow-control limit declared to the sidecar, so a runner is always
-    free for every delivery the sidecar may send.
+    Owned by the event loop thread. At most ``concurrency`` runners exist; the
+    flow-control limit declared to the sidecar is ``limit`` (at least as large), so
+    up to ``limit - concurrency`` deliveries wait here for the next free runner
+    and a runner that finishes finds one without a round trip to the sidecar.
 
     Handlers still running when their stream ends are *orphans*: they finish,
     their settlements are discarded, and they count against the limits that the
@@ -53,12 +54,14 @@ class HandlerPool:
         invoke: Invoke,
         *,
         limit: int,
+        concurrency: int | None = None,
         max_bytes: int,
         retry_backoff: Backoff,
         on_orphan_done: Callable[[], None],
     ) -> None:
         self._invoke = invoke
         self._limit = limit
+        self._concurrency = limit if concurrency is None else min(concurrency, limit)
         self._max_bytes = max_bytes
         self._backoff = retry_backoff
         self._on_orphan_done = on_orphan_done
@@ -86,7 +89,8 @@ class HandlerPool:
         return withdraw_queued(self._queue, msg_ids)
 
     def withdraw_revoked(self, msg_ids: Container[int]) -> list[Message]:
-        """Keeps them all: a runner is free for each, so they start and settle in time."""
+        """Keeps them all: a runner is free for each, or soon is (at most ``limit -
+        concurrency`` wait), so they start and settle in time."""
         return []
 
     # -- engine -------------------------------------------------------------
@@ -162,7 +166,7 @@ class HandlerPool:
                 future.set_result(None)
                 self._waking += 1
                 return
-        if len(self._runners) < self._limit:
+        if len(self._runners) < self._concurrency:
             self._waking += 1
             slot = _Slot()
             task = asyncio.get_running_loop().create_task(self._runner(slot))

@@ -33,6 +33,7 @@ class WorkerOptions(TypedDict, total=False):
 
     max_in_flight: int
     max_in_flight_bytes: int
+    concurrency: int | None
     worker_id: str | None
     shutdown_timeout: timedelta
     max_lease_extension: timedelta
@@ -55,6 +56,8 @@ class Settings:
     target: str
     max_in_flight: int
     max_in_flight_bytes: int
+    concurrency: int
+    """Most handlers running at once, at most ``max_in_flight``."""
     worker_id: str
     shutdown_timeout: float
     max_lease_extension: float
@@ -95,6 +98,7 @@ def make_settings(
     *,
     max_in_flight: object = 64,
     max_in_flight_bytes: object = 0,
+    concurrency: object = None,
     worker_id: object = None,
     shutdown_timeout: object = DEFAULT_SHUTDOWN_TIMEOUT,
     max_lease_extension: object = DEFAULT_MAX_LEASE_EXTENSION,
@@ -145,9 +149,11 @@ def make_settings(
     security = channel_security(
         token=token, token_file=token_file, token_env=token_env, tls_ca_file=tls_ca_file,
         tls_cert_file=tls_cert_file, tls_key_file=tls_key_file)
+    held = _int("max_in_flight", max_in_flight, 1, MAX_UINT32)
     return Settings(
         target=target,
-        max_in_flight=_int("max_in_flight", max_in_flight, 1, MAX_UINT32),
+        max_in_flight=held,
+        concurrency=held if concurrency is None else _int("concurrency", concurrency, 1, held),
         max_in_flight_bytes=_int("max_in_flight_bytes", max_in_flight_bytes, 0, MAX_UINT64),
         worker_id=worker_id,
         shutdown_timeout=_duration("shutdown_timeout", shutdown_timeout),

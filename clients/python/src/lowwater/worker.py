@@ -66,6 +66,13 @@ class AsyncWorker:
         max_in_flight: most messages held at once (running or queued); declared
             to the sidecar, which never sends more. At least 1.
         max_in_flight_bytes: most key+value bytes held at once; 0 for no limit.
+        concurrency: most handlers running at once, from 1 to ``max_in_flight``;
+            by default ``max_in_flight``. Below it, the deliveries beyond
+            ``concurrency`` wait at the worker for a free handler, so a handler
+            that returns finds its next message there instead of waiting for the
+            sidecar to send one: with slow handlers, ``max_in_flight`` about a
+            quarter above ``concurrency`` keeps every handler busy. A consumer
+            runs no handlers and ignores it.
         worker_id: a name shown by the sidecar's status; default ``host:pid``.
         shutdown_timeout: how long a graceful shutdown waits for running
             handlers before cancelling them.
@@ -168,7 +175,7 @@ class Worker:
     """Runs a sync handler on a thread pool for each message the sidecar delivers.
 
     The SDK itself runs on an asyncio event loop of its own; handlers run on
-    ``max_in_flight`` threads. Arguments are those of :class:`AsyncWorker`,
+    ``concurrency`` threads. Arguments are those of :class:`AsyncWorker`,
     with a plain ``def handler(msg)``.
 
     Example::
@@ -231,7 +238,7 @@ class Worker:
 
     async def _main(self, install_signal_handlers: bool) -> None:
         executor = ThreadPoolExecutor(
-            max_workers=self._settings.max_in_flight,
+            max_workers=self._settings.concurrency,
             thread_name_prefix="lowwater-handler",
             initializer=_mark_handler_thread,
         )
@@ -294,6 +301,7 @@ def _pool(settings: Settings, invoke: AsyncHandler, runtime: Runtime) -> Handler
     return HandlerPool(
         invoke,
         limit=settings.max_in_flight,
+        concurrency=settings.concurrency,
         max_bytes=settings.max_in_flight_bytes,
         retry_backoff=settings.retry_backoff,
         on_orphan_done=runtime.on_orphan_done,

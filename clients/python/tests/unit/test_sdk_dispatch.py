@@ -22,9 +22,14 @@ def _messages(n: int, settler: RecordingSettler) -> list[Message]:
     return [make_message(msg_id=i + 1, offset=i, settler=settler)[0] for i in range(n)]
 
 
-def _pool(handler: Callable[[Message], Coroutine[Any, Any, None]], limit: int) -> HandlerPool:
+def _pool(
+    handler: Callable[[Message], Coroutine[Any, Any, None]],
+    limit: int,
+    concurrency: int | None = None,
+) -> HandlerPool:
     return HandlerPool(
-        handler, limit=limit, max_bytes=0, retry_backoff=BACKOFF, on_orphan_done=lambda: None
+        handler, limit=limit, concurrency=concurrency, max_bytes=0, retry_backoff=BACKOFF,
+        on_orphan_done=lambda: None,
     )
 
 
@@ -71,6 +76,42 @@ def test_suspending_handlers_run_concurrently_up_to_the_limit(run: Run) -> None:
             await asyncio.sleep(0.001)
         assert peak == 8
         assert {s[0] for s in settler.settlements} == {"ACK"}
+        await pool.close(0.0)
+
+    run(scenario())
+
+
+def test_concurrency_below_the_limit_queues_the_rest_for_the_next_free_runner(run: Run) -> None:
+    async def scenario() -> None:
+        settler = RecordingSettler()
+        running: set[int] = set()
+        peak = 0
+        release: dict[int, asyncio.Event] = {}
+
+        async def handler(msg: Message) -> None:
+            nonlocal peak
+            running.add(msg.msg_id)
+            peak = max(peak, len(running))
+            await release.setdefault(msg.msg_id, asyncio.Event()).wait()
+            running.discard(msg.msg_id)
+
+        pool = _pool(handler, limit=10, concurrency=4)
+        assert pool.limits() == (10, 0)  # what the sidecar is told: the held limit
+        pool.accept(_messages(10, settler))
+        while len(running) < 4:
+            await asyncio.sleep(0.001)
+        for _ in range(5):  # the other six wait for a runner; none starts
+            await asyncio.sleep(0)
+        assert running == {1, 2, 3, 4} and len(pool._runners) == 4
+        release.setdefault(2, asyncio.Event()).set()  # a runner frees: it takes the next
+        while 5 not in running:
+            await asyncio.sleep(0.001)
+        assert running == {1, 3, 4, 5}
+        for i in range(1, 11):
+            release.setdefault(i, asyncio.Event()).set()
+        while len(settler.settlements) < 10:
+            await asyncio.sleep(0.001)
+        assert peak == 4
         await pool.close(0.0)
 
     run(scenario())

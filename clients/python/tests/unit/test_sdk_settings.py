@@ -28,6 +28,10 @@ def _sync_handler(msg: Message) -> None:
         ({"max_in_flight": True}, TypeError, "max_in_flight"),
         ({"max_in_flight": 1.5}, TypeError, "max_in_flight"),
         ({"max_in_flight_bytes": -1}, ValueError, "max_in_flight_bytes"),
+        ({"concurrency": 0}, ValueError, "concurrency"),
+        ({"concurrency": 65}, ValueError, "concurrency must be between 1 and 64"),
+        ({"max_in_flight": 8, "concurrency": 9}, ValueError, "between 1 and 8"),
+        ({"concurrency": "4"}, TypeError, "concurrency"),
         ({"shutdown_timeout": 30}, TypeError, "shutdown_timeout"),
         ({"shutdown_timeout": timedelta(seconds=-1)}, ValueError, "shutdown_timeout"),
         ({"max_lease_extension": timedelta(seconds=-1)}, ValueError, "max_lease_extension"),
@@ -71,6 +75,12 @@ def test_defaults() -> None:
     worker = AsyncWorker("127.0.0.1:1", _async_handler)
     assert ":" in worker.worker_id
     assert AsyncWorker("127.0.0.1:1", _async_handler, worker_id="w1").worker_id == "w1"
+
+
+def test_concurrency_defaults_to_max_in_flight() -> None:
+    assert _make().concurrency == 64
+    assert _make(max_in_flight=10).concurrency == 10
+    assert _make(max_in_flight=10, concurrency=8).concurrency == 8
 
 
 # --- token and TLS options ----------------------------------------------------------------------
