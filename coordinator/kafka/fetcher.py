@@ -32,9 +32,8 @@ commit_log = logging.getLogger("coordinator.commits")
 client_log = logging.getLogger("coordinator.kafka.client")
 
 POLL_TIMEOUT = 0.02
-"""Seconds one ``consume()`` call may wait. librdkafka's consume(n) waits the whole timeout
-unless n records are ready, so at low rates this is the latency it adds; it also bounds how
-late a command (commit, pause) is served."""
+"""Seconds the fetcher waits for a record when none is ready: this bounds how late a command
+(commit, pause) is served."""
 PROBE_INTERVAL = 2.0
 """Seconds between reachability probes while the broker is unreachable."""
 PROBE_TIMEOUT = 2.0
@@ -52,6 +51,22 @@ BROKER_DOWN_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPO
 """Client error codes that mean the broker cannot be reached."""
 MISSING_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 """Error codes with which librdkafka reports a subscribed topic that does not exist (yet)."""
+
+
+def take_ready(consumer: Consumer, most: int, timeout: float) -> list[Message]:
+    """Up to ``most`` records: those ready now, or else the first to arrive within ``timeout``
+    with whatever came with it.
+
+    librdkafka's consume(n, timeout) returns early only once n records are ready, so a single
+    call with a timeout would hold each record of a slow stream until that timeout.
+    """
+    records: list[Message] = consumer.consume(most, 0)
+    if records:
+        return records
+    records = consumer.consume(1, timeout)
+    if records and most > 1:
+        records += consumer.consume(most - 1, 0)
+    return records
 
 
 class FetchSink(Protocol):
@@ -233,7 +248,7 @@ class Fetcher:
                     if self._handed - self._ingested >= self._max_backlog:
                         self._room.wait(POLL_TIMEOUT)
                     continue
-                records = consumer.consume(self._batch_size, POLL_TIMEOUT)
+                records = take_ready(consumer, self._batch_size, POLL_TIMEOUT)
                 if records:
                     self._deliver(records)
             self._serve_commands(consumer)
@@ -516,4 +531,5 @@ def _describe(points: list[CommitPoint]) -> str:
     return ", ".join(f"{p.tp.topic}[{p.tp.partition}]@{p.offset}" for p in points)
 
 
-__all__ = ["Assignment", "Commit", "FetchSink", "Fetcher", "Pause", "Resubscribe", "StopFetching"]
+__all__ = ["Assignment", "Commit", "FetchSink", "Fetcher", "Pause", "Resubscribe", "StopFetching",
+           "take_ready"]
