@@ -581,6 +581,11 @@ class Ledger:
         key = (offset, offsets.next_offset, len(offsets))
         if part.map_cache[0] == key:
             return part.map_cache[1]
+        if offsets.next_offset - offset == len(offsets):
+            # Every offset from the commit offset up is pending (acks came in order): nothing
+            # above it is finished, and the map is empty without a walk of the pending set.
+            part.map_cache = (key, "")
+            return ""
         text = encode(offset, offsets.pending_from(offset), offsets.next_offset, limit)
         if text is None:
             self.maps_too_big += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coordinator.core.flow import GateChange
 from coordinator.core.ledger import (
@@ -561,6 +563,42 @@ def test_commits_carry_the_offset_map_and_the_next_owner_skips_what_it_lists() -
     h2 = after_crash.open_holder("s1", "w", 10)
     assert [lease.record.offset for lease in after_crash.lease(h2, 0.0, 10)] == [10, 14]
     assert after_crash.partitions[TP0].skipped == 3
+
+
+@given(gaps=st.lists(st.integers(1, 3), min_size=1, max_size=40),
+       settle=st.lists(st.booleans(), min_size=40, max_size=40),
+       rounds=st.integers(1, 3))
+def test_the_offset_map_lists_exactly_the_finished_offsets_above_the_commit(
+    gaps: list[int], settle: list[bool], rounds: int
+) -> None:
+    """Offsets with gaps (transaction markers, compaction) or without, finished in any
+    pattern and over several commits: the map decodes to the offsets above the commit offset
+    that are not pending (finished, or never there), and is empty when every offset from it
+    up is pending (the shortcut that skips the walk of the pending set)."""
+    led = Ledger(offset_map_limit=4096)
+    led.assign(TP0, committed=0)
+    offsets = [sum(gaps[:i + 1]) for i in range(len(gaps))]
+    fetch(led, TP0, *offsets)
+    h = led.open_holder("s1", "w", len(offsets))
+    ids = by_offset(led.lease(h, 0.0, len(offsets)))
+    done: set[int] = set()
+    for r in range(rounds):
+        for i, offset in enumerate(offsets):
+            if settle[(i + r) % len(settle)] and offset not in done and i % rounds == r:
+                led.settle(h, ids[offset], ACK, None, 0.0)
+                done.add(offset)
+        part = led.partitions[TP0]
+        commit = part.offsets.commit_offset
+        assert commit is not None
+        led.commit_points()
+        pending = set(offsets) - done  # an offset never fetched (a gap) is not pending either
+        finished_above = {o for o in range(commit, offsets[-1] + 1) if o not in pending}
+        if not finished_above:
+            assert part.map_sent == ""
+        else:
+            finished = decode(part.map_sent, commit)
+            assert finished is not None
+            assert {o for o in range(commit, offsets[-1] + 1) if o in finished} == finished_above
 
 
 def test_a_map_too_big_is_left_out_and_counted_and_the_commit_still_goes() -> None:
