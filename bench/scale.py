@@ -57,6 +57,7 @@ from coordinator.config.model import Settings
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.embedded import SidecarProcess, create_topic, unique_name
+from coordinator.kafka.records import Fetched, fetched
 
 PARTITIONS = (1, 4, 16, 64, 256)
 PENDING = (1_000, 10_000, 100_000, 1_000_000)
@@ -75,7 +76,7 @@ SIDECAR_PENDING = 1_000_000
 QUICK_SIDECAR_PENDING = 100_000
 MEMORY_GOAL_BYTES = 500
 PROBED = 50_000
-"""Records held to weigh a confluent-kafka Message and a ledger record with tracemalloc."""
+"""Records held to weigh a record's payload and a ledger record with tracemalloc."""
 RESTART_DEADLINE_S = 600.0
 """How long one step of a restart may take before the section fails instead of hanging."""
 
@@ -196,23 +197,23 @@ def ledger_bytes(pending: int) -> float:
         tracemalloc.stop()
 
 
-def message_bytes(bootstrap: str, topic: str, count: int) -> float:
-    """Python heap bytes per confluent-kafka ``Message`` held (value, topic name and all), as
-    the sidecar holds each pending record's."""
+def payload_bytes(bootstrap: str, topic: str, count: int) -> float:
+    """Python heap bytes per fetched record's payload held (key, value, headers, timestamp;
+    the confluent-kafka ``Message`` let go), as the sidecar holds each pending record's."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("bench-msg"),
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    held: list[object] = []
+    held: list[Fetched] = []
     try:
         consumer.subscribe([topic])
         while not held:  # the group join and the first fetch are not counted
-            held += consumer.consume(500, timeout=1.0)
+            held += map(fetched, consumer.consume(500, timeout=1.0))
         first = len(held)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             deadline = time.monotonic() + RESTART_DEADLINE_S
             while len(held) < first + count and time.monotonic() < deadline:
-                held += consumer.consume(500, timeout=1.0)
+                held += map(fetched, consumer.consume(500, timeout=1.0))
             return (tracemalloc.get_traced_memory()[0] - before) / (len(held) - first)
         finally:
             tracemalloc.stop()
@@ -322,7 +323,7 @@ class Held:
     stop_s: float
     after_stop: Resume
     after_kill: Resume
-    message_bytes: float
+    payload_bytes: float
     ledger_bytes: float
 
     @property
@@ -380,8 +381,8 @@ def hold_and_restart(ctx: Context, pending: int) -> Held:
         after_kill, _ = resume(stack, ctx.bootstrap, group, topic, args, pending)
         ctx.console.print(f"  after SIGKILL: {after_kill.sentence(pending)}", highlight=False)
     probed = min(PROBED, pending)
-    weighed = message_bytes(ctx.bootstrap, topic, probed), ledger_bytes(probed)
-    ctx.console.print(f"  tracemalloc: {weighed[0]:,.0f} bytes per Message held, "
+    weighed = payload_bytes(ctx.bootstrap, topic, probed), ledger_bytes(probed)
+    ctx.console.print(f"  tracemalloc: {weighed[0]:,.0f} bytes per payload held, "
                       f"{weighed[1]:,.0f} per ledger record", highlight=False)
     return Held(held, fill_s, idle, loaded, curve, stop_s, after_stop, after_kill, *weighed)
 
@@ -469,17 +470,16 @@ def run(ctx: Context) -> Section:
             f"each of them a few times as they age)."),
             (f"Memory: the sidecar held {held.pending:,} records pending after "
             f"{held.fill_s:.1f} s. While it filled, its RSS grew {per_pending:,.0f} bytes per "
-            f"pending record (the 100-byte value and its Kafka message object included); at "
+            f"pending record (the 100-byte value and what else a delivery needs included); at "
             f"the end it was {held.loaded_kib / 1024:,.0f} MiB against "
             f"{held.idle_kib / 1024:,.0f} MiB idle, {held.gross_bytes:,.0f} bytes per pending "
             f"record, which also counts about {held.fixed_kib / 1024:,.0f} MiB of fixed costs, "
             f"chiefly librdkafka's fetch queue (up to 64 MiB by default, whatever the number of "
             f"partitions). Weighed with tracemalloc on {min(PROBED, held.pending):,} records, "
-            f"a held confluent-kafka Message (value, topic name and all) is "
-            f"{held.message_bytes:,.0f} bytes of Python heap and the ledger's own record "
-            f"{held.ledger_bytes:,.0f}: the Message the sidecar keeps as each record's payload "
-            f"is the larger part, and keeping only what a delivery needs (value, key, headers, "
-            f"timestamp), with one topic name per partition, is where memory can be won. "
+            f"a record's payload (key, value, headers and timestamp; the confluent-kafka "
+            f"Message is not kept, and topic, partition and offset are the ledger record's) is "
+            f"{held.payload_bytes:,.0f} bytes of Python heap and the ledger's own record "
+            f"{held.ledger_bytes:,.0f}. "
             f"So the Helm chart's sidecar memory limit ({limit:,.0f} MiB) holds "
             f"about {fits:,.0f} pending records: with the default cap "
             f"of {cap:,} per partition, a sidecar whose worker falls behind stays within it up "

@@ -23,7 +23,7 @@ from coordinator.kafka.records import (
     HEADER_PARTITION,
     HEADER_REASON,
     HEADER_TOPIC,
-    record_headers,
+    Fetched,
 )
 
 log = logging.getLogger("coordinator.handoff")
@@ -54,32 +54,34 @@ class HandoffProducer:
     def start(self) -> None:
         self._thread.start()
 
-    def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
-             report: Report, extra: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Produces ``msg`` (a fetched confluent-kafka message, or a
-        :class:`~coordinator.kafka.records.RetriedMessage`) to ``topic`` with its key, value,
-        headers and timestamp, plus the hand-off headers and ``extra``. ``report`` is called
-        once."""
-        headers: list[tuple[str, str | bytes | None]] = list(record_headers(msg) or [])
+    def send(self, topic: str, record: Fetched, *, origin: tuple[str, int, int], kind: str,
+             reason: str, attempts: int, report: Report,
+             extra: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Produces ``record`` (a payload's :func:`~coordinator.kafka.records.contents`) to
+        ``topic`` with its key, value, headers and timestamp, plus the hand-off headers and
+        ``extra``. ``origin`` is (topic, partition, offset) where it was first consumed
+        (:func:`~coordinator.kafka.records.origin`). ``report`` is called once."""
+        key, value, own, ts = record
+        source, partition, offset = origin
+        headers: list[tuple[str, str | bytes | None]] = list(own or ())
         headers += [
-            (HEADER_TOPIC, msg.topic().encode()),
-            (HEADER_PARTITION, str(msg.partition()).encode()),
-            (HEADER_OFFSET, str(msg.offset()).encode()),
+            (HEADER_TOPIC, source.encode()),
+            (HEADER_PARTITION, str(partition).encode()),
+            (HEADER_OFFSET, str(offset).encode()),
             (HEADER_ATTEMPTS, str(attempts).encode()),
             (HEADER_REASON, reason.encode()),
             (HEADER_KIND, kind.encode()),
             (HEADER_GROUP, self._group),
             *extra,
         ]
-        ts_type, ts = msg.timestamp()
-        stamp = {"timestamp": ts} if ts_type and ts > 0 else {}
+        timestamp = ts if ts is not None and ts > 0 else 0  # 0: the time of producing
 
         def delivered(err: KafkaError | None, _: Message) -> None:  # on the report thread
             self._post(report, None if err is None else err.str())
 
         try:
-            self._producer.produce(topic, value=msg.value(), key=msg.key(), headers=headers,
-                                   on_delivery=delivered, **stamp)
+            self._producer.produce(topic, value=value, key=key, headers=headers,
+                                   on_delivery=delivered, timestamp=timestamp)
         except (BufferError, KafkaException) as exc:  # local queue full, or refused at once
             report(f"{type(exc).__name__}: {exc}")
 

@@ -1,9 +1,14 @@
-"""Reading fetched confluent-kafka messages safely, and the lowwater.* headers of hand-offs."""
+"""Fetched confluent-kafka messages, read safely into compact payloads; the lowwater.*
+headers of hand-offs."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
+from coordinator.core.model import TopicPartition
 
 records_log = logging.getLogger("coordinator.records")
 
@@ -22,18 +27,22 @@ deliveries it had, why it left (``dead_letter``, ``expired`` or ``retry``), the 
 for a retry also when it is due and when it was first fetched (milliseconds since the epoch)."""
 
 
-def record_headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
+Headers = list[tuple[str, bytes | None]]
+"""A record's headers as confluent-kafka gives them: (key, value) pairs, in order."""
+
+
+def record_headers(msg: Any) -> Headers | None:
     """``msg.headers()``, or no headers when the Kafka client cannot decode them.
 
     confluent-kafka decodes header keys as strict UTF-8. For a key that is not (any
     producer but the Python client can write one), ``headers()`` raises SystemError once,
     and every later call returns a list holding a NULL that crashes the interpreter when
     it is unpacked. So the record's headers are replaced with none, for good, and it is
-    delivered with its key and value intact: it must neither kill the stream nor, being
-    redelivered, the sidecar.
+    delivered with its key and value intact: it must kill neither the stream nor the
+    sidecar. (:func:`fetched` reads them once, at intake; the message is not kept.)
     """
     try:
-        headers: list[tuple[str, bytes | None]] | None = msg.headers()
+        headers: Headers | None = msg.headers()
     except (SystemError, ValueError) as exc:  # SystemError from a UnicodeDecodeError, today
         msg.set_headers([])
         records_log.warning(
@@ -44,68 +53,79 @@ def record_headers(msg: Any) -> list[tuple[str, bytes | None]] | None:
     return headers
 
 
-class RetriedMessage:
-    """A record back from a retry topic, seen as the record it retries.
+Fetched = tuple[bytes | None, bytes | None, Headers | None, int | None]
+"""What a delivery and a hand-off need of a fetched record: (key, value, headers,
+timestamp_ms), the ledger record's payload (see :func:`fetched`).
 
-    ``topic()``, ``partition()`` and ``offset()`` are the original record's; key, value and
-    timestamp are the retry record's (copied from the original); ``headers()`` are the
-    original's, without the ``lowwater.*`` ones. The retry record itself is ``raw``.
-    """
+Headers are None when it has none or when the Kafka client cannot decode them; the timestamp
+(milliseconds since the epoch) is None when the record has none. Its topic, partition and
+offset are the ledger record's own (``rec.part.tp``, ``rec.offset``), so they are not kept.
 
-    __slots__ = ("_headers", "_offset", "_partition", "_topic", "attempts", "due_ms",
-                 "first_seen_ms", "raw")
-
-    def __init__(self, raw: Any, headers: list[tuple[str, bytes | None]], topic: str,
-                 partition: int, offset: int, attempts: int, due_ms: int,
-                 first_seen_ms: int) -> None:
-        self.raw = raw
-        self._headers = headers
-        self._topic, self._partition, self._offset = topic, partition, offset
-        self.attempts = attempts
-        self.due_ms = due_ms
-        self.first_seen_ms = first_seen_ms
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        key: bytes | None = self.raw.key()
-        return key
-
-    def value(self) -> bytes | None:
-        value: bytes | None = self.raw.value()
-        return value
-
-    def timestamp(self) -> tuple[int, int]:
-        ts: tuple[int, int] = self.raw.timestamp()
-        return ts
-
-    def headers(self) -> list[tuple[str, bytes | None]]:
-        return self._headers
-
-    def set_headers(self, headers: list[tuple[str, bytes | None]]) -> None:
-        self._headers = headers
+A plain tuple, not a NamedTuple: one is held per pending record, and a plain tuple of bytes,
+ints and None is built faster and is soon no longer tracked by Python's cyclic garbage
+collector (a tuple subclass always is).
+"""
 
 
-def retried(msg: Any) -> RetriedMessage | None:
-    """The record a retry-topic message retries; None if its lowwater.* headers are missing or
+class Retried(NamedTuple):
+    """A record back from a retry topic, seen as the record it retries: a ledger record's
+    payload, like :data:`Fetched`."""
+
+    record: Fetched
+    """Key, value and timestamp of the retry record (copied from the original); the original's
+    headers, without the ``lowwater.*`` ones."""
+    topic: str
+    """Where the original was consumed: its topic, partition and offset."""
+    partition: int
+    offset: int
+    attempts: int
+    """Deliveries the original had before it was handed to the retry topic."""
+    due_ms: int
+    """When it is due again, milliseconds since the epoch."""
+    first_seen_ms: int
+    """When the original was first fetched, milliseconds since the epoch; 0 if unknown."""
+
+
+Payload = Fetched | Retried
+"""A ledger record's payload: :func:`contents` gives its key, value, headers and timestamp,
+:func:`origin` where it was first consumed."""
+
+
+def fetched(msg: Any) -> Fetched:
+    """The payload of a fetched confluent-kafka message; the message itself can then go."""
+    ts_type, ts = msg.timestamp()
+    return (msg.key(), msg.value(), record_headers(msg),
+            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts)
+
+
+def contents(payload: Payload) -> Fetched:
+    """A payload's (key, value, headers, timestamp_ms)."""
+    return payload.record if isinstance(payload, Retried) else payload
+
+
+def origin(payload: Payload, tp: TopicPartition, offset: int) -> tuple[str, int, int]:
+    """(topic, partition, offset) where a record was first consumed: a retried record's
+    original's; otherwise ``tp`` and ``offset``, the ledger record's own."""
+    if isinstance(payload, Retried):
+        return payload.topic, payload.partition, payload.offset
+    return tp.topic, tp.partition, offset
+
+
+def retried(record: Fetched) -> Retried | None:
+    """The record a retry-topic record retries; None if its lowwater.* headers are missing or
     malformed (it was not produced by lowwater)."""
-    own: list[tuple[str, bytes | None]] = []
+    key, value, headers, timestamp_ms = record
+    own: Headers = []
     ours: dict[str, bytes | None] = {}
-    for key, value in record_headers(msg) or ():
-        if key.startswith(HEADER_PREFIX):
-            ours[key] = value
+    for name, content in headers or ():
+        if name.startswith(HEADER_PREFIX):
+            ours[name] = content
         else:
-            own.append((key, value))
+            own.append((name, content))
     try:
-        return RetriedMessage(
-            msg, own, (ours[HEADER_TOPIC] or b"").decode(), int(ours[HEADER_PARTITION] or b""),
+        return Retried(
+            (key, value, own or None, timestamp_ms),
+            (ours[HEADER_TOPIC] or b"").decode(), int(ours[HEADER_PARTITION] or b""),
             int(ours[HEADER_OFFSET] or b""), int(ours[HEADER_ATTEMPTS] or b""),
             int(ours[HEADER_DUE] or b""), int(ours.get(HEADER_FIRST_SEEN) or b"0"))
     except (KeyError, ValueError, UnicodeDecodeError):

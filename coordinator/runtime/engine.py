@@ -34,7 +34,17 @@ from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
 from coordinator.core.records import LEASED
 from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe, Seek
-from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, RetriedMessage, retried
+from coordinator.kafka.records import (
+    HEADER_DUE,
+    HEADER_FIRST_SEEN,
+    Fetched,
+    Payload,
+    Retried,
+    contents,
+    fetched,
+    origin,
+    retried,
+)
 from coordinator.runtime.subscriptions import Lane, Router
 
 acks_log = logging.getLogger("coordinator.acks")
@@ -78,8 +88,8 @@ class CommandSink(Protocol):
 class HandoffSink(Protocol):
     """Where hand-offs are produced (:class:`coordinator.kafka.producer.HandoffProducer`)."""
 
-    def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
-             report: Callable[[str | None], None],
+    def send(self, topic: str, record: Fetched, *, origin: tuple[str, int, int], kind: str,
+             reason: str, attempts: int, report: Callable[[str | None], None],
              extra: Sequence[tuple[str, bytes]] = ()) -> None: ...
 
 
@@ -267,7 +277,10 @@ class Engine:
     def intake(self, records: list[Any]) -> None:
         """Adds fetched confluent-kafka messages to the ledger, with their expiry if their
         subscription has a TTL. A record back from a retry topic stands for the record it
-        retries, and waits until it is due; its retry partition pauses meanwhile."""
+        retries, and waits until it is due; its retry partition pauses meanwhile.
+
+        Each record's payload is a compact :data:`~coordinator.kafka.records.Fetched` (or a
+        :class:`~coordinator.kafka.records.Retried`): the messages are not kept."""
         now = self._clock()
         to_local = now - self._wall()  # epoch seconds + to_local = the ledger's clock
         ledger = self.ledger
@@ -277,6 +290,7 @@ class Engine:
         expiring: Lane | None = None
         by_key, run_key = False, None  # ordering: the record's key, or one key for the run
         tier: float | None = None
+        payload: Payload
         for msg in records:
             t, p = msg.topic(), msg.partition()
             if p != partition or t != topic:  # batches come in runs of one partition
@@ -288,22 +302,22 @@ class Engine:
                 by_key = ordering == "key"
                 run_key = WHOLE_PARTITION if ordering == "partition" else None
                 tier = None if self._router is None else self._router.retry_tier(t)
-            value = msg.value()
-            key = msg.key()
-            size = (len(value) if value else 0) + (len(key) if key else 0)
             offset = msg.offset()
-            attempts, not_before, payload = 0, 0.0, msg
+            record = payload = fetched(msg)  # the Message itself is let go
+            key, value, _, _ = record
+            size = (len(value) if value else 0) + (len(key) if key else 0)
+            attempts, not_before = 0, 0.0
             if tier is not None and part is not None:
-                back = retried(msg)
+                back = retried(record)
                 if back is None:
                     retry_log.warning("%s[%d]@%d has no valid lowwater retry headers; "
                                       "delivering it as it is", t, p, offset)
                 else:
-                    payload, attempts = back, back.attempts
+                    payload, record, attempts = back, back.record, back.attempts
                     not_before = back.due_ms / 1000.0 + to_local
                     if not_before > now:
                         self._hold(part.tp, part.generation, not_before)
-            expires = NEVER if expiring is None else expiring.expiry_ms(payload) / 1000.0 + to_local
+            expires = NEVER if expiring is None else expiring.expiry_ms(record) / 1000.0 + to_local
             okey = key if by_key else run_key
             if part is None or not add(part, offset, size, payload, now, expires, okey,
                                        attempts=attempts, not_before=not_before):
@@ -764,8 +778,11 @@ class Engine:
 
         if self._handoffs is None:
             raise RuntimeError(f"a hand-off to {topic} needs a producer")
-        self._handoffs.send(topic, rec.payload, kind=handoff.kind.value, reason=handoff.reason,
-                            attempts=rec.attempt, report=report, extra=self._retry_headers(handoff))
+        payload: Payload = rec.payload  # type: ignore[assignment]  # what intake put there
+        self._handoffs.send(topic, contents(payload),
+                            origin=origin(payload, rec.part.tp, rec.offset),
+                            kind=handoff.kind.value, reason=handoff.reason, attempts=rec.attempt,
+                            report=report, extra=self._retry_headers(handoff))
 
     def _retry_headers(self, handoff: Handoff) -> list[tuple[str, bytes]]:
         """When a retry is due and when its record was first fetched, in epoch milliseconds."""
@@ -773,7 +790,7 @@ class Engine:
             return []
         rec, wall, now = handoff.record, self._wall(), self._clock()
         payload = rec.payload
-        first_seen = (payload.first_seen_ms if isinstance(payload, RetriedMessage)
+        first_seen = (payload.first_seen_ms if isinstance(payload, Retried)
                       and payload.first_seen_ms else (wall - (now - rec.fetched_at)) * 1000.0)
         return [(HEADER_DUE, str(int((wall + handoff.delay) * 1000.0)).encode()),
                 (HEADER_FIRST_SEEN, str(int(first_seen)).encode())]

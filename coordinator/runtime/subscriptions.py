@@ -10,14 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import NEVER
 from coordinator.core.policy import RetryPolicy
-from coordinator.kafka.records import record_headers
+from coordinator.kafka.records import Fetched
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,24 +31,23 @@ class Lane:
         """Whether its records can expire (a TTL or an expiry header)."""
         return self.subscription.ttl is not None or self.subscription.expiry_header is not None
 
-    def expiry_ms(self, msg: Any) -> float:
-        """When ``msg`` expires, milliseconds since the Unix epoch; NEVER if it cannot.
+    def expiry_ms(self, record: Fetched) -> float:
+        """When a record expires, milliseconds since the Unix epoch; NEVER if it cannot.
 
         The expiry header (decimal milliseconds since the epoch) wins over the record
         timestamp plus the TTL; a header that is not a number is ignored.
         """
+        _, _, headers, timestamp_ms = record
         sub = self.subscription
         if sub.expiry_header is not None:
-            for key, value in record_headers(msg) or ():
+            for key, value in headers or ():
                 if key == sub.expiry_header and value:
                     try:
                         return float(int(value))
                     except ValueError:
                         break
-        if sub.ttl is not None:
-            ts_type, ts = msg.timestamp()
-            if ts_type != TIMESTAMP_NOT_AVAILABLE:
-                return float(ts) + sub.ttl * 1000.0
+        if sub.ttl is not None and timestamp_ms is not None:
+            return float(timestamp_ms) + sub.ttl * 1000.0
         return NEVER
 
 

@@ -7,12 +7,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from google.protobuf.duration_pb2 import Duration
 
 from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
-from coordinator.kafka.records import record_headers
+from coordinator.kafka.records import Payload, Retried
 from coordinator.runtime.engine import PendingView, Settlement, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
 from lowwater.v1 import admin_pb2
@@ -73,6 +72,8 @@ def settlements(items: Iterable[pb.Settlement]) -> Iterator[Settlement]:
 def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
     """Appends a Delivery per lease to a repeated field (``resp.deliveries``).
 
+    A record's topic, partition and offset are its ledger record's own, or, back from a
+    retry topic, the original's (``records.origin`` and ``records.contents``, inlined).
     Fields are set one by one: with the upb runtime that is about twice as
     fast as keyword arguments, and this runs once per delivered record.
     """
@@ -80,27 +81,32 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
     wall = time.time() - time.monotonic()
     deadline, deadline_ms = None, 0  # the leases of one batch share their deadline
     for lease in leases:
-        msg: Any = lease.record.payload
+        rec = lease.record
+        payload: Payload = rec.payload  # type: ignore[assignment]  # what intake put there
         d = add()
         d.msg_id = lease.msg_id
-        d.topic = msg.topic()
-        d.partition = msg.partition()
-        d.offset = msg.offset()
-        value = msg.value()
+        if isinstance(payload, Retried):
+            key, value, headers, ts = payload.record
+            d.topic = payload.topic
+            d.partition = payload.partition
+            d.offset = payload.offset
+        else:
+            key, value, headers, ts = payload
+            tp = rec.part.tp
+            d.topic = tp.topic
+            d.partition = tp.partition
+            d.offset = rec.offset
         if value:
             d.value = value
-        key = msg.key()
         if key is not None:
             d.key = key
-        ts_type, ts = msg.timestamp()
-        if ts_type != TIMESTAMP_NOT_AVAILABLE:
+        if ts is not None:
             d.timestamp_ms = ts
         d.attempt = lease.attempt
         if lease.deadline != deadline:
             deadline = lease.deadline
             deadline_ms = int((deadline + wall) * 1000)
         d.lease_deadline_ms = deadline_ms
-        headers = record_headers(msg)
         if headers:
             d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
 

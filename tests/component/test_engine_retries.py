@@ -11,7 +11,7 @@ from typing import Any
 from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import Outcome, TopicPartition
-from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN
+from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, Fetched, Retried
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.subscriptions import Router
 from tests.support.aio import async_test
@@ -24,12 +24,14 @@ WAIT = 5.0
 
 class Sent:
     def __init__(self) -> None:
-        self.sent: list[tuple[str, Any, dict[str, Any], Callable[[str | None], None]]] = []
+        self.sent: list[tuple[str, Fetched, dict[str, Any], Callable[[str | None], None]]] = []
 
-    def send(self, topic: str, msg: Any, *, kind: str, reason: str, attempts: int,
-             report: Callable[[str | None], None], extra: Sequence[tuple[str, bytes]] = ()) -> None:
-        info = {"kind": kind, "reason": reason, "attempts": attempts, **dict(extra)}
-        self.sent.append((topic, msg, info, report))
+    def send(self, topic: str, record: Fetched, *, origin: tuple[str, int, int], kind: str,
+             reason: str, attempts: int, report: Callable[[str | None], None],
+             extra: Sequence[tuple[str, bytes]] = ()) -> None:
+        info = {"origin": origin, "kind": kind, "reason": reason, "attempts": attempts,
+                **dict(extra)}
+        self.sent.append((topic, record, info, report))
 
 
 def engine(sent: Sent, sink: RecordingSink) -> Engine:
@@ -57,9 +59,10 @@ async def test_a_retry_goes_to_its_tier_topic_and_finishes_its_record_there() ->
     [lease] = e.lease(holder)
     before = time.time()
     assert e.settle(holder, [(lease.msg_id, Outcome.RETRY, None, "busy")]) == []
-    [(topic, msg, info, report)] = sent.sent
-    assert (topic, msg.offset(), info["kind"], info["attempts"]) == ("orders.retry.1s", 7,
-                                                                     "retry", 1)
+    [(topic, record, info, report)] = sent.sent
+    assert (topic, info["origin"], info["kind"], info["attempts"]) == (
+        "orders.retry.1s", ("orders", 0, 7), "retry", 1)
+    assert record == (None, b"v", None, 1_700_000_000_000)  # key, value, headers, timestamp
     assert info["reason"].endswith("busy")
     assert int(before * 1000) + 1000 <= int(info[HEADER_DUE]) <= time.time() * 1000 + 1000
     assert int(info[HEADER_FIRST_SEEN]) <= time.time() * 1000
@@ -87,9 +90,11 @@ async def test_a_record_back_from_a_retry_topic_waits_paused_then_comes_back_as_
         await _until(lambda: any(p.resume for p in sink.pauses), "the retry partition resumed")
         await _until(lambda: e.ledger.ready_count == 1, "the record due")
         [lease] = e.lease(holder)
-        msg = lease.record.payload
-        assert (msg.topic(), msg.partition(), msg.offset(), lease.attempt) == ("orders", 2, 41, 3)
-        assert msg.headers() == [("trace", b"x")]
+        back = lease.record.payload
+        assert isinstance(back, Retried)
+        assert (back.topic, back.partition, back.offset, lease.attempt) == ("orders", 2, 41, 3)
+        assert back.record == (None, b"v", [("trace", b"x")], 1_700_000_000_000)
+        assert back.first_seen_ms == 1
         assert lease.record.offset == 0  # the retry partition's own offset is what commits
     finally:
         run.cancel()

@@ -1,0 +1,60 @@
+"""A fetched message becomes a compact payload; a retry-topic record becomes the one it retries."""
+
+from __future__ import annotations
+
+import gc
+
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
+
+from coordinator.core.model import TopicPartition
+from coordinator.kafka.records import Retried, contents, fetched, origin, retried
+
+TP = TopicPartition("orders.retry.1s", 3)
+RETRY_HEADERS: list[tuple[str, str | bytes | None]] = [
+    ("trace", b"x"), ("lowwater.topic", b"orders"), ("lowwater.partition", b"2"),
+    ("lowwater.offset", b"41"), ("lowwater.attempts", b"2"), ("lowwater.reason", b"r"),
+    ("lowwater.due", b"1700000001000"), ("lowwater.first.seen", b"1700000000500")]
+
+
+def message(headers: list[tuple[str, str | bytes | None]] | None = None,
+            timestamp: tuple[int, int] = (TIMESTAMP_CREATE_TIME, 1_700_000_000_000)) -> Message:
+    return Message(topic=TP.topic, partition=TP.partition, offset=7, key=b"k", value=b"v",
+                   headers=headers, timestamp=timestamp)
+
+
+def test_a_fetched_payload_keeps_what_a_delivery_needs_and_no_coordinates() -> None:
+    payload = fetched(message([("h", b"1"), ("null", None)]))
+    assert payload == (b"k", b"v", [("h", b"1"), ("null", None)], 1_700_000_000_000)
+    assert contents(payload) is payload
+    assert origin(payload, TP, 7) == (TP.topic, TP.partition, 7)
+
+
+def test_a_record_without_headers_or_timestamp_has_none() -> None:
+    assert fetched(message(timestamp=(TIMESTAMP_NOT_AVAILABLE, 0))) == (b"k", b"v", None, None)
+
+
+def test_a_payload_without_headers_leaves_the_garbage_collector_alone() -> None:
+    payload = fetched(message())
+    gc.collect()
+    assert not gc.is_tracked(payload)  # a plain tuple of bytes, ints and None
+
+
+def test_a_retried_record_stands_for_its_original() -> None:
+    back = retried(fetched(message(RETRY_HEADERS)))
+    assert back == Retried((b"k", b"v", [("trace", b"x")], 1_700_000_000_000), "orders", 2, 41,
+                           attempts=2, due_ms=1_700_000_001_000, first_seen_ms=1_700_000_000_500)
+    assert back is not None and contents(back) is back.record
+    assert origin(back, TP, 7) == ("orders", 2, 41)
+
+
+def test_a_retried_record_without_first_seen_or_own_headers() -> None:
+    headers = [(k, v) for k, v in RETRY_HEADERS if k.startswith("lowwater.")
+               and k != "lowwater.first.seen"]
+    back = retried(fetched(message(headers)))
+    assert back is not None and (back.record[2], back.first_seen_ms) == (None, 0)
+
+
+def test_a_record_without_valid_retry_headers_is_not_a_retry() -> None:
+    assert retried(fetched(message())) is None
+    broken = [(k, b"x" if k == "lowwater.offset" else v) for k, v in RETRY_HEADERS]
+    assert retried(fetched(message(broken))) is None
