@@ -50,9 +50,11 @@ async def _slow(msg: lowwater.Message) -> None:
 
 
 def held(concurrency: int) -> int:
-    """The worker's max_in_flight for ``concurrency`` handlers at once: a quarter more (at
-    least one), so a handler that returns finds its next record waiting at the worker."""
-    return concurrency + max(1, concurrency // 4)
+    """The worker's max_in_flight for ``concurrency`` handlers at once: half as many more (at
+    least one), so a handler that returns finds its next record waiting at the worker. (At
+    512, a quarter more measured 0.887-0.917 of Little's law, half 0.917-0.918, double
+    0.922-0.929, two runs each.)"""
+    return concurrency + max(1, concurrency // 2)
 
 
 def records_for(in_flight: int, seconds: float) -> int:
@@ -191,20 +193,20 @@ def run(ctx: Context) -> Section:
         "15-20 ms. (2) A resumed partition also waits for the fetch already outstanding at "
         "the log end, librdkafka's fetch.wait.max.ms (500 ms): lowwater now sets it to "
         "100 ms unless passed through. (3) A handler that returned waited for the sidecar's "
-        "next delivery, one round trip through both event loops: with max_in_flight a "
-        "quarter above concurrency the next record is already at the worker. Before the "
+        "next delivery, one round trip through both event loops: with max_in_flight half "
+        "again above concurrency the next record is already at the worker. Before the "
         "three (the previous full run): 0.80 at 256, 0.49 at 512, 0.36 at 1024.")
-    if rate(IN_FLIGHT[-1]) / little(IN_FLIGHT[-1]) < GOAL_EFFICIENCY \
-            and IN_FLIGHT[-1] in points:
+    if IN_FLIGHT[-1] in points \
+            and rate(IN_FLIGHT[-1]) / little(IN_FLIGHT[-1]) < GOAL_EFFICIENCY:
         last = IN_FLIGHT[-1]
         notes.append(
-            f"At {last} in flight (past the goal's range) the run reads the whole topic, so "
-            "every resume of the partition waits out the fetch outstanding at the log end "
-            "(fetch.wait.max.ms), while 1,280 records in flight drain the 8,000 between the "
-            "resume mark and the pause in ~160 ms. With three times as many records in the "
-            "topic, so that the log end stays out of reach, the same point measured 0.75 "
-            "(running handlers averaged 917 of 1,024, sampled every 10 ms): a bounded burst "
-            "ends slower than a steady stream.")
+            f"At {last} in flight (past the goal's range), {rate(last) / little(last):.2f}: "
+            "this point reads the whole topic, so every resume of the partition waits for the "
+            "fetch outstanding at the log end (fetch.wait.max.ms, 100 ms), while "
+            f"{held(last):,} records in flight drain the 2,000 between the pause and the resume "
+            "mark in tens of milliseconds; and the sidecar and the worker each use about "
+            "two thirds of a core beside the broker on two cores. A bounded burst ends "
+            "slower than a steady stream.")
     plot = Plot(
         name="bench-slow-handlers",
         title="Slow handlers (20 ms each), 1 partition",
@@ -226,7 +228,7 @@ def run(ctx: Context) -> Section:
             f"Handlers that await asyncio.sleep(0.020) (20 ms of I/O), records of "
             f"{RECORD_BYTES} bytes on 1 partition of {ctx.broker}. For each number of records "
             f"in flight (handlers running at once), a fresh sidecar in a fresh group and one "
-            f"AsyncWorker with that concurrency and max_in_flight a quarter above it (at least "
+            f"AsyncWorker with that concurrency and max_in_flight half again as large (at least "
             f"one more: the records waiting at the worker for a free handler) read the first N "
             f"records, N = max({MIN_RECORDS}, {seconds:g} s × in_flight / 20 ms), timed until N "
             f"handlers have returned (and until the commits reach N; --commit-interval 100ms). "

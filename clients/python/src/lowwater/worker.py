@@ -70,8 +70,8 @@ class AsyncWorker:
             by default ``max_in_flight``. Below it, the deliveries beyond
             ``concurrency`` wait at the worker for a free handler, so a handler
             that returns finds its next message there instead of waiting for the
-            sidecar to send one: with slow handlers, ``max_in_flight`` about a
-            quarter above ``concurrency`` keeps every handler busy. A consumer
+            sidecar to send one: with slow handlers, ``max_in_flight`` about
+            half again above ``concurrency`` keeps every handler busy. A consumer
             runs no handlers and ignores it.
         worker_id: a name shown by the sidecar's status; default ``host:pid``.
         shutdown_timeout: how long a graceful shutdown waits for running
