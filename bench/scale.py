@@ -51,7 +51,7 @@ from rich.table import Table
 from bench.ceiling import CONSUMER_TUNING, _fill_with_progress
 from bench.ceiling import PARTITIONS as TOPIC_PARTITIONS
 from bench.report import Context, Goal, Plot, Section, Series
-from bench.sidecar import idle_rss, rss_kib, sidecar_args, wait_pending
+from bench.sidecar import idle_rss, rss_kib, rss_slope, sidecar_args, wait_pending
 from bench.sizing import chart_resources, quantity
 from coordinator.config.model import Settings
 from coordinator.core.ledger import Ledger
@@ -335,11 +335,8 @@ class Held:
     def marginal_bytes(self) -> float:
         """What one more pending record costs: the slope of RSS against pending records while
         the sidecar filled, past the first fifth (librdkafka's fetch queue fills first)."""
-        points = [(n, kib) for n, kib in self.curve if n >= self.pending / 5]
-        if len(points) < 3 or points[0][0] == points[-1][0]:
-            return self.gross_bytes
-        fit = statistics.linear_regression([n for n, _ in points], [kib for _, kib in points])
-        return fit.slope * 1024
+        slope = rss_slope(self.curve, self.pending)
+        return self.gross_bytes if slope is None else slope
 
     @property
     def fixed_kib(self) -> float:
