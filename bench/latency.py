@@ -67,16 +67,13 @@ class FetchSetting:
 
     name: str
     kafka: dict[str, object]
-    batch: int = CONSUME_BATCH
-    """Records per consume() call: the sidecar's --fetch-batch-size."""
 
     def flags(self) -> list[str]:
-        return sidecar_args(self.kafka, ["--fetch-batch-size", str(self.batch)])
+        return sidecar_args(self.kafka, [])
 
     def describe(self) -> str:
-        tuned = (", ".join(f"{k}={v}" for k, v in self.kafka.items())
-                 or f"lowwater's defaults (fetch.wait.max.ms={DEFAULT_FETCH_WAIT_MAX_MS})")
-        return f"{tuned}, --fetch-batch-size {self.batch}"
+        return (", ".join(f"{k}={v}" for k, v in self.kafka.items())
+                or f"lowwater's defaults (fetch.wait.max.ms={DEFAULT_FETCH_WAIT_MAX_MS})")
 
 
 SETTINGS = (
@@ -194,7 +191,8 @@ def measure_raw(bootstrap: str, setting: FetchSetting, rate: int, seconds: float
 
     def read() -> None:
         while not stop.is_set():
-            for msg in take_ready(consumer, setting.batch, POLL_TIMEOUT):
+            # CONSUME_BATCH is the sidecar's default fetch_batch_size too
+            for msg in take_ready(consumer, CONSUME_BATCH, POLL_TIMEOUT):
                 if msg.error() is None:
                     seen.append(_latency(msg.value()))
             if consumer.assignment():
