@@ -115,6 +115,9 @@ class Pause:
     points: list[tuple[TopicPartition, int]]
     """(partition, generation) pairs; a stale generation is ignored."""
     resume: bool = False
+    done: Future[Any] | None = None
+    """Set once the consumer has been told (or the points were stale): after a pause, no
+    record of those partitions fetched later reaches ``consume()``."""
 
 
 @dataclass(frozen=True)
@@ -388,9 +391,9 @@ class Fetcher:
             for tp, gen in command.points
             if self._assigned.get(tp) == gen
         ]
-        if not tps or (self._stopped_fetching and command.resume):
-            return
         try:
+            if not tps or (self._stopped_fetching and command.resume):
+                return
             if command.resume:
                 consumer.resume(tps)
                 self._fetch_now(consumer, tps)
@@ -398,6 +401,9 @@ class Fetcher:
                 consumer.pause(tps)
         except KafkaException as exc:
             log.warning("%s failed: %s", "resume" if command.resume else "pause", exc)
+        finally:
+            if command.done is not None:
+                command.done.set_result(None)
 
     @staticmethod
     def _fetch_now(consumer: Consumer, tps: list[KafkaTopicPartition]) -> None:

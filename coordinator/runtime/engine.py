@@ -65,6 +65,9 @@ HANDOFF_RETRY_S = 1.0
 """Seconds before a hand-off whose produce failed is tried again (the record stays pending)."""
 SEEK_TIMEOUT = 10.0
 """Seconds an operator's seek waits for the consumer thread to move the partition."""
+PAUSE_TIMEOUT = 10.0
+"""Seconds an operator's pause waits for the consumer thread to pause the partitions (it
+serves commands between fetches: within 20 ms when all is well)."""
 
 
 class SeekRefused(OperatorRefused):
@@ -469,16 +472,26 @@ class Engine:
         if answer is not None and not answer.done():
             answer.set_result(Sought(before, dropped))
 
-    def pause(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
+    async def pause(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
         """An operator pauses fetching from ``tps``; returns those not assigned here (they
-        are paused too, should they be assigned later)."""
+        are paused too, should they be assigned later).
+
+        Returns once the consumer thread has paused them (at most PAUSE_TIMEOUT), so
+        that a record produced after the call is not fetched: the consumer thread serves
+        commands between fetches, and a fetch returning meanwhile would bring it."""
         tps = list(dict.fromkeys(tps))
         self.operator_paused.update(tps)
         parts = self.ledger.partitions
         points = [(tp, parts[tp].generation) for tp in tps if tp in parts]
         if points:
             flow_log.info("pausing %s (operator)", points)
-            self._commands.submit(Pause(points))
+            done: Future[Any] = Future()
+            self._commands.submit(Pause(points, done=done))
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(done), PAUSE_TIMEOUT)
+            except TimeoutError:
+                flow_log.warning("the consumer thread has not paused %s after %.0f s",
+                                 points, PAUSE_TIMEOUT)
         return [tp for tp in tps if tp not in parts]
 
     def resume(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:

@@ -79,7 +79,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.PausePartitionsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.PausePartitionsResponse:
         tps = await _partitions(request.partitions, context)
-        return admin_pb2.PausePartitionsResponse(not_assigned=_refs(self._engine.pause(tps)))
+        return admin_pb2.PausePartitionsResponse(
+            not_assigned=_refs(await self._engine.pause(tps)))
 
     async def ResumePartitions(
         self, request: admin_pb2.ResumePartitionsRequest, context: grpc.aio.ServicerContext

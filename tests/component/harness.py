@@ -81,7 +81,7 @@ class FakeMessage:
 
 @dataclass
 class RecordingSink:
-    """Stands in for the fetcher: records commits and pauses; answers sync commits."""
+    """Stands in for the fetcher: records commits and pauses; answers those that wait."""
 
     commits: list[Commit] = field(default_factory=list)
     pauses: list[Pause] = field(default_factory=list)
@@ -93,6 +93,8 @@ class RecordingSink:
                 command.done.set_result(True)
         else:
             self.pauses.append(command)
+            if command.done is not None:
+                command.done.set_result(None)
 
     def committed_offsets(self) -> dict[TopicPartition, int]:
         """The latest offset handed out per partition."""
