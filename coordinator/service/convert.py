@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
-from coordinator.kafka.records import Payload, Retried
+from coordinator.kafka.records import Fetched, Payload, Retried
 from coordinator.runtime.engine import PendingView, Settlement, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
 from lowwater.v1 import admin_pb2
@@ -109,6 +109,77 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
         d.lease_deadline_ms = deadline_ms
         if headers:
             d.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+
+
+def _runs(leases: list[Lease]) -> Iterator[list[Lease]]:
+    """``leases`` cut into the runs one DeliveryBatch each carries: consecutive msg_ids of
+    records fetched from one partition, sharing a deadline. A record back from a retry topic
+    goes alone: its topic, partition and offset are its original's."""
+    start, part, expect, deadline = 0, None, -1, 0.0
+    for i, lease in enumerate(leases):
+        rec = lease.record
+        if rec.part is not part or lease.msg_id != expect or lease.deadline != deadline \
+                or type(rec.payload) is not tuple:
+            if i > start:
+                yield leases[start:i]
+            start, part, deadline = i, rec.part, lease.deadline
+            if type(rec.payload) is not tuple:
+                part = None  # a retried record: nothing joins it
+        expect = lease.msg_id + 1
+    if leases:
+        yield leases[start:]
+
+
+def add_batches(target: Iterable[pb.DeliveryBatch], leases: list[Lease]) -> None:
+    """Appends the DeliveryBatch messages that carry ``leases`` to a repeated field
+    (``resp.batches``): what :func:`add_deliveries` says, field by field.
+
+    Each field is built from a list in one call, so the cost per record is a few list
+    comprehensions rather than a protobuf message (several times less, measured).
+    """
+    add = target.add  # type: ignore[attr-defined]
+    wall = time.time() - time.monotonic()
+    for run in _runs(leases):
+        first = run[0]
+        recs = [lease.record for lease in run]
+        b = add()
+        b.first_msg_id = first.msg_id
+        b.lease_deadline_ms = int((first.deadline + wall) * 1000)
+        payload: Payload = recs[0].payload  # type: ignore[assignment]  # what intake put there
+        if isinstance(payload, Retried):  # alone in its run
+            b.topic, b.partition = payload.topic, payload.partition
+            b.offsets.append(payload.offset)
+            contents: list[Fetched] = [payload.record]
+        else:
+            tp = recs[0].part.tp
+            b.topic, b.partition = tp.topic, tp.partition
+            b.offsets.extend([rec.offset for rec in recs])
+            contents = [rec.payload for rec in recs]  # type: ignore[misc]  # Fetched, by _runs
+        b.values.extend([value or b"" for _, value, _, _ in contents])
+        b.timestamps_ms.extend([ts or 0 for _, _, _, ts in contents])
+        b.attempts.extend([lease.attempt for lease in run])
+        keys = [key for key, _, _, _ in contents]
+        if keys.count(None) != len(keys):
+            b.null_keys.extend([i for i, key in enumerate(keys) if key is None])
+            b.keys.extend([b"" if key is None else key for key in keys])
+        for i, (_, _, headers, _) in enumerate(contents):
+            if headers:
+                h = b.headers.add()
+                h.index = i
+                h.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+
+
+Fill = Callable[[pb.StreamResponse, list[Lease]], None]
+"""Puts the deliveries of leases into a stream response: :func:`deliveries_into` or
+:func:`batches_into`, the form a worker asks for when it opens its stream."""
+
+
+def deliveries_into(resp: pb.StreamResponse, leases: list[Lease]) -> None:
+    add_deliveries(resp.deliveries, leases)
+
+
+def batches_into(resp: pb.StreamResponse, leases: list[Lease]) -> None:
+    add_batches(resp.batches, leases)
 
 
 def duration(seconds: float) -> Duration:

@@ -19,9 +19,11 @@ from typing import Any
 
 import grpc
 
+from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus
 from coordinator.runtime.engine import DELIVERY_BATCH, Draining, Engine, Revoking, Session
 from coordinator.service import convert
+from coordinator.service.convert import Fill
 from coordinator.service.errors import invalid_argument, limit_exceeded, unavailable
 from coordinator.service.limits import Limits
 from lowwater.v1 import coordinator_pb2 as pb
@@ -34,9 +36,6 @@ DELIVERY_MESSAGE_BYTES = 1024 * 1024
 """Deliveries are packed into one stream message up to this size; a lone bigger record goes
 alone, up to ``max_send_message_bytes``. 1 MiB holds a full batch of 500 records of 2 KiB,
 so batching loses nothing, and keeps the message a worker that stops reading holds small."""
-DELIVERY_FRAMING = 6
-"""Bytes a delivery adds to a stream message beyond its own size, at most: its field tag and
-length (a message under 4 GiB)."""
 
 
 class Stalled(Exception):
@@ -113,7 +112,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await self._send(context, session, pb.StreamResponse(opened=pb.StreamOpened(
                 stream_id=session.stream_id, lease=self._lease, max_lease=self._max_lease,
                 max_settlement_batch=limits.max_settlement_batch)))
-            await self._write(context, session, reader)
+            fill = convert.batches_into if first.open.delivery_batches else convert.deliveries_into
+            await self._write(context, session, reader, fill)
         except Stalled:
             # Its leases go elsewhere now. The abort itself waits until the worker reads what
             # was sent or goes away (gRPC sends the status after the data): until then the
@@ -195,7 +195,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         session.writes += 1
 
     async def _write(self, context: grpc.aio.ServicerContext, session: Session,
-                     reader: asyncio.Future[grpc.Status | None]) -> None:
+                     reader: asyncio.Future[grpc.Status | None], fill: Fill) -> None:
+        """Sends the stream's notices, answers and deliveries until ``reader`` ends; ``fill``
+        puts deliveries into a response, in the form the worker asked for."""
         engine, limits = self._engine, self._limits
         while True:
             await session.wake.wait()
@@ -225,7 +227,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     session.wake.set()
             leases = engine.lease(session.holder, DELIVERY_BATCH)
             if leases:
-                convert.add_deliveries(resp.deliveries, leases)
+                fill(resp, leases)
                 if len(leases) == DELIVERY_BATCH:
                     session.wake.set()  # there may be more, and credit for it
             if not (leases or resp.rejected):
@@ -235,29 +237,36 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if size <= min(DELIVERY_MESSAGE_BYTES, limits.max_send_message_bytes):
                 await self._send(context, session, resp, size)
                 continue
-            for message in self._split(session, resp):
+            for message in self._split(session, resp.rejected, leases, fill):
                 await self._send(context, session, message)
 
-    def _split(self, session: Session, resp: pb.StreamResponse) -> list[pb.StreamResponse]:
-        """``resp`` as messages of at most :data:`DELIVERY_MESSAGE_BYTES`, or one delivery
-        within ``max_send_message_bytes``. A delivery over that is not sent: it is answered
-        RETRY for the worker (the retry policy decides)."""
+    def _split(self, session: Session, rejected: Any, leases: list[Lease],
+               fill: Fill) -> list[pb.StreamResponse]:
+        """The answers ``rejected`` and the deliveries of ``leases`` as messages of at most
+        :data:`DELIVERY_MESSAGE_BYTES`, or one delivery within ``max_send_message_bytes``. A
+        delivery over that is not sent: it is answered RETRY for the worker (the retry policy
+        decides)."""
         limit = self._limits.max_send_message_bytes
         pack = min(DELIVERY_MESSAGE_BYTES, limit)
-        out = [pb.StreamResponse(rejected=resp.rejected)]
+        out = [pb.StreamResponse(rejected=rejected)]
         size = out[0].ByteSize()
+        group: list[Lease] = []
         too_big: list[tuple[int, Outcome | None, float | None, str]] = []
-        for delivery in resp.deliveries:
-            cost = delivery.ByteSize() + DELIVERY_FRAMING
+        for lease in leases:
+            alone = pb.StreamResponse()
+            fill(alone, [lease])
+            cost = alone.ByteSize()  # an upper bound of what it adds to a message
             if cost > limit:
-                too_big.append((delivery.msg_id, Outcome.RETRY, None,
+                too_big.append((lease.msg_id, Outcome.RETRY, None,
                                 f"its delivery ({cost} bytes) exceeds max_send_message_bytes"))
                 continue
             if size and size + cost > pack:
+                fill(out[-1], group)
                 out.append(pb.StreamResponse())
-                size = 0
-            out[-1].deliveries.append(delivery)
+                group, size = [], 0
+            group.append(lease)
             size += cost
+        fill(out[-1], group)
         if too_big:
             session.delivered -= len(too_big)
             self.refused["max_send_message_bytes"] = (
@@ -266,7 +275,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                                " them: %s", len(too_big), limit,
                                ", ".join(str(m) for m, *_ in too_big[:10]))
             self._engine.settle(session.holder, too_big)
-        return [m for m in out if m.deliveries or m.rejected]
+        return [m for m in out if m.deliveries or m.batches or m.rejected]
 
     @contextlib.asynccontextmanager
     async def _unary_slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:

@@ -51,7 +51,7 @@ def due_for_extension(
     for msg in messages:
         deadline = getattr(msg, "_deadline", 0.0)
         if not deadline:
-            delivered = msg._delivery.lease_deadline_ms / 1000 - offset
+            delivered = msg._batch.lease_deadline_ms / 1000 - offset
             deadline = msg._deadline = min(delivered, msg._received + lease)
         if deadline - now > threshold:
             continue

@@ -17,7 +17,7 @@ from lowwater._leases import due_for_extension, lease_tick
 from lowwater._outbox import Outbox
 from lowwater._settings import Settings
 from lowwater.errors import ConnectionLost, SidecarRejected
-from lowwater.message import Message
+from lowwater.message import Batch, Message, from_delivery
 from lowwater.outcomes import Outcome
 from lowwater.v1 import coordinator_pb2 as pb
 from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
@@ -262,7 +262,8 @@ class Session:
         max_messages, max_bytes = self._limits
         flow = pb.FlowControl(max_in_flight_messages=max_messages, max_in_flight_bytes=max_bytes)
         request = pb.StreamRequest(
-            open=pb.OpenStream(worker_id=self._settings.worker_id, flow_control=flow)
+            open=pb.OpenStream(worker_id=self._settings.worker_id, flow_control=flow,
+                              delivery_batches=True)
         )
         try:
             await call.write(request)
@@ -306,13 +307,17 @@ class Session:
             handle(response)
 
     def _handle(self, response: pb.StreamResponse) -> None:
-        deliveries = response.deliveries
-        if deliveries:
+        deliveries, batches = response.deliveries, response.batches
+        if deliveries or batches:
             if self._closing:
-                _log.debug("ignoring %d deliveries that arrived while closing", len(deliveries))
+                _log.debug("ignoring deliveries that arrived while closing")
             else:
                 now = time.monotonic()
-                batch = [Message(self, d, now) for d in deliveries]
+                batch = [from_delivery(self, d, now) for d in deliveries]
+                for b in batches:
+                    records, first = Batch.of_batch(b), b.first_msg_id
+                    batch += [Message(self, records, i, first + i, now)
+                              for i in range(len(records))]
                 outstanding = self._outstanding
                 for msg in batch:
                     outstanding[msg._id] = msg

@@ -30,6 +30,54 @@ def _datetime_from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+class Batch:
+    """The records of one DeliveryBatch (or of one Delivery), as Python lists: what the
+    messages of the batch read their fields from. Internal.
+
+    The lists are taken from the protobuf message in one call each, so a message costs a
+    reference and an index rather than a copy of its fields.
+    """
+
+    __slots__ = ("attempts", "headers", "keys", "lease_deadline_ms", "offsets", "partition",
+                 "timestamps_ms", "topic", "values")
+
+    def __init__(self, topic: str, partition: int, offsets: list[int], values: list[bytes],
+                 keys: list[bytes | None] | None, headers: dict[int, tuple[tuple[str, bytes], ...]],
+                 timestamps_ms: list[int], attempts: list[int], lease_deadline_ms: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets
+        self.values = values
+        self.keys = keys
+        """None when every key is null."""
+        self.headers = headers
+        """By index, only the records that have headers."""
+        self.timestamps_ms = timestamps_ms
+        self.attempts = attempts
+        self.lease_deadline_ms = lease_deadline_ms
+
+    @classmethod
+    def of_batch(cls, b: pb.DeliveryBatch) -> Batch:
+        keys: list[bytes | None] | None = None
+        if b.keys:
+            keys = list(b.keys)
+            for i in b.null_keys:
+                keys[i] = None
+        headers = {h.index: tuple((x.key, x.value) for x in h.headers) for h in b.headers}
+        return cls(b.topic, b.partition, list(b.offsets), list(b.values), keys, headers,
+                   list(b.timestamps_ms), list(b.attempts), b.lease_deadline_ms)
+
+    @classmethod
+    def of_delivery(cls, d: pb.Delivery) -> Batch:
+        headers = {0: tuple((h.key, h.value) for h in d.headers)} if d.headers else {}
+        return cls(d.topic, d.partition, [d.offset], [d.value],
+                   [d.key] if d.HasField("key") else None, headers, [d.timestamp_ms],
+                   [d.attempt], d.lease_deadline_ms)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
 class Message:
     """One delivery of one record, and the handle to settle it.
 
@@ -47,17 +95,18 @@ class Message:
     Messages are created by the SDK (or by :func:`lowwater.testing.make_message`).
     """
 
-    __slots__ = ("_deadline", "_delivery", "_headers", "_id", "_received", "_settled", "_settler")
+    __slots__ = ("_batch", "_deadline", "_i", "_id", "_received", "_settled", "_settler")
 
     _deadline: float
     """Local (monotonic) estimate of the lease deadline; set by the session when first needed."""
-    _headers: tuple[tuple[str, bytes], ...]
-    """The headers as a tuple; set on first use."""
 
-    def __init__(self, settler: Settler, delivery: pb.Delivery, received: float) -> None:
+    def __init__(self, settler: Settler, batch: Batch, index: int, msg_id: int,
+                 received: float) -> None:
         self._settler = settler
-        self._delivery = delivery
-        self._id: int = delivery.msg_id
+        self._batch = batch
+        self._i = index
+        """Its record's place in ``batch``."""
+        self._id = msg_id
         self._received = received
         """When it arrived, ``time.monotonic()`` seconds."""
         self._settled = False
@@ -71,47 +120,48 @@ class Message:
 
     @property
     def topic(self) -> str:
-        return self._delivery.topic
+        return self._batch.topic
 
     @property
     def partition(self) -> int:
-        return self._delivery.partition
+        return self._batch.partition
 
     @property
     def offset(self) -> int:
         """The record's position in its partition."""
-        return self._delivery.offset
+        return self._batch.offsets[self._i]
 
     @property
     def key(self) -> bytes | None:
         """The record key; None for a null key."""
-        d = self._delivery
-        return d.key if d.HasField("key") else None
+        keys = self._batch.keys
+        return None if keys is None else keys[self._i]
 
     @property
     def value(self) -> bytes:
-        return self._delivery.value
+        return self._batch.values[self._i]
 
     @property
     def headers(self) -> tuple[tuple[str, bytes], ...]:
         """The record headers in order, as (key, value) pairs; keys may repeat."""
-        try:
-            return self._headers
-        except AttributeError:
-            headers = tuple((h.key, h.value) for h in self._delivery.headers)
-            self._headers = headers
-            return headers
+        return self._batch.headers.get(self._i, ())
 
     @property
     def timestamp(self) -> datetime | None:
-        """The record timestamp (UTC), or None when unknown."""
-        ms = self._delivery.timestamp_ms
-        return _datetime_from_ms(ms) if ms else None
+        """The record timestamp (UTC), or None when unknown or past what a datetime holds
+        (a producer may set any 64-bit value; year 10000 is past it)."""
+        ms = self._batch.timestamps_ms[self._i]
+        if not ms:
+            return None
+        try:
+            return _datetime_from_ms(ms)
+        except (ValueError, OverflowError, OSError):
+            return None
 
     @property
     def attempt(self) -> int:
         """1 on the first delivery, incremented on every redelivery."""
-        return self._delivery.attempt
+        return self._batch.attempts[self._i]
 
     @property
     def lease_deadline(self) -> datetime:
@@ -120,13 +170,13 @@ class Message:
         Extensions, automatic or by :meth:`extend`, move the real deadline; this
         value keeps the one the delivery carried.
         """
-        return _datetime_from_ms(self._delivery.lease_deadline_ms)
+        return _datetime_from_ms(self._batch.lease_deadline_ms)
 
     @property
     def size(self) -> int:
         """Key plus value bytes: what counts against ``max_in_flight_bytes``."""
-        d = self._delivery
-        return len(d.value) + len(d.key)
+        key = self.key
+        return len(self._batch.values[self._i]) + (len(key) if key else 0)
 
     @property
     def settled(self) -> bool:
@@ -134,10 +184,9 @@ class Message:
         return self._settled
 
     def __repr__(self) -> str:
-        d = self._delivery
         return (
-            f"Message(msg_id={self._id}, topic={d.topic!r}, partition={d.partition},"
-            f" offset={d.offset}, attempt={d.attempt})"
+            f"Message(msg_id={self._id}, topic={self.topic!r}, partition={self.partition},"
+            f" offset={self.offset}, attempt={self.attempt})"
         )
 
     # -- settling ---------------------------------------------------------
@@ -218,3 +267,8 @@ def _seconds(name: str, value: timedelta) -> float:
     if value < timedelta(0):
         raise ValueError(f"{name} must not be negative, got {value}")
     return value.total_seconds()
+
+
+def from_delivery(settler: Settler, delivery: pb.Delivery, received: float) -> Message:
+    """The message of one Delivery. Internal."""
+    return Message(settler, Batch.of_delivery(delivery), 0, delivery.msg_id, received)

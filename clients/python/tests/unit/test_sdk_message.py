@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lowwater import AlreadySettled, Message
+from lowwater import AlreadySettled
+from lowwater.message import from_delivery
 from lowwater.testing import RecordingSettler, make_message
 from lowwater.v1 import coordinator_pb2 as pb
 
@@ -28,7 +29,7 @@ def _delivery(**overrides: object) -> pb.Delivery:
 
 
 def test_fields_are_plain_python() -> None:
-    msg = Message(RecordingSettler(), _delivery(key=b"k"), 0.0)
+    msg = from_delivery(RecordingSettler(), _delivery(key=b"k"), 0.0)
     assert msg.msg_id == 2**64 - 1
     assert (msg.topic, msg.partition, msg.offset) == ("sms", 3, 12345678901)
     assert msg.key == b"k"
@@ -43,10 +44,16 @@ def test_fields_are_plain_python() -> None:
 
 
 def test_null_key_empty_key_and_unknown_timestamp() -> None:
-    assert Message(RecordingSettler(), _delivery(), 0.0).key is None
-    assert Message(RecordingSettler(), _delivery(key=b""), 0.0).key == b""
-    assert Message(RecordingSettler(), _delivery(timestamp_ms=0), 0.0).timestamp is None
-    assert Message(RecordingSettler(), _delivery(headers=[]), 0.0).headers == ()
+    assert from_delivery(RecordingSettler(), _delivery(), 0.0).key is None
+    assert from_delivery(RecordingSettler(), _delivery(key=b""), 0.0).key == b""
+    assert from_delivery(RecordingSettler(), _delivery(timestamp_ms=0), 0.0).timestamp is None
+    assert from_delivery(RecordingSettler(), _delivery(headers=[]), 0.0).headers == ()
+
+
+@pytest.mark.parametrize("ms", [253_402_300_800_000, 2**63 - 1, -(2**63)])
+def test_a_timestamp_no_datetime_can_hold_reads_as_unknown(ms: int) -> None:
+    """A producer may set any 64-bit timestamp; reading it must not fail the handler."""
+    assert from_delivery(RecordingSettler(), _delivery(timestamp_ms=ms), 0.0).timestamp is None
 
 
 def test_fields_are_read_only() -> None:

@@ -15,6 +15,7 @@ from lowwater._outbox import (
     MAX_SETTLEMENTS_PER_REQUEST,
     Outbox,
 )
+from lowwater.message import from_delivery
 from lowwater.outcomes import MAX_REASON_CHARS, Outcome
 from lowwater.testing import RecordingSettler
 from lowwater.v1 import coordinator_pb2 as pb
@@ -81,7 +82,7 @@ def test_long_reasons_and_many_extensions_are_split_below_the_sidecar_size_limit
 
 def _msg(msg_id: int, received: float, deadline_ms: int) -> Message:
     delivery = pb.Delivery(msg_id=msg_id, topic="t", lease_deadline_ms=deadline_ms)
-    return Message(RecordingSettler(), delivery, received)
+    return from_delivery(RecordingSettler(), delivery, received)
 
 
 def test_leases_are_extended_past_two_thirds() -> None:

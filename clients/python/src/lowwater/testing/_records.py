@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from lowwater.message import Message
+from lowwater.message import Message, from_delivery
 from lowwater.outcomes import Outcome
 from lowwater.v1 import coordinator_pb2 as pb
 
@@ -130,4 +130,4 @@ def make_message(
     if key is not None:
         delivery.key = key
     settler = settler if settler is not None else RecordingSettler()
-    return Message(settler, delivery, 0.0), settler
+    return from_delivery(settler, delivery, 0.0), settler
