@@ -311,11 +311,23 @@ class Sidecar:
         log.info("serving on %s%s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}", _security(settings))
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
+        self._timers.add_done_callback(self._task_ended)
         if self.store is not None:
             log.info("writing pending sets to %s every %s (instance %s)",
                      redact_url(settings.redis_url or ""), settings.redis_interval,
                      self.store.instance)
             self._store_task = asyncio.create_task(self.store.run(), name="lowwater-redis")
+            self._store_task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A task that runs until the sidecar closes ended: on its own, it failed (a bug).
+        Leases would stop expiring, commits or snapshots stop: say so and shut down."""
+        if task.cancelled() or task.exception() is None or self._closing is not None:
+            return
+        error = task.exception()
+        log.error("%s failed; shutting down", task.get_name(), exc_info=error)
+        self.failure = f"{task.get_name()} failed: {error!r}"
+        self.request_close()
 
     def health_name(self) -> str:
         return "SERVING" if self._serving() else "NOT_SERVING"
