@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import itertools
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from coordinator.core.model import SettleStatus
@@ -53,8 +54,11 @@ class LeaseTable(Generic[R, H]):
     def __init__(self, *, remember: int = RECENT_IDS_REMEMBERED) -> None:
         if remember < 0:
             raise ValueError("remember must not be negative")
-        self._ids = itertools.count(1)
         self._active: dict[int, Lease[R, H]] = {}
+        self._blocks: dict[int, tuple[object, int, float]] = {}
+        """First msg_id -> (block, its count of ids, its deadline): see :meth:`grant_block`."""
+        self._block_starts: list[int] = []
+        """The first msg_ids of the blocks, increasing; released ones linger until compacted."""
         self._expiry: list[tuple[float, int, int]] = []
         """(deadline, first msg_id, last msg_id): one entry per batch of leases."""
         self._other: OrderedDict[int, SettleStatus] = OrderedDict()
@@ -71,13 +75,47 @@ class LeaseTable(Generic[R, H]):
         With ``watch=False`` the caller promises to :meth:`watch` the id's
         deadline itself, typically once for a whole batch.
         """
-        msg_id = next(self._ids)
-        self._issued = msg_id
+        msg_id = self._issued = self._issued + 1
         lease = Lease(msg_id, record, holder, deadline, attempt, granted)
         self._active[msg_id] = lease
         if watch:
             heapq.heappush(self._expiry, (deadline, msg_id, msg_id))
         return lease
+
+    def grant_block(self, block: object, count: int, deadline: float) -> int:
+        """Issues ``count`` consecutive msg_ids to ``block`` (the owner's object: a run of
+        records leased as one) until ``deadline``; returns the first. The block's ids hold no
+        :class:`Lease` each: :meth:`block` finds the block of an id, and :meth:`take_lapsed`
+        reports it once its deadline passes. The caller watches the deadline, as with
+        ``grant(watch=False)``."""
+        first = self._issued + 1
+        self._issued += count
+        self._blocks[first] = (block, count, deadline)
+        self._block_starts.append(first)
+        return first
+
+    def block(self, msg_id: int) -> tuple[object, int] | None:
+        """(block, its first msg_id) of the unreleased block that issued ``msg_id``."""
+        starts = self._block_starts
+        i = bisect.bisect_right(starts, msg_id) - 1
+        if i < 0:
+            return None
+        first = starts[i]
+        found = self._blocks.get(first)
+        if found is None or msg_id >= first + found[1]:
+            return None
+        return found[0], first
+
+    def release_block(self, first: int, why: SettleStatus, ids: Iterable[int] = ()) -> None:
+        """Releases the block issued from ``first``; later settlements of ``ids`` (its ids not
+        released otherwise) are answered ``why``, the others ALREADY_SETTLED."""
+        del self._blocks[first]
+        if why is not SettleStatus.ALREADY_SETTLED:
+            for msg_id in ids:
+                self._remember_other(msg_id, why)
+        starts = self._block_starts
+        if len(starts) > 2 * len(self._blocks) + 64:
+            self._block_starts = sorted(self._blocks)
 
     def watch(self, deadline: float, first_id: int, last_id: int) -> None:
         """Watches the deadline of the msg_ids ``first_id..last_id`` (inclusive) at once."""
@@ -90,10 +128,18 @@ class LeaseTable(Generic[R, H]):
         """Removes ``lease``; later settlements of its msg_id are answered ``why``."""
         del self._active[lease.msg_id]
         if why is not SettleStatus.ALREADY_SETTLED:
-            other = self._other
-            other[lease.msg_id] = why
-            if len(other) > self._remember:
-                other.popitem(last=False)
+            self._remember_other(lease.msg_id, why)
+
+    def adopt(self, lease: Lease[R, H]) -> None:
+        """Tracks ``lease``, for an id of a block (see :meth:`grant_block`) that now goes its
+        own way; the block's deadline watch covers it."""
+        self._active[lease.msg_id] = lease
+
+    def _remember_other(self, msg_id: int, why: SettleStatus) -> None:
+        other = self._other
+        other[msg_id] = why
+        if len(other) > self._remember:
+            other.popitem(last=False)
 
     def extend(self, lease: Lease[R, H], deadline: float) -> None:
         lease.deadline = deadline
@@ -107,24 +153,36 @@ class LeaseTable(Generic[R, H]):
 
     def lapsed(self, now: float) -> list[Lease[R, H]]:
         """The active leases whose deadline is at or before ``now``, earliest first."""
+        return self.take_lapsed(now)[0]
+
+    def take_lapsed(self, now: float) -> tuple[list[Lease[R, H]], list[object]]:
+        """The active leases and the blocks whose deadline is at or before ``now``, earliest
+        first; their deadlines are no longer watched."""
         out: dict[int, Lease[R, H]] = {}  # an id extended to the same deadline has 2 entries
-        heap, active = self._expiry, self._active
+        blocks: list[object] = []
+        heap, active, granted = self._expiry, self._active, self._blocks
         while heap and heap[0][0] <= now:
             deadline, first, last = heapq.heappop(heap)
             for msg_id in range(first, last + 1):
                 lease = active.get(msg_id)
                 if lease is not None and lease.deadline == deadline:
                     out[msg_id] = lease
-        return list(out.values())
+                found = granted.get(msg_id)  # a block's first id may have gone its own way
+                if found is not None and found[2] == deadline:
+                    blocks.append(found[0])
+        return list(out.values()), blocks
 
     def next_deadline(self) -> float | None:
         """The earliest deadline still in the heap (may belong to a released lease)."""
-        heap, active = self._expiry, self._active
+        heap, active, granted = self._expiry, self._active, self._blocks
         while heap:
             deadline, first, last = heap[0]
             for msg_id in range(first, last + 1):
                 lease = active.get(msg_id)
                 if lease is not None and lease.deadline == deadline:
+                    return deadline
+                found = granted.get(msg_id)
+                if found is not None and found[2] == deadline:
                     return deadline
             heapq.heappop(heap)
         return None

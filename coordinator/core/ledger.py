@@ -11,6 +11,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable
+from typing import cast
 
 from coordinator.core.flow import Credits, GateChange, PauseGate
 from coordinator.core.leases import RECENT_IDS_REMEMBERED, LeaseTable
@@ -35,6 +36,7 @@ from coordinator.core.records import (
     LeaseTimes,
     PartitionState,
     Record,
+    Run,
     State,
 )
 
@@ -56,11 +58,20 @@ __all__ = [
     "Ledger",
     "PartitionState",
     "Record",
+    "Run",
     "State",
 ]
 
 PULL_HOLDER_MAX_IN_FLIGHT = 100_000
 """Outstanding deliveries allowed per Pull caller; leases lapse if it never acknowledges."""
+
+
+def _msg_id(lease: Lease) -> int:
+    return lease.msg_id
+
+
+def _deadline_then_id(lease: Lease) -> tuple[float, int]:
+    return lease.deadline, lease.msg_id
 
 
 class OperatorRefused(Exception):
@@ -103,8 +114,11 @@ class Ledger:
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.holders: dict[str, Holder] = {}
         self._table: LeaseTable[Record, Holder] = LeaseTable(remember=remember)
-        self._ready: deque[Record] = deque()
+        self._ready: deque[Record | Run] = deque()
         self.ready_count = 0
+        """READY records, a READY run counting for each of its members."""
+        self._run_leased = 0
+        """Members of leased runs still in them: leases without a Lease object."""
         self._delayed: list[tuple[float, int, Record]] = []
         self._seq = itertools.count()
         self._generations = itertools.count(1)
@@ -173,8 +187,9 @@ class Ledger:
             if part is None or part.revoking:
                 continue
             part.revoking = True
+            self._set_runs_apart(part)
             for rec in part.records.values():
-                if rec.state is LEASED and rec.lease is not None:
+                if isinstance(rec, Record) and rec.state is LEASED and rec.lease is not None:
                     notify.setdefault(rec.lease.holder.name, []).append(rec.lease.msg_id)
         return notify
 
@@ -201,6 +216,7 @@ class Ledger:
         return final
 
     def _drop(self, part: PartitionState) -> None:
+        self._set_runs_apart(part)
         part.revoking = part.revoked = True
         part.busy.clear()
         part.waiting.clear()
@@ -210,6 +226,11 @@ class Ledger:
                     self._answered(holder, msg_id)
         queued = 0
         for rec in part.records.values():
+            if isinstance(rec, Run):  # a queued one: leased ones were set apart
+                if rec.state is READY:
+                    queued += rec.open
+                    rec.state = DONE
+                continue
             if rec.state is LEASED and rec.lease is not None:
                 self._unlease(rec.lease, SettleStatus.STALE)
             elif rec.state is READY:
@@ -278,6 +299,32 @@ class Ledger:
             self._check_gate(part)
         return True
 
+    def add_run(self, part: PartitionState, offsets: list[int], payloads: list[object],
+                sizes: list[int], now: float) -> bool:
+        """Records fetched in a row from ``part`` (increasing ``offsets``, and a payload and a
+        size each) that have nothing of their own: no TTL, no ordering key, not back from a
+        retry topic. They are kept as one :class:`Run` while they share one fate, which costs
+        a fraction of a record each; what :meth:`add_to` does for them is the same otherwise.
+        False (and ignored) if ``part`` is being revoked.
+
+        Raises:
+            ValueError: as :meth:`add`.
+        """
+        if part.revoking:
+            return False
+        if part.skip is not None or part.at_most_once:  # records of their own, one by one
+            for offset, payload, size in zip(offsets, payloads, sizes, strict=True):
+                self.add_to(part, offset, size, payload, now)
+            return True
+        run = Run(part, offsets, payloads, sizes, now)
+        part.offsets.fetched_run(offsets, run)
+        self._ready.append(run)
+        self.ready_count += len(offsets)
+        gate = part.gate
+        if not gate.paused and len(part.records) >= gate.cap:
+            self._check_gate(part)
+        return True
+
     def skip(self, tp: TopicPartition, offset: int) -> None:
         """An operator finishes the pending record at ``offset`` without a worker (a poison
         record that no attempt gets past). Its lease, if any, is released: a later
@@ -291,10 +338,11 @@ class Ledger:
         part = self.partitions.get(tp)
         if part is None or part.revoking or part.revoked:
             raise SkipRefused("the partition is not assigned here", missing=True)
-        rec = part.records.get(offset)
-        if rec is None:
+        found = part.records.get(offset)
+        if found is None:
             raise SkipRefused("no record is pending at that offset (finished, or not fetched "
                               "yet)", missing=True)
+        rec = self._apart(found, offset)
         state = rec.state
         if state is LEASED:
             if rec.lease is not None:
@@ -347,7 +395,9 @@ class Ledger:
         holder = self.holders.pop(name, None)
         if holder is None:
             return 0
-        leases = list(holder.leases.values())
+        for run in list(holder.runs.values()):
+            self._set_run_apart(run)
+        leases = sorted(holder.leases.values(), key=_msg_id)  # in the order they were granted
         for lease in leases:
             self._lapse(lease, "its stream closed", now)
         holder.lapsed.clear()
@@ -357,17 +407,41 @@ class Ledger:
         """Forgets the Pull holders that hold no lease: they have no other state, and the
         next Pull of their worker opens one again. Without this, a client inventing worker
         ids would grow the holders without bound. Returns how many were dropped."""
-        idle = [name for name, h in self.holders.items() if h.pull and not h.leases]
+        idle = [name for name, h in self.holders.items()
+                if h.pull and not h.leases and not h.runs]
         for name in idle:
             del self.holders[name]
         return len(idle)
 
-    def lease(self, holder: Holder, now: float, limit: int) -> list[Lease]:
-        """Leases ready records to ``holder``, within its credits and ``limit``.
+    def lease_of(self, msg_id: int) -> Lease | None:
+        """The lease ``msg_id`` names, if it is outstanding: its own, or a read-only view of
+        a leased run's member."""
+        lease = self._table.get(msg_id)
+        if lease is not None:
+            return lease
+        found = self._member(msg_id)
+        if found is None:
+            return None
+        run, i = found
+        return run.view(run.offsets[i]).lease
 
+    @staticmethod
+    def holder_msg_ids(holder: Holder) -> list[int]:
+        """The msg_ids ``holder`` holds leases for, lowest first."""
+        ids = list(holder.leases)
+        for first, run in holder.runs.items():
+            done = run.done
+            ids += [first + i for i in range(len(run.offsets)) if done is None or not done[i]]
+        return sorted(ids)
+
+    def lease(self, holder: Holder, now: float, limit: int) -> list[Lease | Run]:
+        """Leases ready records to ``holder``, within its credits and ``limit`` (records).
+
+        Returns a Lease per record leased on its own and the runs leased whole (their
+        members' msg_ids are the run's ``msg_id`` on); :func:`leased_count` counts records.
         A holder that was closed gets nothing.
         """
-        out: list[Lease] = []
+        out: list[Lease | Run] = []
         if self.holders.get(holder.name) is not holder:
             return out
         ready, credits, table = self._ready, holder.credits, self._table
@@ -376,8 +450,45 @@ class Ledger:
         messages, nbytes = credits.messages, credits.bytes
         max_messages, max_bytes = credits.max_messages, credits.max_bytes
         leases = holder.leases
-        while ready and len(out) < limit:
+        taken = 0
+        while ready and taken < limit:
             rec = ready[0]
+            if isinstance(rec, Run):
+                if rec.state is not READY:  # dropped with its partition
+                    ready.popleft()
+                    continue
+                if rec.part.revoking:
+                    ready.popleft()
+                    self.ready_count -= rec.open
+                    self._set_run_apart(rec, PARKED)
+                    continue
+                n = len(rec.offsets)  # a queued run has every member open
+                k = min(n, limit - taken, max_messages - messages)
+                if max_bytes:
+                    sizes, room, j = rec.sizes, max_bytes - nbytes, 0
+                    while j < k and (sizes[j] <= room or not (messages or j)):
+                        room -= sizes[j]
+                        j += 1
+                    k = j
+                if k <= 0:
+                    break
+                if k < n:
+                    run = rec.split(k)
+                    rec.part.records.update(dict.fromkeys(run.offsets, run))
+                else:
+                    ready.popleft()
+                    run = rec
+                self.ready_count -= k
+                run.state, run.holder, run.deadline, run.granted = LEASED, holder, deadline, now
+                run.msg_id = table.grant_block(run, k, deadline)
+                holder.runs[run.msg_id] = run
+                self._run_leased += k
+                run.part.in_flight += k
+                messages += k
+                nbytes += sum(run.sizes)
+                taken += k
+                out.append(run)
+                continue
             if rec.state is not READY:  # dropped with its partition, or requeued elsewhere
                 ready.popleft()
                 continue
@@ -425,13 +536,14 @@ class Ledger:
             nbytes += size
             leases[lease.msg_id] = lease
             out.append(lease)
+            taken += 1
             if part.at_most_once:  # finished once dispatched; the lease holds only credit
                 self._finish(rec)
             else:
                 part.in_flight += 1
         credits.messages, credits.bytes = messages, nbytes
         if out:
-            table.watch(deadline, out[0].msg_id, out[-1].msg_id)
+            table.watch(deadline, out[0].msg_id, table.issued)
         return out
 
     # -- settlements --------------------------------------------------------
@@ -456,9 +568,23 @@ class Ledger:
         """
         lease = self._table.get(msg_id)
         if lease is None:
-            if holder is not None:
-                self._answered(holder, msg_id)
-            return self._table.recall(msg_id)
+            found = self._member(msg_id)
+            if found is None:
+                if holder is not None:
+                    self._answered(holder, msg_id)
+                return self._table.recall(msg_id)
+            run, i = found
+            if holder is None:
+                if not run.holder.pull:  # type: ignore[union-attr]  # a leased run has one
+                    return SettleStatus.NOT_OWNER
+            elif run.holder is not holder:
+                return SettleStatus.NOT_OWNER
+            if outcome is None:
+                return SettleStatus.INVALID
+            if outcome is Outcome.ACK:
+                self._finish_member(run, i)
+                return _OK
+            lease = self._set_member_apart(run, i)
         if holder is None:
             if not lease.holder.pull:
                 return SettleStatus.NOT_OWNER
@@ -491,6 +617,14 @@ class Ledger:
         for msg_id in msg_ids:
             lease = get(msg_id)
             if lease is None:
+                found = self._member(msg_id)
+                if found is not None:
+                    run, i = found
+                    if run.holder is holder:
+                        self._finish_member(run, i)
+                    else:
+                        rejected.append((msg_id, _NOT_OWNER))
+                    continue
                 if lapsed:
                     self._answered(holder, msg_id)
                 rejected.append((msg_id, table.recall(msg_id)))
@@ -518,11 +652,43 @@ class Ledger:
             self._check_gate(part)
         return rejected
 
+    def ack_ranges(self, holder: Holder, ranges: Iterable[tuple[int, int]]) -> list[
+        tuple[int, SettleStatus]
+    ]:
+        """ACKs the msg_ids ``first .. first + count - 1`` of each (first, count) of ``ranges``
+        for ``holder``, as :meth:`ack_many` would; returns the (msg_id, status) not accepted.
+        A range that covers a leased run whole finishes it at once."""
+        rejected: list[tuple[int, SettleStatus]] = []
+        blocks = self._table.block
+        for first, count in ranges:
+            msg_id, end = first, first + count
+            while msg_id < end:
+                found = blocks(msg_id)
+                if found is not None:
+                    run, start = cast(Run, found[0]), found[1]
+                    n = len(run.offsets)
+                    if start == msg_id and run.done is None and msg_id + n <= end \
+                            and run.holder is holder:
+                        self._finish_run(run)
+                        msg_id += n
+                        continue
+                    stop = min(end, start + n)  # the ids of this block, one by one
+                else:
+                    stop = msg_id + 1
+                rejected += self.ack_many(holder, range(msg_id, stop))
+                msg_id = stop
+        return rejected
+
     def extend(self, holder: Holder, msg_id: int, extension: float | None, now: float) -> SettleStatus:
         """Moves a lease's deadline to now + ``extension`` (capped at the maximum lease)."""
         lease = self._table.get(msg_id)
         if lease is None:
-            return self._table.recall(msg_id)
+            found = self._member(msg_id)
+            if found is None:
+                return self._table.recall(msg_id)
+            if found[0].holder is not holder:
+                return SettleStatus.NOT_OWNER
+            lease = self._set_member_apart(*found)
         if lease.holder is not holder:
             return SettleStatus.NOT_OWNER
         times = self.lease_times
@@ -537,7 +703,11 @@ class Ledger:
             _, _, rec = heapq.heappop(delayed)
             if rec.state is DELAYED:
                 self._requeue(rec, front=False)
-        lapsed = self._table.lapsed(now)
+        lapsed, runs = self._table.take_lapsed(now)
+        if runs:
+            for run in runs:
+                lapsed += self._set_run_apart(cast(Run, run))
+            lapsed.sort(key=_deadline_then_id)  # in the order of their own leases' lapses
         for lease in lapsed:
             self._lapse(lease, "its lease expired", now)
         return len(lapsed)
@@ -552,7 +722,7 @@ class Ledger:
     @property
     def leased(self) -> int:
         """Leases outstanding across all holders."""
-        return len(self._table)
+        return len(self._table) + self._run_leased
 
     # -- commits ----------------------------------------------------------
 
@@ -685,6 +855,124 @@ class Ledger:
             del part.waiting[okey]
         part.busy[okey] = nxt
         self._requeue(nxt, front=True)
+
+    # -- runs -------------------------------------------------------------------
+
+    def _member(self, msg_id: int) -> tuple[Run, int] | None:
+        """(run, member index) of an open member of a leased run, by its msg_id."""
+        found = self._table.block(msg_id)
+        if found is None:
+            return None
+        run = cast(Run, found[0])
+        i = msg_id - found[1]
+        done = run.done
+        if done is not None and done[i]:
+            return None
+        return run, i
+
+    def _finish_member(self, run: Run, i: int) -> None:
+        """An open member of a leased run is finished (ACKed)."""
+        done = run.done
+        if done is None:
+            done = run.done = bytearray(len(run.offsets))
+        done[i] = 1
+        run.open -= 1
+        self._run_leased -= 1
+        part = run.part
+        part.in_flight -= 1
+        credits = run.holder.credits  # type: ignore[union-attr]  # a leased run has one
+        credits.messages -= 1
+        credits.bytes -= run.sizes[i]
+        part.offsets.finished(run.offsets[i])
+        if not run.open:
+            self._release_run(run)
+        if part.gate.paused:
+            self._check_gate(part)
+
+    def _finish_run(self, run: Run) -> None:
+        """Every member of a leased run, all open, is finished (ACKed) at once."""
+        n = len(run.offsets)
+        run.open = 0
+        self._run_leased -= n
+        part = run.part
+        part.in_flight -= n
+        credits = run.holder.credits  # type: ignore[union-attr]  # a leased run has one
+        credits.messages -= n
+        credits.bytes -= sum(run.sizes)
+        part.offsets.finished_run(run.offsets)
+        self._release_run(run)
+        if part.gate.paused:
+            self._check_gate(part)
+
+    def _release_run(self, run: Run) -> None:
+        """A leased run has no open member left: its msg_ids are released (each answered
+        ALREADY_SETTLED from now on, unless set apart and released otherwise)."""
+        self._table.release_block(run.msg_id, _ALREADY_SETTLED)
+        del run.holder.runs[run.msg_id]  # type: ignore[union-attr]  # a leased run has one
+        run.state = DONE
+
+    def _set_member_apart(self, run: Run, i: int, state: State = LEASED) -> Lease:
+        """Sets an open member of a run apart as a Record of its own, as if fetched alone: in
+        ``state`` for a queued run; for a leased run, leased under its msg_id, deadline and
+        credit. Returns its lease (leased) or a lease-less one naming the record (queued)."""
+        part = run.part
+        offset = run.offsets[i]
+        rec = Record(part, offset, run.sizes[i], run.payloads[i], run.fetched_at)
+        part.records[offset] = rec  # the same place in fetch order
+        done = run.done
+        if done is None:
+            done = run.done = bytearray(len(run.offsets))
+        done[i] = 1
+        run.open -= 1
+        if run.state is not LEASED:
+            rec.state = state
+            return Lease(0, rec, cast(Holder, None), 0.0, 0)  # only its record
+        holder = cast(Holder, run.holder)  # a leased run has one
+        rec.attempt = 1
+        rec.state = LEASED
+        lease = Lease(run.msg_id + i, rec, holder, run.deadline, 1, run.granted)
+        rec.lease = lease
+        self._table.adopt(lease)
+        holder.leases[lease.msg_id] = lease
+        self._run_leased -= 1
+        if not run.open:
+            self._release_run(run)
+        return lease
+
+    def _set_run_apart(self, run: Run, state: State = LEASED) -> list[Lease]:
+        """Sets every open member of ``run`` apart (see :meth:`_set_member_apart`); returns
+        their leases."""
+        done = run.done
+        out = [self._set_member_apart(run, i, state) for i in range(len(run.offsets))
+               if done is None or not done[i]]
+        if run.state is READY:
+            run.state = DONE  # its queue entry is skipped; the caller placed its members
+        return out
+
+    def _set_runs_apart(self, part: PartitionState) -> None:
+        """Sets the members of every leased run of ``part`` apart (a revoke or a seek)."""
+        runs = {id(rec): rec for rec in part.records.values()
+                if isinstance(rec, Run) and rec.state is LEASED}
+        for run in runs.values():
+            self._set_run_apart(run)
+
+    def _apart(self, found: Record | Run, offset: int) -> Record:
+        """The Record pending at ``offset``: ``found``, or its member set apart. A queued
+        run is set apart whole, its members taking its place in the ready queue."""
+        if not isinstance(found, Run):
+            return found
+        if found.state is LEASED:
+            return self._set_member_apart(found, found.member(offset)).record
+        records = [lease.record for lease in self._set_run_apart(found, READY)]
+        ready = self._ready
+        at = ready.index(found)
+        ready.rotate(-at)
+        ready.popleft()
+        ready.extendleft(reversed(records))
+        ready.rotate(at)
+        rec = found.part.records[offset]
+        assert isinstance(rec, Record)
+        return rec
 
     def _check_gate(self, part: PartitionState) -> None:
         change = part.gate.update(len(part.records))

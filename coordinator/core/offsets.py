@@ -63,6 +63,19 @@ class PartitionOffsets(Generic[V]):
         self._order.append(offset)
         self._next_offset = offset + 1
 
+    def fetched_run(self, offsets: list[int], value: V) -> None:
+        """:meth:`fetched` for each of ``offsets`` (increasing) at once, all with ``value``.
+
+        Raises:
+            ValueError: as :meth:`fetched`, or ``offsets`` cannot be increasing.
+        """
+        self._check_forward(offsets[0])
+        if offsets[-1] < offsets[0] + len(offsets) - 1:
+            raise ValueError(f"offsets {offsets[0]}..{offsets[-1]} are not increasing")
+        self.pending.update(dict.fromkeys(offsets, value))
+        self._order.extend(offsets)
+        self._next_offset = offsets[-1] + 1
+
     def passed(self, offset: int) -> None:
         """Records that ``offset`` was fetched already finished (a previous owner's work): the
         fetch position moves past it, and it is never pending. Raises like :meth:`fetched`."""
@@ -91,6 +104,17 @@ class PartitionOffsets(Generic[V]):
         elif len(order) > 2 * len(pending) + COMPACT_SLACK:
             self._order = deque(pending)  # the dict keeps fetch order: increasing
         return True
+
+    def finished_run(self, offsets: list[int]) -> None:
+        """:meth:`finished` for each of ``offsets``, every one of them pending."""
+        pending = self.pending
+        for offset in offsets:
+            del pending[offset]
+        order = self._order
+        while order and order[0] not in pending:
+            order.popleft()
+        if len(order) > 2 * len(pending) + COMPACT_SLACK:
+            self._order = deque(pending)
 
     def clear(self) -> None:
         """Lets go of the pending values (the partition is gone, and with it this tracker):

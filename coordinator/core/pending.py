@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from coordinator.core.model import TopicPartition
-from coordinator.core.records import DONE, LEASED, PartitionState
+from coordinator.core.records import DONE, LEASED, PartitionState, Run
 
 SCHEMA: Final = 1
 """The version written in every meta; a reader skips what has a newer one."""
@@ -211,18 +211,26 @@ def snapshot(part: PartitionState, wall_ms: Callable[[float], int]) -> Snapshot:
         state = rec.state
         if state is DONE:
             continue
-        if rec.attempt == 0:
-            undelivered += 1
-            if lowest is None or offset < lowest:
-                lowest = offset
+        if isinstance(rec, Run):
+            if state is LEASED:  # a member of a leased run: its first delivery
+                rows[offset] = (state.value, 1, wall_ms(rec.fetched_at),
+                                rec.msg_id + rec.member(offset),
+                                rec.holder.worker_id,  # type: ignore[union-attr]  # leased
+                                wall_ms(rec.granted), wall_ms(rec.deadline))
+                continue
+        elif rec.attempt:
+            lease = rec.lease
+            fetched = wall_ms(rec.fetched_at)
+            if lease is not None and state is LEASED:
+                rows[offset] = (state.value, rec.attempt, fetched, lease.msg_id,
+                                lease.holder.worker_id, wall_ms(lease.granted),
+                                wall_ms(lease.deadline))
+            else:
+                rows[offset] = (state.value, rec.attempt, fetched, 0, "", 0, 0)
             continue
-        lease = rec.lease
-        fetched = wall_ms(rec.fetched_at)
-        if lease is not None and state is LEASED:
-            rows[offset] = (state.value, rec.attempt, fetched, lease.msg_id,
-                            lease.holder.worker_id, wall_ms(lease.granted), wall_ms(lease.deadline))
-        else:
-            rows[offset] = (state.value, rec.attempt, fetched, 0, "", 0, 0)
+        undelivered += 1  # never delivered (a queued run's members too): counted, not listed
+        if lowest is None or offset < lowest:
+            lowest = offset
     return Snapshot(part.tp, part.generation, rows, part.committed, part.offsets.commit_offset,
                     len(part.records), undelivered, lowest)
 

@@ -6,10 +6,13 @@ owner; nothing here has behaviour beyond construction.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from coordinator.core.flow import Credits, PauseGate
 from coordinator.core.leases import Lease as _Lease
@@ -103,8 +106,8 @@ class PartitionState:
         """The offset map of the last commit handed out."""
         self.map_cache: tuple[tuple[int, int, int] | None, str] = (None, "")
         """(commit offset, next offset, pending count) and the map they give."""
-        self.offsets: PartitionOffsets[Record] = PartitionOffsets()
-        self.records: dict[int, Record] = self.offsets.pending
+        self.offsets: PartitionOffsets[Record | Run] = PartitionOffsets()
+        self.records: dict[int, Record | Run] = self.offsets.pending
         """The pending records by offset, in fetch order: ``offsets.pending`` itself, changed
         only through ``offsets``."""
         self.gate = PauseGate(cap)
@@ -144,16 +147,104 @@ class Record:
         self.state = READY
 
 
+class Run:
+    """Records fetched in a row from one partition, kept as one while they share one fate.
+
+    The fast path for records with nothing of their own (at least once, unordered, no TTL,
+    not back from a retry topic): a run is queued as one, leased to one holder under
+    consecutive msg_ids (``msg_id`` is its first member's), and its members are finished one
+    by one or all at once. A member that needs a fate of its own (a retry, a lapse, an
+    extension, a skip, a revoke) is first set apart by the ledger: it becomes a
+    :class:`Record`, exactly as if it had been fetched alone, and the run forgets it.
+
+    ``part.records`` holds the run under the offset of each member still in it.
+    """
+
+    __slots__ = ("deadline", "done", "fetched_at", "granted", "holder", "msg_id", "offsets",
+                 "open", "part", "payloads", "sizes", "state")
+
+    attempt = 1
+    """A run is only ever leased once: a redelivery is a record's own."""
+
+    def __init__(self, part: PartitionState, offsets: list[int], payloads: list[object],
+                 sizes: list[int], now: float) -> None:
+        self.part = part
+        self.offsets = offsets
+        """Increasing: one per member, and so are ``payloads`` and ``sizes``."""
+        self.payloads = payloads
+        self.sizes = sizes
+        self.fetched_at = now
+        self.state = READY
+        """READY while queued, LEASED once leased, DONE once no member is left in it."""
+        self.open = len(offsets)
+        """Members neither finished nor set apart."""
+        self.done: bytearray | None = None
+        """Per member, 1 once finished or set apart; None while every member is open."""
+        self.msg_id = 0
+        self.holder: Holder | None = None
+        self.deadline = 0.0
+        self.granted = 0.0
+
+    def split(self, k: int) -> Run:
+        """Cuts the first ``k`` members off this (READY) run into a new one, which it returns;
+        the caller moves ``part.records`` of their offsets to it."""
+        head = Run(self.part, self.offsets[:k], self.payloads[:k], self.sizes[:k],
+                   self.fetched_at)
+        del self.offsets[:k], self.payloads[:k], self.sizes[:k]
+        self.open -= k
+        return head
+
+    def member(self, offset: int) -> int:
+        """The index of the member at ``offset``."""
+        return bisect.bisect_left(self.offsets, offset)
+
+    def view(self, offset: int) -> Record:
+        """A detached Record that reads as the member at ``offset`` does (for status pages and
+        snapshots; changing it changes nothing)."""
+        i = self.member(offset)
+        rec = Record(self.part, offset, self.sizes[i], self.payloads[i], self.fetched_at)
+        rec.state = self.state
+        if self.state is LEASED:
+            rec.attempt = 1
+            rec.lease = _Lease(self.msg_id + i, rec, cast(Holder, self.holder), self.deadline,
+                               1, self.granted)
+        return rec
+
+
+def pending_records(part: PartitionState) -> Iterator[tuple[int, Record]]:
+    """``part``'s pending records by offset, in fetch order; a run's members as views."""
+    for offset, rec in part.records.items():
+        yield offset, rec.view(offset) if isinstance(rec, Run) else rec
+
+
+def members(leases: list[Lease | Run]) -> list[Lease]:
+    """What :meth:`Ledger.lease` returned, each run as a lease per member (read-only views)."""
+    out: list[Lease] = []
+    for lease in leases:
+        if isinstance(lease, Run):
+            out += [cast(Lease, lease.view(offset).lease) for offset in lease.offsets]
+        else:
+            out.append(lease)
+    return out
+
+
+def leased_count(leases: list[Lease | Run]) -> int:
+    """Records in what :meth:`Ledger.lease` returned."""
+    return sum(len(x.offsets) if isinstance(x, Run) else 1 for x in leases)
+
+
 class Holder:
     """A worker stream or a Pull caller, with its credits and its leases."""
 
-    __slots__ = ("credits", "lapsed", "leases", "name", "pull", "worker_id")
+    __slots__ = ("credits", "lapsed", "leases", "name", "pull", "runs", "worker_id")
 
     def __init__(self, name: str, worker_id: str, credits: Credits, pull: bool) -> None:
         self.name = name
         self.worker_id = worker_id
         self.credits = credits
         self.leases: dict[int, Lease] = {}
+        self.runs: dict[int, Run] = {}
+        """The runs leased to it, by their first msg_id."""
         self.lapsed: dict[int, Record] = {}
         """Deliveries whose lease lapsed while this stream may still hold them.
 

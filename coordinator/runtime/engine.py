@@ -32,7 +32,7 @@ from coordinator.core.ledger import (
 )
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
-from coordinator.core.records import LEASED
+from coordinator.core.records import LEASED, Run, leased_count, pending_records
 from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe, Seek
 from coordinator.kafka.records import (
     HEADER_DUE,
@@ -283,38 +283,64 @@ class Engine:
         retries, and waits until it is due; its retry partition pauses meanwhile.
 
         Each record's payload is a compact :data:`~coordinator.kafka.records.Fetched` (or a
-        :class:`~coordinator.kafka.records.Retried`): the messages are not kept."""
+        :class:`~coordinator.kafka.records.Retried`): the messages are not kept. Records in a
+        row from one partition with nothing of their own (no TTL, no ordering, no retry) go
+        in as one run (:meth:`Ledger.add_run`)."""
         now = self._clock()
-        to_local = now - self._wall()  # epoch seconds + to_local = the ledger's clock
         ledger = self.ledger
-        add = ledger.add_to
         ignored = 0
-        topic, partition, part = None, -1, None
-        expiring: Lane | None = None
-        by_key, run_key = False, None  # ordering: the record's key, or one key for the run
-        tier: float | None = None
+        i, n = 0, len(records)
+        while i < n:  # batches come in runs of one partition
+            first = records[i]
+            t, p = first.topic(), first.partition()
+            j = i + 1
+            while j < n and records[j].partition() == p and records[j].topic() == t:
+                j += 1
+            part = ledger.partitions.get(TopicPartition(t, p))
+            lane = self._router.lane(t) if self._router is not None else None
+            plain = lane is None or (not lane.expires and lane.subscription.ordering == "unordered")
+            if part is None:
+                ignored += j - i
+            elif plain and (self._router is None or self._router.retry_tier(t) is None):
+                segment = records[i:j]
+                payloads = [fetched(msg) for msg in segment]  # the Messages themselves go
+                sizes = [(len(value) if value else 0) + (len(key) if key else 0)
+                         for key, value, _, _ in payloads]
+                if not ledger.add_run(part, [msg.offset() for msg in segment],
+                                      payloads, sizes, now):  # type: ignore[arg-type]
+                    ignored += j - i
+            else:
+                ignored += self._intake_one_by_one(part, lane, records[i:j], now)
+            i = j
+        self.counters["fetched"] += n - ignored
+        self.counters["ignored"] += ignored
+        self._after_change()
+
+    def _intake_one_by_one(self, part: PartitionState, lane: Lane | None, records: list[Any],
+                           now: float) -> int:
+        """:meth:`intake` for records of ``part`` with something of their own: a TTL, an
+        ordering key, or a retry-topic's due time. Returns how many were ignored."""
+        to_local = now - self._wall()  # epoch seconds + to_local = the ledger's clock
+        add = self.ledger.add_to
+        expiring = lane if lane is not None and lane.expires else None
+        ordering = "unordered" if lane is None else lane.subscription.ordering
+        by_key = ordering == "key"
+        run_key = WHOLE_PARTITION if ordering == "partition" else None
+        topic, partition = part.tp
+        tier = None if self._router is None else self._router.retry_tier(topic)
+        ignored = 0
         payload: Payload
         for msg in records:
-            t, p = msg.topic(), msg.partition()
-            if p != partition or t != topic:  # batches come in runs of one partition
-                topic, partition = t, p
-                part = ledger.partitions.get(TopicPartition(t, p))
-                lane = self._router.lane(t) if self._router is not None else None
-                expiring = lane if lane is not None and lane.expires else None
-                ordering = "unordered" if lane is None else lane.subscription.ordering
-                by_key = ordering == "key"
-                run_key = WHOLE_PARTITION if ordering == "partition" else None
-                tier = None if self._router is None else self._router.retry_tier(t)
             offset = msg.offset()
             record = payload = fetched(msg)  # the Message itself is let go
             key, value, _, _ = record
             size = (len(value) if value else 0) + (len(key) if key else 0)
             attempts, not_before = 0, 0.0
-            if tier is not None and part is not None:
+            if tier is not None:
                 back = retried(record)
                 if back is None:
                     retry_log.warning("%s[%d]@%d has no valid lowwater retry headers; "
-                                      "delivering it as it is", t, p, offset)
+                                      "delivering it as it is", topic, partition, offset)
                 else:
                     payload, record, attempts = back, back.record, back.attempts
                     not_before = back.due_ms / 1000.0 + to_local
@@ -322,12 +348,10 @@ class Engine:
                         self._hold(part.tp, part.generation, not_before)
             expires = NEVER if expiring is None else expiring.expiry_ms(record) / 1000.0 + to_local
             okey = key if by_key else run_key
-            if part is None or not add(part, offset, size, payload, now, expires, okey,
-                                       attempts=attempts, not_before=not_before):
+            if not add(part, offset, size, payload, now, expires, okey,
+                       attempts=attempts, not_before=not_before):
                 ignored += 1
-        self.counters["fetched"] += len(records) - ignored
-        self.counters["ignored"] += ignored
-        self._after_change()
+        return ignored
 
     def _hold(self, tp: TopicPartition, generation: int, until: float) -> None:
         """Pauses a retry partition until ``until`` (the ledger's clock): the records after a
@@ -560,13 +584,14 @@ class Engine:
         session.holder.credits.resize(self._capped(max_messages), max_bytes)
         session.wake.set()
 
-    def lease(self, holder: Holder, limit: int = DELIVERY_BATCH) -> list[Lease]:
+    def lease(self, holder: Holder, limit: int = DELIVERY_BATCH) -> list[Lease | Run]:
+        """Leases up to ``limit`` records to ``holder``: see :meth:`Ledger.lease`."""
         if self._draining:
             return []
         leases = self.ledger.lease(holder, self._clock(), limit)
         if leases:
             counters = self.counters
-            counters["delivered"] += len(leases)
+            counters["delivered"] += leased_count(leases)
             counters["redelivered"] += sum(1 for lease in leases if lease.attempt > 1)
         return leases
 
@@ -603,8 +628,18 @@ class Engine:
 
     def ack(self, holder: Holder, msg_ids: Collection[int]) -> list[tuple[int, SettleStatus]]:
         """The packed fast path: ACK each of ``msg_ids``; returns the ones not accepted."""
-        rejected = self.ledger.ack_many(holder, msg_ids)
-        count = len(msg_ids)
+        return self._acked(len(msg_ids), self.ledger.ack_many(holder, msg_ids))
+
+    def ack_ranges(self, holder: Holder, ranges: list[tuple[int, int]]) -> list[
+        tuple[int, SettleStatus]
+    ]:
+        """ACK the msg_ids of each (first, count) of ``ranges``; returns the ones not accepted."""
+        return self._acked(sum(count for _, count in ranges),
+                           self.ledger.ack_ranges(holder, ranges))
+
+    def _acked(self, count: int, rejected: list[tuple[int, SettleStatus]]) -> list[
+        tuple[int, SettleStatus]
+    ]:
         self._count_settled(count, rejected)
         self.settled_by[Outcome.ACK] = self.settled_by.get(Outcome.ACK, 0) + count - len(rejected)
         self._after_change()
@@ -617,7 +652,7 @@ class Engine:
         out = [(m, self.ledger.extend(holder, m, extension, now)) for m in msg_ids]
         return [(m, s) for m, s in out if s is not SettleStatus.OK]
 
-    async def pull(self, worker_id: str, max_messages: int, wait: float) -> list[Lease]:
+    async def pull(self, worker_id: str, max_messages: int, wait: float) -> list[Lease | Run]:
         limit = min(max(max_messages, 1), PULL_MAX_MESSAGES)
         deadline = self._clock() + wait
         while True:
@@ -647,7 +682,8 @@ class Engine:
             ))
         holders = [
             HolderView(h.name, h.worker_id, h.credits.messages, h.credits.max_messages,
-                       h.credits.bytes, h.credits.max_bytes, sorted(h.leases)[:100])
+                       h.credits.bytes, h.credits.max_bytes,
+                       self.ledger.holder_msg_ids(h)[:100])
             for h in self.ledger.holders.values()
         ]
         return StatusView(sorted(parts, key=lambda p: p.tp), holders, self.ledger.ready_count,
@@ -664,7 +700,7 @@ class Engine:
         now = self._clock()
         out: list[PendingView] = []
         more = False
-        for offset, rec in part.records.items():  # in fetch order: increasing offsets
+        for offset, rec in pending_records(part):  # in fetch order: increasing offsets
             if offset <= after:
                 continue
             if len(out) == limit:

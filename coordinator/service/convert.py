@@ -9,8 +9,9 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from coordinator.core.ledger import Lease
+from coordinator.core.ledger import Lease, Run
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.records import members
 from coordinator.kafka.records import Fetched, Payload, Retried
 from coordinator.runtime.engine import PendingView, Settlement, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
@@ -69,8 +70,12 @@ def settlements(items: Iterable[pb.Settlement]) -> Iterator[Settlement]:
         yield s.msg_id, outcome, delay, s.reason
 
 
-def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
-    """Appends a Delivery per lease to a repeated field (``resp.deliveries``).
+Leased = Lease | Run
+"""What :meth:`Ledger.lease` hands out: a record's own lease, or a run leased whole."""
+
+
+def add_deliveries(target: Iterable[pb.Delivery], leases: list[Leased]) -> None:
+    """Appends a Delivery per record leased to a repeated field (``resp.deliveries``).
 
     A record's topic, partition and offset are its ledger record's own, or, back from a
     retry topic, the original's (``records.origin`` and ``records.contents``, inlined).
@@ -80,7 +85,7 @@ def add_deliveries(target: Iterable[pb.Delivery], leases: list[Lease]) -> None:
     add = target.add  # type: ignore[attr-defined]
     wall = time.time() - time.monotonic()
     deadline, deadline_ms = None, 0  # the leases of one batch share their deadline
-    for lease in leases:
+    for lease in members(leases):
         rec = lease.record
         payload: Payload = rec.payload  # type: ignore[assignment]  # what intake put there
         d = add()
@@ -130,15 +135,38 @@ def _runs(leases: list[Lease]) -> Iterator[list[Lease]]:
         yield leases[start:]
 
 
-def add_batches(target: Iterable[pb.DeliveryBatch], leases: list[Lease]) -> None:
+def add_batches(target: Iterable[pb.DeliveryBatch], leases: list[Leased]) -> None:
     """Appends the DeliveryBatch messages that carry ``leases`` to a repeated field
     (``resp.batches``): what :func:`add_deliveries` says, field by field.
 
     Each field is built from a list in one call, so the cost per record is a few list
-    comprehensions rather than a protobuf message (several times less, measured).
+    comprehensions rather than a protobuf message (several times less, measured). A run
+    leased whole is one batch, its columns taken from the run as they are.
     """
     add = target.add  # type: ignore[attr-defined]
     wall = time.time() - time.monotonic()
+    own: list[Lease] = []
+    for lease in leases:
+        if not isinstance(lease, Run):
+            own.append(lease)
+            continue
+        if own:
+            _add_leases(add, own, wall)
+            own = []
+        b = add()
+        tp = lease.part.tp
+        b.topic, b.partition = tp.topic, tp.partition
+        b.first_msg_id = lease.msg_id
+        b.lease_deadline_ms = int((lease.deadline + wall) * 1000)
+        b.offsets.extend(lease.offsets)
+        b.attempts.extend([1] * len(lease.offsets))
+        _add_columns(b, lease.payloads)  # type: ignore[arg-type]  # Fetched: see Ledger.add_run
+    if own:
+        _add_leases(add, own, wall)
+
+
+def _add_leases(add: Callable[[], pb.DeliveryBatch], leases: list[Lease], wall: float) -> None:
+    """The batches of records leased one by one: a batch per run of :func:`_runs`."""
     for run in _runs(leases):
         first = run[0]
         recs = [lease.record for lease in run]
@@ -155,30 +183,35 @@ def add_batches(target: Iterable[pb.DeliveryBatch], leases: list[Lease]) -> None
             b.topic, b.partition = tp.topic, tp.partition
             b.offsets.extend([rec.offset for rec in recs])
             contents = [rec.payload for rec in recs]  # type: ignore[misc]  # Fetched, by _runs
-        b.values.extend([value or b"" for _, value, _, _ in contents])
-        b.timestamps_ms.extend([ts or 0 for _, _, _, ts in contents])
         b.attempts.extend([lease.attempt for lease in run])
-        keys = [key for key, _, _, _ in contents]
-        if keys.count(None) != len(keys):
-            b.null_keys.extend([i for i, key in enumerate(keys) if key is None])
-            b.keys.extend([b"" if key is None else key for key in keys])
-        for i, (_, _, headers, _) in enumerate(contents):
-            if headers:
-                h = b.headers.add()
-                h.index = i
-                h.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+        _add_columns(b, contents)
 
 
-Fill = Callable[[pb.StreamResponse, list[Lease]], None]
+def _add_columns(b: pb.DeliveryBatch, contents: list[Fetched]) -> None:
+    """A batch's values, timestamps, keys and headers, from its records' contents."""
+    b.values.extend([value or b"" for _, value, _, _ in contents])
+    b.timestamps_ms.extend([ts or 0 for _, _, _, ts in contents])
+    keys = [key for key, _, _, _ in contents]
+    if keys.count(None) != len(keys):
+        b.null_keys.extend([i for i, key in enumerate(keys) if key is None])
+        b.keys.extend([b"" if key is None else key for key in keys])
+    for i, (_, _, headers, _) in enumerate(contents):
+        if headers:
+            h = b.headers.add()
+            h.index = i
+            h.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+
+
+Fill = Callable[[pb.StreamResponse, list[Leased]], None]
 """Puts the deliveries of leases into a stream response: :func:`deliveries_into` or
 :func:`batches_into`, the form a worker asks for when it opens its stream."""
 
 
-def deliveries_into(resp: pb.StreamResponse, leases: list[Lease]) -> None:
+def deliveries_into(resp: pb.StreamResponse, leases: list[Leased]) -> None:
     add_deliveries(resp.deliveries, leases)
 
 
-def batches_into(resp: pb.StreamResponse, leases: list[Lease]) -> None:
+def batches_into(resp: pb.StreamResponse, leases: list[Leased]) -> None:
     add_batches(resp.batches, leases)
 
 

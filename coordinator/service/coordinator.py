@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 
-from coordinator.core.ledger import Lease
 from coordinator.core.model import Outcome, SettleStatus
+from coordinator.core.records import leased_count, members
 from coordinator.runtime.engine import DELIVERY_BATCH, Draining, Engine, Revoking, Session
 from coordinator.service import convert
-from coordinator.service.convert import Fill
+from coordinator.service.convert import Fill, Leased
 from coordinator.service.errors import invalid_argument, limit_exceeded, unavailable
 from coordinator.service.limits import Limits
 from lowwater.v1 import coordinator_pb2 as pb
@@ -50,7 +50,8 @@ def _consume(write: asyncio.Future[None]) -> None:
 
 def request_ids(req: pb.StreamRequest) -> int:
     """The msg_ids one stream request names: what ``max_settlement_batch`` counts."""
-    return len(req.settlements) + len(req.ack_msg_ids) + len(req.extend.msg_ids)
+    return (len(req.settlements) + len(req.ack_msg_ids) + len(req.extend.msg_ids)
+            + sum(r.count for r in req.ack_ranges))
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
@@ -79,7 +80,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if first is grpc.aio.EOF:
             return
         if not first.HasField("open") or first.settlements or first.ack_msg_ids \
-                or first.HasField("extend") or first.HasField("flow_control"):
+                or first.ack_ranges or first.HasField("extend") or first.HasField("flow_control"):
             await context.abort_with_status(
                 invalid_argument("open", "the first request must carry `open` and nothing else"))
         if self._engine.draining:
@@ -158,6 +159,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if rejected:
                         session.rejected.extend(rejected)
                         session.wake.set()
+                if req.ack_ranges:
+                    rejected = engine.ack_ranges(
+                        holder, [(r.first_msg_id, r.count) for r in req.ack_ranges])
+                    if rejected:
+                        session.rejected.extend(rejected)
+                        session.wake.set()
                 if req.HasField("extend"):
                     ext = req.extend
                     span = convert.span_seconds(ext.extension) \
@@ -226,13 +233,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if session.rejected:
                     session.wake.set()
             leases = engine.lease(session.holder, DELIVERY_BATCH)
+            count = leased_count(leases)
             if leases:
                 fill(resp, leases)
-                if len(leases) == DELIVERY_BATCH:
+                if count == DELIVERY_BATCH:
                     session.wake.set()  # there may be more, and credit for it
             if not (leases or resp.rejected):
                 continue
-            session.delivered += len(leases)
+            session.delivered += count
             size = resp.ByteSize()  # once per batch: _send needs it too
             if size <= min(DELIVERY_MESSAGE_BYTES, limits.max_send_message_bytes):
                 await self._send(context, session, resp, size)
@@ -240,7 +248,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             for message in self._split(session, resp.rejected, leases, fill):
                 await self._send(context, session, message)
 
-    def _split(self, session: Session, rejected: Any, leases: list[Lease],
+    def _split(self, session: Session, rejected: Any, leased: list[Leased],
                fill: Fill) -> list[pb.StreamResponse]:
         """The answers ``rejected`` and the deliveries of ``leases`` as messages of at most
         :data:`DELIVERY_MESSAGE_BYTES`, or one delivery within ``max_send_message_bytes``. A
@@ -250,9 +258,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         pack = min(DELIVERY_MESSAGE_BYTES, limit)
         out = [pb.StreamResponse(rejected=rejected)]
         size = out[0].ByteSize()
-        group: list[Lease] = []
+        group: list[Leased] = []
         too_big: list[tuple[int, Outcome | None, float | None, str]] = []
-        for lease in leases:
+        for lease in members(leased):
             alone = pb.StreamResponse()
             fill(alone, [lease])
             cost = alone.ByteSize()  # an upper bound of what it adds to a message

@@ -378,17 +378,19 @@ class Run:
         request = pb.StreamRequest(extend=pb.LeaseExtension(msg_ids=ids))
         if span is not None:
             set_duration(request.extend.extension, span)
-        holder = self.h.engine.ledger.holders[peer.stream_id]
-        before = {m: holder.leases[m].deadline for m in ids if m in holder.leases}
+        ledger = self.h.engine.ledger
+        holder = ledger.holders[peer.stream_id]
+        before = {m: lease.deadline for m in ids
+                  if (lease := ledger.lease_of(m)) is not None and lease.holder is holder}
         if not valid_span(span):  # a malformed extension: INVALID for each id, no lease moves
             expected: list[tuple[int, int]] = [(m, INVALID) for m in ids]
         else:
             expected = [(m, s) for m in ids if (s := model.answer(m, peer.stream_id)) is not None]
         assert await peer.round_trip(request) == expected
         if not valid_span(span):
-            assert {m: holder.leases[m].deadline for m in before} == before
+            assert {m: getattr(ledger.lease_of(m), "deadline", None) for m in before} == before
         elif span is not None and span[0] < LONG_SPAN and before:  # the leases run out now
-            await until(lambda: not set(before) & set(holder.leases))
+            await until(lambda: not set(before) & set(ledger.holder_msg_ids(holder)))
             model.lapsed(list(before))
 
     async def bulk_ack(self, who: int) -> None:
@@ -466,7 +468,8 @@ class Run:
             "empty": pb.StreamRequest(),
         }
         holders = set(self.h.engine.ledger.holders)
-        owned = {s: set(h.leases) for s, h in self.h.engine.ledger.holders.items()}
+        ledger = self.h.engine.ledger
+        owned = {s: set(ledger.holder_msg_ids(h)) for s, h in ledger.holders.items()}
         call = self.h.coordinator.Stream()
         if variant == "eof":
             await call.done_writing()
@@ -483,7 +486,7 @@ class Run:
             check_details(info.value, "open")
         await until(lambda: set(self.h.engine.ledger.holders) == holders)
         for stream_id, leases in owned.items():  # none taken (new ones may have been granted)
-            assert leases <= set(self.h.engine.ledger.holders[stream_id].leases), stream_id
+            assert leases <= set(ledger.holder_msg_ids(ledger.holders[stream_id])), stream_id
 
 
 async def run_program(records: list[list[int]], in_flight: tuple[int, int],
@@ -547,8 +550,9 @@ async def test_settling_another_workers_msg_id_is_not_owner_and_leaves_the_lease
         (theirs,) = model.pool("mine", a.stream_id)
         (b_own,) = model.pool("mine", b.stream_id)
         pulled = (await h.coordinator.Pull(pb.PullRequest(max_messages=1))).deliveries[0].msg_id
-        lease = h.engine.ledger.holders[a.stream_id].leases[theirs]
-        deadline, attempt = lease.deadline, lease.attempt
+        lease = h.engine.ledger.lease_of(theirs)
+        assert lease is not None and lease.holder is h.engine.ledger.holders[a.stream_id]
+        before = (lease.holder, lease.deadline, lease.attempt, lease.record.offset)
         every = [pb.Settlement(msg_id=theirs, outcome=o) for o in pb.Outcome.values()]
         every.append(pb.Settlement(msg_id=pulled, outcome=pb.OUTCOME_ACK))  # a Pull lease
         answers = await b.round_trip(pb.StreamRequest(
@@ -559,8 +563,9 @@ async def test_settling_another_workers_msg_id_is_not_owner_and_leaves_the_lease
         acknowledged = await h.coordinator.Acknowledge(pb.AcknowledgeRequest(settlements=[
             pb.Settlement(msg_id=theirs, outcome=pb.OUTCOME_ACK)]))  # a stream's lease
         assert [r.status for r in acknowledged.results] == [NOT_OWNER]
-        same = h.engine.ledger.holders[a.stream_id].leases[theirs]
-        assert (same, same.deadline, same.attempt) == (lease, deadline, attempt)
+        same = h.engine.ledger.lease_of(theirs)
+        assert same is not None
+        assert (same.holder, same.deadline, same.attempt, same.record.offset) == before
         assert h.engine.ledger.partitions[TopicPartition(TOPIC, 0)].offsets.commit_offset == 0
         assert await a.round_trip(pb.StreamRequest(ack_msg_ids=[theirs])) == []  # the owner can
         assert await b.round_trip(pb.StreamRequest(ack_msg_ids=[b_own])) == []

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize
 
-from coordinator.core.ledger import HandoffKind, Holder, LeaseTimes, Ledger, Record, State
+from coordinator.core.ledger import HandoffKind, Holder, LeaseTimes, Ledger, Record, Run, State
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.policy import RetryPolicy
+from coordinator.core.records import leased_count, members, pending_records
 
 TPS = (TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("fast", 0))
 AT_MOST_ONCE = frozenset({TopicPartition("fast", 0)})
@@ -88,12 +90,12 @@ class LedgerModel(RuleBasedStateMachine):
     def _snapshot(self) -> tuple:
         parts = tuple(
             (p.tp, p.generation, p.offsets.commit_offset, p.commit_sent, p.committed, p.in_flight,
-             p.revoking, tuple((o, r.state, r.attempt) for o, r in sorted(p.records.items())))
+             p.revoking, tuple((o, r.state, r.attempt) for o, r in sorted(pending_records(p))))
             for p in self.led.partitions.values()
         )
-        holders = tuple((h.name, h.credits.messages, h.credits.bytes, tuple(sorted(h.leases)))
-                        for h in self.led.holders.values())
-        return parts, holders, self.led.ready_count, len(self.led._table), len(self.led._delayed)
+        holders = tuple((h.name, h.credits.messages, h.credits.bytes,
+                         tuple(self.led.holder_msg_ids(h))) for h in self.led.holders.values())
+        return parts, holders, self.led.ready_count, self.led.leased, len(self.led._delayed)
 
     def _holder(self, pick: int) -> Holder:
         names = sorted(self.led.holders)
@@ -145,8 +147,15 @@ class LedgerModel(RuleBasedStateMachine):
     # -- driving the ledger, checked ------------------------------------------
 
     def _lease(self, holder: Holder, limit: int) -> list:
-        leases = self.led.lease(holder, self.now, limit)
-        assert len(leases) <= limit
+        leased = self.led.lease(holder, self.now, limit)
+        leases = members(leased)  # a run leased whole: a lease per member
+        assert len(leases) == leased_count(leased) <= limit
+        for run in leased:
+            if isinstance(run, Run):
+                event("a run was leased whole")
+                assert run.part.tp not in AT_MOST_ONCE | KEYED
+                assert [m.msg_id for m in members([run])] == list(
+                    range(run.msg_id, run.msg_id + len(run.offsets)))
         for lease in leases:
             rec = lease.record
             assert lease.msg_id > self.max_id  # strictly increasing, never reused
@@ -171,7 +180,8 @@ class LedgerModel(RuleBasedStateMachine):
         if len(leases) < limit:  # stopped early: nothing deliverable, or no credit for it
             nxt = next((r for r in self.led._ready
                         if r.state is State.READY and not r.part.revoking), None)
-            assert nxt is None or not holder.credits.allows(nxt.size)
+            size = nxt.sizes[0] if isinstance(nxt, Run) else None if nxt is None else nxt.size
+            assert size is None or not holder.credits.allows(size)
         self._collect_handoffs()  # the expired ones it skipped
         return leases
 

@@ -7,6 +7,7 @@ the invariants. ``HYPOTHESIS_PROFILE=soak`` runs many more and longer examples.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
 from coordinator.core.flow import GateChange
-from coordinator.core.ledger import State
+from coordinator.core.ledger import Run, State
 from coordinator.core.model import Outcome, TopicPartition
 
 SOAK = os.environ.get("HYPOTHESIS_PROFILE") == "soak"
@@ -61,6 +62,30 @@ class LedgerMachine(LedgerModel):
         self._collect_handoffs()  # the ones expired at fetch
 
     add_more_records = add_records  # listed twice: hypothesis then picks it twice as often
+
+    @rule(tp=st.sampled_from(TPS), gaps=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+          sizes=st.lists(st.integers(1, 50), min_size=8, max_size=8))
+    def add_run(self, tp: TopicPartition, gaps: list[int], sizes: list[int]) -> None:
+        """Fetches records in a row with nothing of their own, as the runtime does for
+        unordered at-least-once partitions without a TTL (on the at-most-once partition the
+        ledger takes them one by one)."""
+        part = self.led.partitions.get(tp)
+        if part is None or tp in self.revoking:
+            before = self._snapshot()
+            if part is not None:
+                assert not self.led.add_run(part, [self.fetch_pos[tp]], [None], [1], self.now)
+            assert self._snapshot() == before
+            return
+        if part.gate.paused or tp in KEYED:  # keyed records are never in runs
+            return
+        offsets = list(itertools.accumulate(gaps, lambda at, gap: at + 1 + gap,
+                                            initial=self.fetch_pos[tp] + gaps[0] - 1))[1:]
+        n = len(offsets)
+        assert self.led.add_run(part, offsets, [None] * n, sizes[:n], self.now)
+        self.pending[tp].update(offsets)
+        self.next_pos[tp] = self.fetch_pos[tp] = offsets[-1] + 1
+
+    add_another_run = add_run
 
     @precondition(lambda self: any(p for p in self.next_pos.values()))
     @rule(tp=st.sampled_from(TPS), back=st.integers(1, 5))
@@ -113,7 +138,7 @@ class LedgerMachine(LedgerModel):
     @rule()
     def drop_idle_pull_holders(self) -> None:
         """Pull holders without leases are forgotten; every other holder stays as it was."""
-        idle = {n for n, h in self.led.holders.items() if h.pull and not h.leases}
+        idle = {n for n, h in self.led.holders.items() if h.pull and not h.leases and not h.runs}
         before = {n: h for n, h in self.led.holders.items() if n not in idle}
         assert self.led.drop_idle_pull_holders() == len(idle)
         assert self.led.holders == before
@@ -184,6 +209,38 @@ class LedgerMachine(LedgerModel):
                 self._answer(msg_id, holder)
                 expected.append((msg_id, status))
         assert self.led.ack_many(holder, ids) == expected
+
+    @precondition(lambda self: self.led.holders)
+    @rule(pick=PICK, limit=st.integers(0, 12),
+          spans=st.lists(st.tuples(st.sampled_from(SOURCES), PICK, st.integers(0, 6)),
+                         max_size=4))
+    def acked_ranges(self, pick: int, limit: int, spans: list[tuple[str, int, int]]) -> None:
+        """A holder leases, then ACKs ranges of msg_ids: its own runs whole or in part, and
+        ranges over foreign, stale and unknown ids."""
+        holder = self._holder(pick)
+        self._lease(holder, limit)
+        own = self.led.holder_msg_ids(holder)
+        ranges = []
+        for source, n, count in spans:
+            if source == "own" and holder.runs:
+                first = sorted(holder.runs)[n % len(holder.runs)]
+                run = holder.runs[first]
+                ranges.append((first, len(run.offsets) if count == 0 else count))
+            else:
+                ranges.append((own[n % len(own)] if source == "own" and own
+                               else self._pick_id(source, n), count))
+        expected = []
+        for first, count in ranges:
+            for msg_id in range(first, first + count):
+                status = self._expect(msg_id, holder)
+                if status is OK:
+                    done = self._end_lease(msg_id, self.settled)
+                    if not done.at_most_once:
+                        self.pending[done.tp].remove(done.offset)
+                else:
+                    self._answer(msg_id, holder)
+                    expected.append((msg_id, status))
+        assert self.led.ack_ranges(holder, ranges) == expected
 
     @rule(source=st.sampled_from(["active", "active", "settled", "stale", "unknown"]),
           who=st.sampled_from(["owner", "owner", "other"]),
@@ -320,19 +377,24 @@ class LedgerMachine(LedgerModel):
     def holders_stay_within_their_credits(self) -> None:
         for holder in self.led.holders.values():
             mine = {m for m, a in self.active.items() if a.holder == holder.name}
-            assert set(holder.leases) == mine
+            assert set(self.led.holder_msg_ids(holder)) == mine
             lapsed = {m: a for m, a in self.lapsed.items() if a.holder == holder.name}
             assert set(holder.lapsed) == set(lapsed)  # lapsed, still charged (Holder.lapsed)
             c = holder.credits
             assert c.messages == len(mine) + len(lapsed) <= c.max_messages
             assert c.bytes == (sum(lease.record.size for lease in holder.leases.values())
+                               + sum(size for run in holder.runs.values()
+                                     for i, size in enumerate(run.sizes)
+                                     if run.done is None or not run.done[i])
                                + sum(a.size for a in lapsed.values()))
             assert c.max_bytes == 0 or c.bytes <= c.max_bytes or c.messages == 1
 
     @invariant()
     def every_pending_record_is_in_exactly_one_place(self) -> None:
         queued = [id(r) for r in self.led._ready if r.state is State.READY]
-        assert len(queued) == len(set(queued)) == self.led.ready_count  # each READY one once
+        assert len(queued) == len(set(queued))  # each READY record or run once
+        assert self.led.ready_count == sum(  # a queued run counts each member
+            r.open if isinstance(r, Run) else 1 for r in self.led._ready if r.state is State.READY)
         where = {State.READY: set(queued), State.DELAYED: {id(r) for _, _, r in self.led._delayed},
                  State.HANDOFF: {id(r) for r in self.handoffs},
                  State.WAITING: {id(r) for p in self.led.partitions.values()
@@ -344,8 +406,19 @@ class LedgerMachine(LedgerModel):
             assert set(part.records) == self.pending[tp]
             assert part.in_flight == sum(1 for a in self.active.values()
                                          if a.tp == tp and not a.at_most_once)
-            for rec in part.records.values():
+            for offset, rec in part.records.items():
                 state = rec.state
+                if isinstance(rec, Run):
+                    i = rec.member(offset)
+                    assert rec.offsets[i] == offset and (rec.done is None or not rec.done[i])
+                    assert rec.part is part and state in (State.READY, State.LEASED)
+                    if state is State.READY:
+                        assert id(rec) in where[State.READY] and rec.open == len(rec.offsets)
+                    else:
+                        a = self.active[rec.msg_id + i]
+                        assert (a.tp, a.offset, rec.deadline) == (tp, offset, a.deadline)
+                        assert rec.holder is not None and rec.holder.runs[rec.msg_id] is rec
+                    continue
                 assert (state is State.LEASED) == (rec.lease is not None)
                 if state is State.LEASED:
                     a = self.active[rec.lease.msg_id]
@@ -363,9 +436,9 @@ class LedgerMachine(LedgerModel):
                 assert [r.offset for r in queue] == sorted(r.offset for r in queue)
             assert all(r.okey == key and p.records.get(r.offset) is r for key, r in p.busy.items())
         ready = sum(r.state is State.READY for p in self.led.partitions.values()
-                    for r in p.records.values())
+                    for r in p.records.values())  # a queued run: once per member
         assert ready == self.led.ready_count
-        assert len(self.led._table) == len(self.active)
+        assert self.led.leased == len(self.active)
 
 
 LedgerMachine.TestCase.settings = settings(

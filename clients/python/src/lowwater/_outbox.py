@@ -34,7 +34,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self.acks: list[int] = []
-        """msg_ids to ACK without a reason: the common case, sent packed (``ack_msg_ids``)."""
+        """msg_ids to ACK without a reason: the common case, sent as ranges of consecutive
+        ids (``ack_ranges``) and packed (``ack_msg_ids``)."""
         self.others: list[tuple[int, Outcome, float | None, str]] = []
         """Other settlements: (msg_id, outcome, retry delay in seconds or None, reason)."""
         self.extends: dict[float | None, list[int]] = {}
@@ -50,10 +51,11 @@ class Outbox:
     def take(self) -> pb.StreamRequest | None:
         """The next request to send, or None when nothing is queued.
 
-        One request carries every queued settlement (plain ACKs packed in
-        ``ack_msg_ids``, the others as Settlement messages, each up to its
-        cap), one group of extensions and the latest flow-control limits; call
-        again until it returns None.
+        One request carries every queued settlement (plain ACKs as ranges of
+        consecutive ids in ``ack_ranges`` and the rest packed in ``ack_msg_ids``,
+        the others as Settlement messages, each up to its cap), one group of
+        extensions and the latest flow-control limits; call again until it
+        returns None.
         """
         if not self:
             return None
@@ -62,13 +64,14 @@ class Outbox:
         budget = self.max_ids
         if acks:
             most = min(MAX_ACKS_PER_REQUEST, budget)
-            if len(acks) <= most:
-                request.ack_msg_ids.extend(acks)
-                acks.clear()
-            else:
-                request.ack_msg_ids.extend(acks[:most])
-                del acks[:most]
-            budget -= len(request.ack_msg_ids)
+            acked = acks[:most]
+            del acks[:most]
+            singles, spans = ranges(acked)
+            request.ack_msg_ids.extend(singles)
+            add_range = request.ack_ranges.add
+            for first, count in spans:
+                add_range(first_msg_id=first, count=count)
+            budget -= len(acked)
         if others and budget:
             add = request.settlements.add
             taken = reason_bytes = 0
@@ -98,3 +101,29 @@ class Outbox:
             request.flow_control.max_in_flight_messages = max_messages
             request.flow_control.max_in_flight_bytes = max_bytes
         return request
+
+
+def ranges(msg_ids: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """``msg_ids`` as the ids alone and the (first, count) of each span of two or more
+    consecutive ids, lowest first. The sidecar leases a batch's records under consecutive
+    ids, and a range of them is settled as one."""
+    singles: list[int] = []
+    spans: list[tuple[int, int]] = []
+    if not msg_ids:
+        return singles, spans
+    ordered = sorted(msg_ids)
+    start = prev = ordered[0]
+    for msg_id in ordered[1:]:
+        if msg_id == prev + 1:
+            prev = msg_id
+            continue
+        if prev > start:
+            spans.append((start, prev - start + 1))
+        else:
+            singles.append(start)
+        start = prev = msg_id
+    if prev > start:
+        spans.append((start, prev - start + 1))
+    else:
+        singles.append(start)
+    return singles, spans

@@ -92,7 +92,8 @@ def test_out_of_order_completion_commits_the_low_water_mark(fake: FakeSidecar, r
             await fake.wait_for_settlements_async(6)
 
     run(scenario())
-    assert [s.record.offset for s in fake.settlements] == [5, 3, 1, 4, 2, 0]
+    settled = [s.record.offset for s in fake.settlements]  # acks may be sent as a range
+    assert sorted(settled[:5]) == [1, 2, 3, 4, 5] and settled[5:] == [0]
     assert fake.committed("t", 0) == 6
     assert all(fake.outcome(r) == "ACK" for r in refs)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lowwater import Message
 from lowwater._leases import due_for_extension, lease_tick
@@ -14,6 +17,7 @@ from lowwater._outbox import (
     MAX_REASON_BYTES_PER_REQUEST,
     MAX_SETTLEMENTS_PER_REQUEST,
     Outbox,
+    ranges,
 )
 from lowwater.message import from_delivery
 from lowwater.outcomes import MAX_REASON_CHARS, Outcome
@@ -31,7 +35,8 @@ def test_everything_queued_goes_in_one_request() -> None:
     box.flow = (10, 1000)
     request = box.take()
     assert request is not None
-    assert list(request.ack_msg_ids) == [1, 2, 3]  # plain ACKs go packed
+    assert not request.ack_msg_ids  # plain ACKs of consecutive ids go as a range
+    assert [(r.first_msg_id, r.count) for r in request.ack_ranges] == [(1, 3)]
     assert [(s.msg_id, s.outcome) for s in request.settlements] == [
         (4, pb.OUTCOME_RETRY), (5, pb.OUTCOME_DROP)]
     assert request.settlements[0].retry_delay.ToNanoseconds() == 1_500_000_000
@@ -45,7 +50,7 @@ def test_everything_queued_goes_in_one_request() -> None:
 
 def test_large_backlogs_and_extension_groups_are_split() -> None:
     box = Outbox()
-    box.acks.extend(range(MAX_ACKS_PER_REQUEST + 5))
+    box.acks.extend(range(0, 2 * MAX_ACKS_PER_REQUEST + 10, 2))  # none consecutive
     box.others.extend((i, Outcome.DEAD_LETTER, None, "x") for i in range(MAX_SETTLEMENTS_PER_REQUEST + 1))
     box.extends[2.0] = [1]
     box.extends[None] = [2]
@@ -54,12 +59,34 @@ def test_large_backlogs_and_extension_groups_are_split() -> None:
     assert len(first.ack_msg_ids) == MAX_ACKS_PER_REQUEST
     assert len(first.settlements) == MAX_SETTLEMENTS_PER_REQUEST
     assert not first.HasField("extend")  # full: MAX_IDS_PER_REQUEST msg_ids already
-    assert list(second.ack_msg_ids) == list(range(MAX_ACKS_PER_REQUEST, MAX_ACKS_PER_REQUEST + 5))
+    assert list(second.ack_msg_ids) == list(range(2 * MAX_ACKS_PER_REQUEST,
+                                                  2 * MAX_ACKS_PER_REQUEST + 10, 2))
     assert [s.msg_id for s in second.settlements] == [MAX_SETTLEMENTS_PER_REQUEST]
     assert second.extend.extension.ToNanoseconds() == 2_000_000_000
     assert list(second.extend.msg_ids) == [1]
     assert list(third.extend.msg_ids) == [2]
     assert box.take() is None
+
+
+@given(st.lists(st.integers(1, 60), max_size=40))
+def test_acks_go_as_ranges_and_single_ids_that_name_each_id_once(ids: list[int]) -> None:
+    singles, spans = ranges(ids)
+    named = singles + [m for first, count in spans for m in range(first, first + count)]
+    assert sorted(named) == sorted(ids)
+    assert all(count >= 2 for _, count in spans)
+    ends = sorted([(m, m) for m in singles] + [(f, f + c - 1) for f, c in spans])
+    # Maximal: no two pieces of distinct ids could have been joined.
+    assert all(b[0] != a[1] + 1 for a, b in itertools.pairwise(ends))
+
+
+def test_a_request_names_no_more_ids_than_the_budget_whatever_their_form() -> None:
+    box = Outbox()
+    box.max_ids = 100
+    box.acks.extend([*range(1, 60), *range(61, 200, 2)])
+    first = box.take()
+    assert first is not None
+    assert len(first.ack_msg_ids) + sum(r.count for r in first.ack_ranges) == 100
+    assert [(r.first_msg_id, r.count) for r in first.ack_ranges] == [(1, 59)]
 
 
 def test_long_reasons_and_many_extensions_are_split_below_the_sidecar_size_limit() -> None:
@@ -121,7 +148,7 @@ def test_no_request_names_more_msg_ids_than_the_sidecar_takes(max_ids: int) -> N
     box.extends[None] = list(range(3 * MAX_ACKS_PER_REQUEST))
     sizes = []
     while (request := box.take()) is not None:
-        sizes.append(len(request.ack_msg_ids) + len(request.settlements)
-                     + len(request.extend.msg_ids))
+        sizes.append(len(request.ack_msg_ids) + sum(r.count for r in request.ack_ranges)
+                     + len(request.settlements) + len(request.extend.msg_ids))
     assert max(sizes) == max_ids
     assert sum(sizes) == 6 * MAX_ACKS_PER_REQUEST + 3 * MAX_SETTLEMENTS_PER_REQUEST

@@ -97,7 +97,8 @@ class FakeCore:
             status = ledger.settle(holder, s.msg_id, s.outcome, delay, s.reason, now)
             if status is not Status.OK:
                 rejected.append(pb.SettleResult(msg_id=s.msg_id, status=_status(status)))
-        for msg_id in request.ack_msg_ids:  # applied after `settlements`
+        ranged = (m for r in request.ack_ranges for m in range(r.first_msg_id, r.first_msg_id + r.count))
+        for msg_id in itertools.chain(request.ack_msg_ids, ranged):  # after `settlements`
             status = ledger.settle(holder, msg_id, 1, None, "", now)
             if status is not Status.OK:
                 rejected.append(pb.SettleResult(msg_id=msg_id, status=_status(status)))

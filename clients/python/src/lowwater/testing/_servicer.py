@@ -33,6 +33,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             not first.HasField("open")
             or first.settlements
             or first.ack_msg_ids
+            or first.ack_ranges
             or first.HasField("extend")
             or first.HasField("flow_control")
         ):

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlowwater/v1/coordinator.proto\x12\x0blowwater.v1\x1a\x1egoogle/protobuf/duration.proto\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xdd\x01\n\x08\x44\x65livery\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x10\n\x03key\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x06 \x01(\x0c\x12$\n\x07headers\x18\x07 \x03(\x0b\x32\x13.lowwater.v1.Header\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x19\n\x11lease_deadline_ms\x18\n \x01(\x03\x42\x06\n\x04_key\"\xfb\x01\n\rDeliveryBatch\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_msg_id\x18\x03 \x01(\x04\x12\x0f\n\x07offsets\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x0c\x12\x15\n\rtimestamps_ms\x18\x06 \x03(\x03\x12\x10\n\x08\x61ttempts\x18\x07 \x03(\r\x12\x0c\n\x04keys\x18\x08 \x03(\x0c\x12\x11\n\tnull_keys\x18\t \x03(\r\x12,\n\x07headers\x18\n \x03(\x0b\x32\x1b.lowwater.v1.IndexedHeaders\x12\x19\n\x11lease_deadline_ms\x18\x0b \x01(\x03\"E\n\x0eIndexedHeaders\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.lowwater.v1.Header\"\x83\x01\n\nSettlement\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12%\n\x07outcome\x18\x02 \x01(\x0e\x32\x14.lowwater.v1.Outcome\x12.\n\x0bretry_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"I\n\x0cSettleResult\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.lowwater.v1.SettleStatus\"J\n\x0b\x46lowControl\x12\x1e\n\x16max_in_flight_messages\x18\x01 \x01(\r\x12\x1b\n\x13max_in_flight_bytes\x18\x02 \x01(\x04\"i\n\nOpenStream\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12.\n\x0c\x66low_control\x18\x02 \x01(\x0b\x32\x18.lowwater.v1.FlowControl\x12\x18\n\x10\x64\x65livery_batches\x18\x03 \x01(\x08\"O\n\x0eLeaseExtension\x12\x0f\n\x07msg_ids\x18\x01 \x03(\x04\x12,\n\textension\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x01\n\rStreamRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x17.lowwater.v1.OpenStream\x12,\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x17.lowwater.v1.Settlement\x12+\n\x06\x65xtend\x18\x03 \x01(\x0b\x32\x1b.lowwater.v1.LeaseExtension\x12.\n\x0c\x66low_control\x18\x04 \x01(\x0b\x32\x18.lowwater.v1.FlowControl\x12\x13\n\x0b\x61\x63k_msg_ids\x18\x05 \x03(\x04\"\x97\x01\n\x0cStreamOpened\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_lease\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14max_settlement_batch\x18\x04 \x01(\r\"2\n\x0eTopicPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x83\x01\n\x12PartitionsRevoking\x12/\n\npartitions\x18\x01 \x03(\x0b\x32\x1b.lowwater.v1.TopicPartition\x12\x0f\n\x07msg_ids\x18\x02 \x03(\x04\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x08\x44raining\x12+\n\x08\x64\x65\x61\x64line\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x02\n\x0eStreamResponse\x12)\n\x06opened\x18\x01 \x01(\x0b\x32\x19.lowwater.v1.StreamOpened\x12)\n\ndeliveries\x18\x02 \x03(\x0b\x32\x15.lowwater.v1.Delivery\x12+\n\x08rejected\x18\x03 \x03(\x0b\x32\x19.lowwater.v1.SettleResult\x12\x31\n\x08revoking\x18\x04 \x01(\x0b\x32\x1f.lowwater.v1.PartitionsRevoking\x12\'\n\x08\x64raining\x18\x05 \x01(\x0b\x32\x15.lowwater.v1.Draining\x12+\n\x07\x62\x61tches\x18\x06 \x03(\x0b\x32\x1a.lowwater.v1.DeliveryBatch\"_\n\x0bPullRequest\x12\x14\n\x0cmax_messages\x18\x01 \x01(\r\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tworker_id\x18\x03 \x01(\t\"9\n\x0cPullResponse\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.lowwater.v1.Delivery\"B\n\x12\x41\x63knowledgeRequest\x12,\n\x0bsettlements\x18\x01 \x03(\x0b\x32\x17.lowwater.v1.Settlement\"A\n\x13\x41\x63knowledgeResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.lowwater.v1.SettleResult*\x90\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOUTCOME_ACK\x10\x01\x12\x11\n\rOUTCOME_RETRY\x10\x02\x12\x17\n\x13OUTCOME_DEAD_LETTER\x10\x03\x12\x10\n\x0cOUTCOME_DROP\x10\x04\x12\x1d\n\x19OUTCOME_ALREADY_PROCESSED\x10\x05*\xd2\x01\n\x0cSettleStatus\x12\x1d\n\x19SETTLE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10SETTLE_STATUS_OK\x10\x01\x12\x19\n\x15SETTLE_STATUS_UNKNOWN\x10\x02\x12\x17\n\x13SETTLE_STATUS_STALE\x10\x03\x12!\n\x1dSETTLE_STATUS_ALREADY_SETTLED\x10\x04\x12\x1b\n\x17SETTLE_STATUS_NOT_OWNER\x10\x05\x12\x19\n\x15SETTLE_STATUS_INVALID\x10\x06\x32\xe3\x01\n\x0b\x43oordinator\x12\x45\n\x06Stream\x12\x1a.lowwater.v1.StreamRequest\x1a\x1b.lowwater.v1.StreamResponse(\x01\x30\x01\x12;\n\x04Pull\x12\x18.lowwater.v1.PullRequest\x1a\x19.lowwater.v1.PullResponse\x12P\n\x0b\x41\x63knowledge\x12\x1f.lowwater.v1.AcknowledgeRequest\x1a .lowwater.v1.AcknowledgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlowwater/v1/coordinator.proto\x12\x0blowwater.v1\x1a\x1egoogle/protobuf/duration.proto\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xdd\x01\n\x08\x44\x65livery\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x10\n\x03key\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x06 \x01(\x0c\x12$\n\x07headers\x18\x07 \x03(\x0b\x32\x13.lowwater.v1.Header\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x19\n\x11lease_deadline_ms\x18\n \x01(\x03\x42\x06\n\x04_key\"\xfb\x01\n\rDeliveryBatch\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_msg_id\x18\x03 \x01(\x04\x12\x0f\n\x07offsets\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x0c\x12\x15\n\rtimestamps_ms\x18\x06 \x03(\x03\x12\x10\n\x08\x61ttempts\x18\x07 \x03(\r\x12\x0c\n\x04keys\x18\x08 \x03(\x0c\x12\x11\n\tnull_keys\x18\t \x03(\r\x12,\n\x07headers\x18\n \x03(\x0b\x32\x1b.lowwater.v1.IndexedHeaders\x12\x19\n\x11lease_deadline_ms\x18\x0b \x01(\x03\"E\n\x0eIndexedHeaders\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.lowwater.v1.Header\"\x83\x01\n\nSettlement\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12%\n\x07outcome\x18\x02 \x01(\x0e\x32\x14.lowwater.v1.Outcome\x12.\n\x0bretry_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"I\n\x0cSettleResult\x12\x0e\n\x06msg_id\x18\x01 \x01(\x04\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.lowwater.v1.SettleStatus\"J\n\x0b\x46lowControl\x12\x1e\n\x16max_in_flight_messages\x18\x01 \x01(\r\x12\x1b\n\x13max_in_flight_bytes\x18\x02 \x01(\x04\"i\n\nOpenStream\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12.\n\x0c\x66low_control\x18\x02 \x01(\x0b\x32\x18.lowwater.v1.FlowControl\x12\x18\n\x10\x64\x65livery_batches\x18\x03 \x01(\x08\"O\n\x0eLeaseExtension\x12\x0f\n\x07msg_ids\x18\x01 \x03(\x04\x12,\n\textension\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x83\x02\n\rStreamRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x17.lowwater.v1.OpenStream\x12,\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x17.lowwater.v1.Settlement\x12+\n\x06\x65xtend\x18\x03 \x01(\x0b\x32\x1b.lowwater.v1.LeaseExtension\x12.\n\x0c\x66low_control\x18\x04 \x01(\x0b\x32\x18.lowwater.v1.FlowControl\x12\x13\n\x0b\x61\x63k_msg_ids\x18\x05 \x03(\x04\x12+\n\nack_ranges\x18\x06 \x03(\x0b\x32\x17.lowwater.v1.MsgIdRange\"1\n\nMsgIdRange\x12\x14\n\x0c\x66irst_msg_id\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x97\x01\n\x0cStreamOpened\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_lease\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14max_settlement_batch\x18\x04 \x01(\r\"2\n\x0eTopicPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x83\x01\n\x12PartitionsRevoking\x12/\n\npartitions\x18\x01 \x03(\x0b\x32\x1b.lowwater.v1.TopicPartition\x12\x0f\n\x07msg_ids\x18\x02 \x03(\x04\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x08\x44raining\x12+\n\x08\x64\x65\x61\x64line\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x02\n\x0eStreamResponse\x12)\n\x06opened\x18\x01 \x01(\x0b\x32\x19.lowwater.v1.StreamOpened\x12)\n\ndeliveries\x18\x02 \x03(\x0b\x32\x15.lowwater.v1.Delivery\x12+\n\x08rejected\x18\x03 \x03(\x0b\x32\x19.lowwater.v1.SettleResult\x12\x31\n\x08revoking\x18\x04 \x01(\x0b\x32\x1f.lowwater.v1.PartitionsRevoking\x12\'\n\x08\x64raining\x18\x05 \x01(\x0b\x32\x15.lowwater.v1.Draining\x12+\n\x07\x62\x61tches\x18\x06 \x03(\x0b\x32\x1a.lowwater.v1.DeliveryBatch\"_\n\x0bPullRequest\x12\x14\n\x0cmax_messages\x18\x01 \x01(\r\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tworker_id\x18\x03 \x01(\t\"9\n\x0cPullResponse\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.lowwater.v1.Delivery\"B\n\x12\x41\x63knowledgeRequest\x12,\n\x0bsettlements\x18\x01 \x03(\x0b\x32\x17.lowwater.v1.Settlement\"A\n\x13\x41\x63knowledgeResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.lowwater.v1.SettleResult*\x90\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOUTCOME_ACK\x10\x01\x12\x11\n\rOUTCOME_RETRY\x10\x02\x12\x17\n\x13OUTCOME_DEAD_LETTER\x10\x03\x12\x10\n\x0cOUTCOME_DROP\x10\x04\x12\x1d\n\x19OUTCOME_ALREADY_PROCESSED\x10\x05*\xd2\x01\n\x0cSettleStatus\x12\x1d\n\x19SETTLE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10SETTLE_STATUS_OK\x10\x01\x12\x19\n\x15SETTLE_STATUS_UNKNOWN\x10\x02\x12\x17\n\x13SETTLE_STATUS_STALE\x10\x03\x12!\n\x1dSETTLE_STATUS_ALREADY_SETTLED\x10\x04\x12\x1b\n\x17SETTLE_STATUS_NOT_OWNER\x10\x05\x12\x19\n\x15SETTLE_STATUS_INVALID\x10\x06\x32\xe3\x01\n\x0b\x43oordinator\x12\x45\n\x06Stream\x12\x1a.lowwater.v1.StreamRequest\x1a\x1b.lowwater.v1.StreamResponse(\x01\x30\x01\x12;\n\x04Pull\x12\x18.lowwater.v1.PullRequest\x1a\x19.lowwater.v1.PullResponse\x12P\n\x0b\x41\x63knowledge\x12\x1f.lowwater.v1.AcknowledgeRequest\x1a .lowwater.v1.AcknowledgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lowwater.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2331
-  _globals['_OUTCOME']._serialized_end=2475
-  _globals['_SETTLESTATUS']._serialized_start=2478
-  _globals['_SETTLESTATUS']._serialized_end=2688
+  _globals['_OUTCOME']._serialized_start=2427
+  _globals['_OUTCOME']._serialized_end=2571
+  _globals['_SETTLESTATUS']._serialized_start=2574
+  _globals['_SETTLESTATUS']._serialized_end=2784
   _globals['_HEADER']._serialized_start=78
   _globals['_HEADER']._serialized_end=114
   _globals['_DELIVERY']._serialized_start=117
@@ -55,25 +55,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASEEXTENSION']._serialized_start=1057
   _globals['_LEASEEXTENSION']._serialized_end=1136
   _globals['_STREAMREQUEST']._serialized_start=1139
-  _globals['_STREAMREQUEST']._serialized_end=1353
-  _globals['_STREAMOPENED']._serialized_start=1356
-  _globals['_STREAMOPENED']._serialized_end=1507
-  _globals['_TOPICPARTITION']._serialized_start=1509
-  _globals['_TOPICPARTITION']._serialized_end=1559
-  _globals['_PARTITIONSREVOKING']._serialized_start=1562
-  _globals['_PARTITIONSREVOKING']._serialized_end=1693
-  _globals['_DRAINING']._serialized_start=1695
-  _globals['_DRAINING']._serialized_end=1750
-  _globals['_STREAMRESPONSE']._serialized_start=1753
-  _globals['_STREAMRESPONSE']._serialized_end=2037
-  _globals['_PULLREQUEST']._serialized_start=2039
-  _globals['_PULLREQUEST']._serialized_end=2134
-  _globals['_PULLRESPONSE']._serialized_start=2136
-  _globals['_PULLRESPONSE']._serialized_end=2193
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=2195
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=2261
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=2263
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=2328
-  _globals['_COORDINATOR']._serialized_start=2691
-  _globals['_COORDINATOR']._serialized_end=2918
+  _globals['_STREAMREQUEST']._serialized_end=1398
+  _globals['_MSGIDRANGE']._serialized_start=1400
+  _globals['_MSGIDRANGE']._serialized_end=1449
+  _globals['_STREAMOPENED']._serialized_start=1452
+  _globals['_STREAMOPENED']._serialized_end=1603
+  _globals['_TOPICPARTITION']._serialized_start=1605
+  _globals['_TOPICPARTITION']._serialized_end=1655
+  _globals['_PARTITIONSREVOKING']._serialized_start=1658
+  _globals['_PARTITIONSREVOKING']._serialized_end=1789
+  _globals['_DRAINING']._serialized_start=1791
+  _globals['_DRAINING']._serialized_end=1846
+  _globals['_STREAMRESPONSE']._serialized_start=1849
+  _globals['_STREAMRESPONSE']._serialized_end=2133
+  _globals['_PULLREQUEST']._serialized_start=2135
+  _globals['_PULLREQUEST']._serialized_end=2230
+  _globals['_PULLRESPONSE']._serialized_start=2232
+  _globals['_PULLRESPONSE']._serialized_end=2289
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=2291
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=2357
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=2359
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=2424
+  _globals['_COORDINATOR']._serialized_start=2787
+  _globals['_COORDINATOR']._serialized_end=3014
 # @@protoc_insertion_point(module_scope)

@@ -468,6 +468,7 @@ class StreamRequest(_message.Message):
     EXTEND_FIELD_NUMBER: _builtins.int
     FLOW_CONTROL_FIELD_NUMBER: _builtins.int
     ACK_MSG_IDS_FIELD_NUMBER: _builtins.int
+    ACK_RANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___OpenStream:
         """First request only."""
@@ -487,6 +488,13 @@ class StreamRequest(_message.Message):
         after `settlements`.
         """
 
+    @_builtins.property
+    def ack_ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___MsgIdRange]:
+        """ACKs of consecutive msg_ids, as ranges: the cheapest form of all for the
+        deliveries of a DeliveryBatch acknowledged together. Every id in a range
+        counts towards max_settlement_batch. Applied after `ack_msg_ids`.
+        """
+
     def __init__(
         self,
         *,
@@ -495,14 +503,39 @@ class StreamRequest(_message.Message):
         extend: Global___LeaseExtension | None = ...,
         flow_control: Global___FlowControl | None = ...,
         ack_msg_ids: _abc.Iterable[_builtins.int] | None = ...,
+        ack_ranges: _abc.Iterable[Global___MsgIdRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["extend", b"extend", "flow_control", b"flow_control", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_msg_ids", b"ack_msg_ids", "extend", b"extend", "flow_control", b"flow_control", "open", b"open", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_msg_ids", b"ack_msg_ids", "ack_ranges", b"ack_ranges", "extend", b"extend", "flow_control", b"flow_control", "open", b"open", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
+
+@_typing.final
+class MsgIdRange(_message.Message):
+    """MsgIdRange names the msg_ids first_msg_id .. first_msg_id + count - 1."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_MSG_ID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    first_msg_id: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        first_msg_id: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "first_msg_id", b"first_msg_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MsgIdRange: _TypeAlias = MsgIdRange  # noqa: Y015
 
 @_typing.final
 class StreamOpened(_message.Message):
