@@ -54,6 +54,17 @@ from tests.support.redis import delete_prefix, ping, shared_redis_url, unique_pr
 
 WORKER_IN_FLIGHT = 2000
 """What the benchmark worker declares it holds at once."""
+MAX_LEASES = 10_000
+"""``--max-leases-per-stream`` of every benchmark sidecar, so that a worker holds what it
+declares (the default, 1000, cut WORKER_IN_FLIGHT to 1000 until 2026-11-26)."""
+THROUGHPUT_PENDING_CAP = 50_000
+"""``--max-pending-per-partition`` of the throughput runs. A partition at its cap pauses and
+resumes at 80% of it; librdkafka drops what it had prefetched on a pause, so the resumed fetch
+starts over while the records between the cap and the resume mark drain. At the default cap
+(10,000) that is 2,000 records, ~30 ms at these rates, less than a refetch took: partitions
+ran dry (GetStatus sampled every 20 ms showed all four empty for ~0.1 s at a time), and the
+ratio was 0.107 against 0.144 with this cap (one run each, 500,000 records)."""
+THROUGHPUT_FLAGS = ["--max-pending-per-partition", str(THROUGHPUT_PENDING_CAP)]
 STATUS_POLL_S = 0.02
 """How often the run polls the sidecar's status for the commit point."""
 COMMIT_INTERVAL = "100ms"
@@ -203,9 +214,10 @@ def lowwater_run(
 
 
 def bench_sidecar_flags() -> list[str]:
-    """What every benchmark sidecar runs with: the ceiling's consumer tuning and a short commit
-    interval (see COMMIT_INTERVAL)."""
-    return sidecar_args(CONSUMER_TUNING, ["--commit-interval", COMMIT_INTERVAL])
+    """What every benchmark sidecar runs with: the ceiling's consumer tuning, a short commit
+    interval (see COMMIT_INTERVAL) and room for the leases its worker asks for (MAX_LEASES)."""
+    return sidecar_args(CONSUMER_TUNING, ["--commit-interval", COMMIT_INTERVAL,
+                                          "--max-leases-per-stream", str(MAX_LEASES)])
 
 
 def idle_rss(bootstrap: str, extra: list[str]) -> int:
@@ -299,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks: dict[str, int] = {}
         try:
             for name in order:
-                run = lowwater_run(bootstrap, topic, args.n, flags=flags[name])
+                run = lowwater_run(bootstrap, topic, args.n, flags=[*THROUGHPUT_FLAGS, *flags[name]])
                 rate = run.per_second
                 peaks[name] = max(peaks.get(name, 0), run.sidecar_peak_rss_kib)
                 runs.setdefault(name, []).append(rate)

@@ -29,6 +29,8 @@ from bench.report import Context, Goal, Section
 from bench.sidecar import (
     COMMIT_INTERVAL,
     GUARANTEE_FLAGS,
+    MAX_LEASES,
+    THROUGHPUT_FLAGS,
     WORKER_IN_FLIGHT,
     LowwaterRun,
     lowwater_run,
@@ -63,7 +65,8 @@ def run(ctx: Context) -> Section:
     runs: dict[str, LowwaterRun] = {}
     for label, guarantee in (("(c)", "at_least_once"), ("(d)", "at_most_once")):
         say(f"throughput {label}: lowwater {guarantee}, sidecar -> one AsyncWorker, to commit")
-        runs[guarantee] = lowwater_run(ctx.bootstrap, topic, n, flags=GUARANTEE_FLAGS[guarantee])
+        runs[guarantee] = lowwater_run(ctx.bootstrap, topic, n,
+                                       flags=[*THROUGHPUT_FLAGS, *GUARANTEE_FLAGS[guarantee]])
         say(f"    {runs[guarantee].per_second:,.0f} rec/s")
     alo, amo = runs["at_least_once"], runs["at_most_once"]
 
@@ -97,26 +100,19 @@ def run(ctx: Context) -> Section:
         "the cores."),
         (f"What bounds (c): every record costs {sidecar_us:.1f} µs of sidecar CPU and "
          f"{worker_us:.1f} µs of worker CPU, against {ceiling_cpu_us:.1f} µs for the raw "
-         f"consume; half the ceiling would allow {2e6 / a:.1f} µs per record in all. "
-         "A py-spy profile of the sidecar (200 Hz, 4 s of a 600,000-record at_least_once "
-         "run on this machine, 125k rec/s) puts 64% of its samples on the event-loop thread, "
-         "25% on the fetcher thread (consume() making Message objects) and 11% on gRPC's "
-         "poller thread, all under one GIL: the sidecar process is the bound. Of the event "
-         "loop's samples, 28% take fetched records into the ledger (Engine.intake: the "
-         "compact payload, the ledger's Record), 30% lease and write the Delivery protobufs "
-         "(CoordinatorService._write, convert.add_deliveries), 14% read and apply the worker's "
-         "acks and 7% wait in epoll. Two costs were cut this session: Python's cyclic garbage "
-         "collector, which ran every 700 allocations and took ~1 µs per record (the sidecar now "
-         "sets thresholds of 100,000, 50, 20), and the commit's offset map, which walked the "
-         "whole pending set at every commit (11% of the loop; now skipped when nothing above "
-         "the commit offset is finished). Together they took the sidecar from ~10 to ~6-7 µs "
-         "per record. What is left is per-record Python work spread over a dozen steps, none "
-         "above a tenth of the loop: reaching half the ceiling would need about 1 µs per "
-         "record in all, which only a columnar stream (msg_ids in ranges, one repeated field "
-         "per column on both sides) and a consumer that hands batches without a Python object "
-         "per record could approach. The worker's loop was busy about half the time (py-spy on "
-         "the benchmark process), a fifth of that building Message objects and a fifth "
-         "writing settlements."),
+         f"consume; half the ceiling would allow {2e6 / a:.1f} µs per record in all. The "
+         "sidecar keeps records fetched in a row as one run, sends them as column batches and "
+         "takes the worker's acks as msg_id ranges: that took it from 5.5-6 to about 3 µs per "
+         "record (2026-11-26). Neither process is saturated now: per-thread CPU over a "
+         "500,000-record run (/proc/PID/task) put the sidecar's event loop at ~40%, its "
+         "fetcher thread at ~16% and librdkafka's broker thread at ~20%, and the worker's loop "
+         "at ~35-40%. What stalls is the fetch: Admin/GetStatus sampled every 20 ms shows "
+         "partitions pausing at their pending cap and, after each resume, running dry for up "
+         "to ~0.1 s while librdkafka fetches again (it drops what it had prefetched when a "
+         "partition pauses); the larger cap of these runs narrows that. Under the GIL, a "
+         "py-spy --gil profile of the sidecar puts 27% of the samples on intake (four method "
+         "calls per confluent Message), 21% on building the column batches, 15% on reading "
+         "acks and 14% in gRPC's own callbacks."),
         (f"(b) is bounded by the same GIL: the consumer thread submits one task per record and "
         f"the pool's threads (ThreadPoolExecutor's default, min(32, cpus + 4)) finish them "
         f"under one lock, about {pool_cpu_us:.1f} µs of CPU per record. Its in-flight bound "
@@ -135,6 +131,7 @@ def run(ctx: Context) -> Section:
             f"ThreadPoolExecutor, one task per record, the lowest contiguous finished offset "
             f"committed with commit(asynchronous=True) every {COMMIT_INTERVAL_S * 1000:.0f} ms; "
             f"(c, d) `lowwater serve` as a child process (--commit-interval {COMMIT_INTERVAL}, "
+            f"{' '.join(THROUGHPUT_FLAGS)}, --max-leases-per-stream {MAX_LEASES:,}, "
             f"fetch.queue.backoff.ms=10) and one SDK AsyncWorker (max_in_flight "
             f"{WORKER_IN_FLIGHT:,}) whose handler returns at once. One run each."
         ),

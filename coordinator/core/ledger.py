@@ -312,7 +312,7 @@ class Ledger:
         """
         if part.revoking:
             return False
-        if part.skip is not None or part.at_most_once:  # records of their own, one by one
+        if part.skip is not None:  # the previous owner finished some: one by one
             for offset, payload, size in zip(offsets, payloads, sizes, strict=True):
                 self.add_to(part, offset, size, payload, now)
             return True
@@ -483,7 +483,10 @@ class Ledger:
                 run.msg_id = table.grant_block(run, k, deadline)
                 holder.runs[run.msg_id] = run
                 self._run_leased += k
-                run.part.in_flight += k
+                if run.part.at_most_once:  # finished once dispatched; the run holds credit
+                    self._finish_pending(run, run.offsets)
+                else:
+                    run.part.in_flight += k
                 messages += k
                 nbytes += sum(run.sizes)
                 taken += k
@@ -878,14 +881,16 @@ class Ledger:
         done[i] = 1
         run.open -= 1
         self._run_leased -= 1
-        part = run.part
-        part.in_flight -= 1
         credits = run.holder.credits  # type: ignore[union-attr]  # a leased run has one
         credits.messages -= 1
         credits.bytes -= run.sizes[i]
-        part.offsets.finished(run.offsets[i])
         if not run.open:
             self._release_run(run)
+        part = run.part
+        if part.at_most_once:  # finished when it was dispatched
+            return
+        part.in_flight -= 1
+        part.offsets.finished(run.offsets[i])
         if part.gate.paused:
             self._check_gate(part)
 
@@ -894,13 +899,18 @@ class Ledger:
         n = len(run.offsets)
         run.open = 0
         self._run_leased -= n
-        part = run.part
-        part.in_flight -= n
         credits = run.holder.credits  # type: ignore[union-attr]  # a leased run has one
         credits.messages -= n
         credits.bytes -= sum(run.sizes)
-        part.offsets.finished_run(run.offsets)
         self._release_run(run)
+        if not run.part.at_most_once:  # (those were finished when dispatched)
+            run.part.in_flight -= n
+            self._finish_pending(run, run.offsets)
+
+    def _finish_pending(self, run: Run, offsets: list[int]) -> None:
+        """The members at ``offsets``, every one pending, are finished."""
+        part = run.part
+        part.offsets.finished_run(offsets)
         if part.gate.paused:
             self._check_gate(part)
 
@@ -918,7 +928,9 @@ class Ledger:
         part = run.part
         offset = run.offsets[i]
         rec = Record(part, offset, run.sizes[i], run.payloads[i], run.fetched_at)
-        part.records[offset] = rec  # the same place in fetch order
+        finished = run.state is LEASED and part.at_most_once  # when it was dispatched
+        if not finished:
+            part.records[offset] = rec  # the same place in fetch order
         done = run.done
         if done is None:
             done = run.done = bytearray(len(run.offsets))
@@ -929,7 +941,7 @@ class Ledger:
             return Lease(0, rec, cast(Holder, None), 0.0, 0)  # only its record
         holder = cast(Holder, run.holder)  # a leased run has one
         rec.attempt = 1
-        rec.state = LEASED
+        rec.state = DONE if finished else LEASED
         lease = Lease(run.msg_id + i, rec, holder, run.deadline, 1, run.granted)
         rec.lease = lease
         self._table.adopt(lease)

@@ -203,7 +203,7 @@ class Run:
         snapshots; changing it changes nothing)."""
         i = self.member(offset)
         rec = Record(self.part, offset, self.sizes[i], self.payloads[i], self.fetched_at)
-        rec.state = self.state
+        rec.state = DONE if self.state is LEASED and self.part.at_most_once else self.state
         if self.state is LEASED:
             rec.attempt = 1
             rec.lease = _Lease(self.msg_id + i, rec, cast(Holder, self.holder), self.deadline,

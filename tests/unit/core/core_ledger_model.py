@@ -153,7 +153,7 @@ class LedgerModel(RuleBasedStateMachine):
         for run in leased:
             if isinstance(run, Run):
                 event("a run was leased whole")
-                assert run.part.tp not in AT_MOST_ONCE | KEYED
+                assert run.part.tp not in KEYED
                 assert [m.msg_id for m in members([run])] == list(
                     range(run.msg_id, run.msg_id + len(run.offsets)))
         for lease in leases:

@@ -25,14 +25,16 @@ from coordinator.core.policy import RetryPolicy
 from coordinator.core.records import leased_count, members, pending_records
 
 SOAK = os.environ.get("HYPOTHESIS_PROFILE") == "soak"
-TPS = (TopicPartition("t", 0), TopicPartition("t", 1))
+TPS = (TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("fast", 0))
+AT_MOST_ONCE = TPS[2]
+"""Its records are finished when they are dispatched."""
 HOLDERS = {"s0": (5, 0), "s1": (3, 40), "pull:w": (50, 0)}
 """Holder name -> (max messages, max bytes)."""
 
 PICK = st.integers(0, 10_000)
 OUTCOMES = st.one_of(st.none(), st.sampled_from(Outcome))
 ops = st.lists(st.one_of(
-    st.tuples(st.just("fetch"), st.integers(0, 1), st.lists(st.integers(0, 2), min_size=1,
+    st.tuples(st.just("fetch"), st.integers(0, 2), st.lists(st.integers(0, 2), min_size=1,
                                                             max_size=7), st.integers(1, 25)),
     st.tuples(st.just("lease"), st.sampled_from(sorted(HOLDERS)), st.integers(1, 8)),
     st.tuples(st.just("settle"), st.sampled_from([*HOLDERS, None]), PICK, OUTCOMES),
@@ -43,8 +45,8 @@ ops = st.lists(st.one_of(
               st.sampled_from([None, 0.0, 5.0])),
     st.tuples(st.just("tick"), st.floats(0.0, 25.0)),
     st.tuples(st.just("close"), st.sampled_from(["s0", "s1"])),
-    st.tuples(st.just("skip"), st.integers(0, 1), PICK),
-    st.tuples(st.just("revoke"), st.integers(0, 1), st.booleans()),
+    st.tuples(st.just("skip"), st.integers(0, 2), PICK),
+    st.tuples(st.just("revoke"), st.integers(0, 2), st.booleans()),
     st.tuples(st.just("commit"),),
 ), max_size=60)
 
@@ -60,7 +62,7 @@ class Side:
         self.next = dict.fromkeys(TPS, 0)
         self.committed = dict.fromkeys(TPS, 0)
         for tp in TPS:
-            self.led.assign(tp, 0)
+            self.led.assign(tp, 0, at_most_once=tp == AT_MOST_ONCE)
         for name, (messages, nbytes) in HOLDERS.items():
             self.led.open_holder(name, name, messages, nbytes, pull=name.startswith("pull:"))
 
@@ -126,7 +128,7 @@ class Side:
             points = led.revoke([tp])
             if points:  # committed before the release
                 self.committed[tp] = points[0].offset
-            led.assign(tp, self.committed[tp])  # back again: from the committed offset
+            led.assign(tp, self.committed[tp], at_most_once=tp == AT_MOST_ONCE)  # back again
             self.next[tp] = self.committed[tp]
             return notify, [(p.tp, p.offset) for p in points]
         assert kind == "commit"

@@ -67,8 +67,7 @@ class LedgerMachine(LedgerModel):
           sizes=st.lists(st.integers(1, 50), min_size=8, max_size=8))
     def add_run(self, tp: TopicPartition, gaps: list[int], sizes: list[int]) -> None:
         """Fetches records in a row with nothing of their own, as the runtime does for
-        unordered at-least-once partitions without a TTL (on the at-most-once partition the
-        ledger takes them one by one)."""
+        unordered partitions without a TTL."""
         part = self.led.partitions.get(tp)
         if part is None or tp in self.revoking:
             before = self._snapshot()
