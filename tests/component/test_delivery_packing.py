@@ -9,6 +9,7 @@ worker instead of breaking the stream.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from coordinator.service.limits import Limits
 from lowwater.v1 import coordinator_pb2 as pb
 from tests.support.aio import async_test
 
-from .harness import harness
+from .harness import Harness, harness
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,3 +73,57 @@ async def test_messages_stay_within_the_limit_and_a_record_over_it_is_retried(
         assert part.offsets.commit_offset == 5  # held pending: retried, never lost
         assert part.records[5].attempt >= 1
         call.cancel()
+
+
+async def open_stream(h: Harness, worker: str, max_in_flight: int) -> Any:
+    call = h.coordinator.Stream()
+    await call.write(pb.StreamRequest(open=pb.OpenStream(
+        worker_id=worker, flow_control=pb.FlowControl(max_in_flight_messages=max_in_flight),
+        delivery_batches=True)))
+    assert (await call.read()).HasField("opened")
+    return call
+
+
+async def answers(call: Any, request: pb.StreamRequest) -> list[tuple[int, int]]:
+    """Sends ``request`` then a sentinel ack of an id never issued: the answers before the
+    sentinel's are the request's (the stream answers in order)."""
+    sentinel = 2**64 - 1
+    await call.write(request)
+    await call.write(pb.StreamRequest(ack_msg_ids=[sentinel]))
+    out: list[tuple[int, int]] = []
+    while True:
+        resp = await asyncio.wait_for(call.read(), WAIT)
+        for r in resp.rejected:
+            if r.msg_id == sentinel:
+                return out
+            out.append((r.msg_id, r.status))
+
+
+@async_test
+async def test_ranges_settle_a_streams_own_batch_and_answer_every_other_id() -> None:
+    async with harness() as h:
+        h.assign("t", 1)
+        a = await open_stream(h, "a", 10)
+        h.feed("t", 0, list(range(10)))
+        (batch,) = (await asyncio.wait_for(a.read(), WAIT)).batches
+        first = batch.first_msg_id
+        assert list(batch.offsets) == list(range(10))
+        b = await open_stream(h, "b", 10)
+        theirs = pb.StreamRequest(ack_ranges=[pb.MsgIdRange(first_msg_id=first, count=3)])
+        assert await answers(b, theirs) == [
+            (m, pb.SETTLE_STATUS_NOT_OWNER) for m in range(first, first + 3)]
+        (holder,) = [x for x in h.engine.ledger.holders.values() if x.worker_id == "a"]
+        assert h.engine.ledger.holder_msg_ids(holder) == list(range(first, first + 10))
+        mine = pb.StreamRequest(ack_ranges=[
+            pb.MsgIdRange(first_msg_id=first + 2, count=8),  # the end of the batch first
+            pb.MsgIdRange(first_msg_id=first, count=4),  # 2 and 3 again: already settled
+            pb.MsgIdRange(first_msg_id=first + 1000, count=2),  # never issued
+        ])
+        assert await answers(a, mine) == [
+            (first + 2, pb.SETTLE_STATUS_ALREADY_SETTLED),
+            (first + 3, pb.SETTLE_STATUS_ALREADY_SETTLED),
+            (first + 1000, pb.SETTLE_STATUS_UNKNOWN), (first + 1001, pb.SETTLE_STATUS_UNKNOWN)]
+        part = h.engine.ledger.partitions[TopicPartition("t", 0)]
+        assert part.offsets.commit_offset == 10 and part.in_flight == 0
+        a.cancel()
+        b.cancel()

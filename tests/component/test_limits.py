@@ -154,9 +154,22 @@ async def test_a_stream_over_max_streams_is_refused_and_the_others_keep_working(
                 await until(lambda: commit_offset(h) == 202)
 
 
+def packed(held: list[int], unknown: int) -> pb.StreamRequest:
+    """ACKs of ``held`` and of ``unknown`` never-issued ids, packed."""
+    return pb.StreamRequest(ack_msg_ids=[*held, *range(2**63, 2**63 + unknown)])
+
+
+def ranged(held: list[int], unknown: int) -> pb.StreamRequest:
+    """The same as ranges: every id in a range counts."""
+    assert held == list(range(held[0], held[0] + len(held)))
+    return pb.StreamRequest(ack_ranges=[pb.MsgIdRange(first_msg_id=held[0], count=len(held)),
+                                        pb.MsgIdRange(first_msg_id=2**63, count=unknown)])
+
+
+@pytest.mark.parametrize("form", [packed, ranged], ids=["packed", "ranges"])
 @async_test
 async def test_a_giant_batch_on_a_stream_settles_nothing_and_its_leases_go_elsewhere_at_once(
-) -> None:
+        form: Callable[[list[int], int], pb.StreamRequest]) -> None:
     """Lease 30 s: the records come back to the other worker long before they would lapse."""
     limit = 1000
     async with harness(limits=Limits(max_settlement_batch=limit)) as h:
@@ -171,8 +184,7 @@ async def test_a_giant_batch_on_a_stream_settles_nothing_and_its_leases_go_elsew
             await other.open()
             # Its own ten ids among unknown ones, one over the limit: nothing may be settled.
             started = time.monotonic()
-            await hoarder.call.write(pb.StreamRequest(
-                ack_msg_ids=[*held, *range(2**63, 2**63 + limit - len(held) + 1)]))
+            await hoarder.call.write(form(held, limit - len(held) + 1))
             error = await hoarder.end()
             assert error is not None
             assert_limit(error, "max_settlement_batch")
