@@ -26,7 +26,8 @@ _log = logging.getLogger("lowwater.connection")
 _settle_log = logging.getLogger("lowwater.settle")
 
 OPEN_TIMEOUT = 10.0
-"""Seconds to wait for the sidecar's ``opened`` answer before giving up on an attempt."""
+"""Seconds to send ``open`` and get the sidecar's ``opened`` answer before giving up on an
+attempt."""
 
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait, after half-closing, for the sidecar to end the stream."""
@@ -266,8 +267,10 @@ class Session:
                               delivery_batches=True)
         )
         try:
-            await call.write(request)
-            first = await asyncio.wait_for(call.read(), OPEN_TIMEOUT)
+            # Both halves are bounded: a write can wait for a connection that never answers.
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await call.write(request)
+                first = await call.read()
         except TimeoutError:
             self._cancel_call()
             raise ConnectionLost(f"no answer to open within {OPEN_TIMEOUT} s") from None

@@ -10,10 +10,12 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+import grpc
 import pytest
 
-from lowwater import AsyncWorker, Backoff, Message
+from lowwater import AsyncWorker, Backoff, Message, _session
 from lowwater.testing import FakeSidecar
+from lowwater.v1 import coordinator_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
 FAST_RECONNECT = Backoff(
@@ -306,3 +308,39 @@ def test_revoking_runs_deliveries_not_started_yet(
         assert len(fake.deliveries) == 2 * n
         expected = [(i, 2) for i in range(n)]
     assert sorted((s.record.offset, s.attempt) for s in fake.settlements) == expected
+
+
+class _Mute(pb_grpc.CoordinatorServicer):
+    """A sidecar that takes the stream and never answers ``open``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Stream(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
+        self.calls += 1
+        await asyncio.Event().wait()  # until the call is cancelled
+
+
+def test_an_unanswered_open_is_given_up_and_shutdown_does_not_wait_for_it(
+        run: Run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(_session, "OPEN_TIMEOUT", 0.3)
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        mute = _Mute()
+        pb_grpc.add_CoordinatorServicer_to_server(mute, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with AsyncWorker(f"127.0.0.1:{port}", _never, reconnect_backoff=FAST_RECONNECT):
+                await _until(lambda: mute.calls >= 2)  # gave up on the first, tried again
+            # ...and the shutdown above returned without an answer to its open.
+        finally:
+            await server.stop(None)
+
+    run(scenario())
+    assert any("no answer to open within 0.3 s" in r.getMessage() for r in caplog.records)
+
+
+async def _never(msg: Message) -> None:
+    raise AssertionError("nothing is delivered")
