@@ -11,7 +11,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 from coordinator.core.flow import Credits, GateChange, PauseGate
 from coordinator.core.leases import RECENT_IDS_REMEMBERED, LeaseTable
@@ -299,10 +299,11 @@ class Ledger:
             self._check_gate(part)
         return True
 
-    def add_run(self, part: PartitionState, offsets: list[int], payloads: list[object],
+    def add_run(self, part: PartitionState, offsets: list[int], columns: tuple[list[Any], ...],
                 sizes: list[int], now: float) -> bool:
-        """Records fetched in a row from ``part`` (increasing ``offsets``, and a payload and a
-        size each) that have nothing of their own: no TTL, no ordering key, not back from a
+        """Records fetched in a row from ``part`` (increasing ``offsets``, a size each, and
+        their payloads as ``columns``: record i's payload is the tuple of each column's item
+        i) that have nothing of their own: no TTL, no ordering key, not back from a
         retry topic. They are kept as one :class:`Run` while they share one fate, which costs
         a fraction of a record each; what :meth:`add_to` does for them is the same otherwise.
         False (and ignored) if ``part`` is being revoked.
@@ -313,10 +314,10 @@ class Ledger:
         if part.revoking:
             return False
         if part.skip is not None:  # the previous owner finished some: one by one
-            for offset, payload, size in zip(offsets, payloads, sizes, strict=True):
-                self.add_to(part, offset, size, payload, now)
+            for offset, size, *payload in zip(offsets, sizes, *columns, strict=True):
+                self.add_to(part, offset, size, tuple(payload), now)
             return True
-        run = Run(part, offsets, payloads, sizes, now)
+        run = Run(part, offsets, columns, sizes, now)
         part.offsets.fetched_run(offsets, run)
         self._ready.append(run)
         self.ready_count += len(offsets)
@@ -927,7 +928,7 @@ class Ledger:
         credit. Returns its lease (leased) or a lease-less one naming the record (queued)."""
         part = run.part
         offset = run.offsets[i]
-        rec = Record(part, offset, run.sizes[i], run.payloads[i], run.fetched_at)
+        rec = Record(part, offset, run.sizes[i], run.payload(i), run.fetched_at)
         finished = run.state is LEASED and part.at_most_once  # when it was dispatched
         if not finished:
             part.records[offset] = rec  # the same place in fetch order

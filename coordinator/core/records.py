@@ -12,7 +12,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from coordinator.core.flow import Credits, PauseGate
 from coordinator.core.leases import Lease as _Lease
@@ -160,18 +160,21 @@ class Run:
     ``part.records`` holds the run under the offset of each member still in it.
     """
 
-    __slots__ = ("deadline", "done", "fetched_at", "granted", "holder", "msg_id", "offsets",
-                 "open", "part", "payloads", "sizes", "state")
+    __slots__ = ("columns", "deadline", "done", "fetched_at", "granted", "holder", "msg_id",
+                 "offsets", "open", "part", "sizes", "state")
 
     attempt = 1
     """A run is only ever leased once: a redelivery is a record's own."""
 
-    def __init__(self, part: PartitionState, offsets: list[int], payloads: list[object],
+    def __init__(self, part: PartitionState, offsets: list[int], columns: tuple[list[Any], ...],
                  sizes: list[int], now: float) -> None:
         self.part = part
         self.offsets = offsets
-        """Increasing: one per member, and so are ``payloads`` and ``sizes``."""
-        self.payloads = payloads
+        """Increasing: one per member, and so is each column and ``sizes``."""
+        self.columns = columns
+        """The members' payloads, column by column: member i's is ``payload(i)``. Opaque to
+        the core, like a Record's payload; kept as columns so that the runtime can take them
+        in and send them out a column at a time."""
         self.sizes = sizes
         self.fetched_at = now
         self.state = READY
@@ -188,11 +191,17 @@ class Run:
     def split(self, k: int) -> Run:
         """Cuts the first ``k`` members off this (READY) run into a new one, which it returns;
         the caller moves ``part.records`` of their offsets to it."""
-        head = Run(self.part, self.offsets[:k], self.payloads[:k], self.sizes[:k],
-                   self.fetched_at)
-        del self.offsets[:k], self.payloads[:k], self.sizes[:k]
+        head = Run(self.part, self.offsets[:k], tuple(c[:k] for c in self.columns),
+                   self.sizes[:k], self.fetched_at)
+        del self.offsets[:k], self.sizes[:k]
+        for column in self.columns:
+            del column[:k]
         self.open -= k
         return head
+
+    def payload(self, i: int) -> tuple[Any, ...]:
+        """Member ``i``'s payload: its value in each column."""
+        return tuple(column[i] for column in self.columns)
 
     def member(self, offset: int) -> int:
         """The index of the member at ``offset``."""
@@ -202,7 +211,7 @@ class Run:
         """A detached Record that reads as the member at ``offset`` does (for status pages and
         snapshots; changing it changes nothing)."""
         i = self.member(offset)
-        rec = Record(self.part, offset, self.sizes[i], self.payloads[i], self.fetched_at)
+        rec = Record(self.part, offset, self.sizes[i], self.payload(i), self.fetched_at)
         rec.state = DONE if self.state is LEASED and self.part.at_most_once else self.state
         if self.state is LEASED:
             rec.attempt = 1

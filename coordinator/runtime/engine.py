@@ -42,6 +42,7 @@ from coordinator.kafka.records import (
     Retried,
     contents,
     fetched,
+    fetched_columns,
     origin,
     retried,
 )
@@ -303,11 +304,12 @@ class Engine:
                 ignored += j - i
             elif plain and (self._router is None or self._router.retry_tier(t) is None):
                 segment = records[i:j]
-                payloads = [fetched(msg) for msg in segment]  # the Messages themselves go
+                columns = fetched_columns(segment)  # the Messages themselves go
+                keys, values = columns[0], columns[1]
                 sizes = [(len(value) if value else 0) + (len(key) if key else 0)
-                         for key, value, _, _ in payloads]
-                if not ledger.add_run(part, [msg.offset() for msg in segment],
-                                      payloads, sizes, now):  # type: ignore[arg-type]
+                         for key, value in zip(keys, values, strict=True)]
+                if not ledger.add_run(part, [msg.offset() for msg in segment], columns, sizes,
+                                      now):
                     ignored += j - i
             else:
                 ignored += self._intake_one_by_one(part, lane, records[i:j], now)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.duration_pb2 import Duration
 
 from coordinator.core.ledger import Lease, Run
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.records import members
-from coordinator.kafka.records import Fetched, Payload, Retried
+from coordinator.kafka.records import Fetched, Headers, Payload, Retried
 from coordinator.runtime.engine import PendingView, Settlement, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
 from lowwater.v1 import admin_pb2
@@ -160,7 +160,7 @@ def add_batches(target: Iterable[pb.DeliveryBatch], leases: list[Leased]) -> Non
         b.lease_deadline_ms = int((lease.deadline + wall) * 1000)
         b.offsets.extend(lease.offsets)
         b.attempts.extend([1] * len(lease.offsets))
-        _add_columns(b, lease.payloads)  # type: ignore[arg-type]  # Fetched: see Ledger.add_run
+        _add_columns(b, *lease.columns)  # Columns: see Engine.intake
     if own:
         _add_leases(add, own, wall)
 
@@ -184,22 +184,30 @@ def _add_leases(add: Callable[[], pb.DeliveryBatch], leases: list[Lease], wall: 
             b.offsets.extend([rec.offset for rec in recs])
             contents = [rec.payload for rec in recs]  # type: ignore[misc]  # Fetched, by _runs
         b.attempts.extend([lease.attempt for lease in run])
-        _add_columns(b, contents)
+        _add_columns(b, *(list(column) for column in zip(*contents, strict=True)))
 
 
-def _add_columns(b: pb.DeliveryBatch, contents: list[Fetched]) -> None:
-    """A batch's values, timestamps, keys and headers, from its records' contents."""
-    b.values.extend([value or b"" for _, value, _, _ in contents])
-    b.timestamps_ms.extend([ts or 0 for _, _, _, ts in contents])
-    keys = [key for key, _, _, _ in contents]
-    if keys.count(None) != len(keys):
-        b.null_keys.extend([i for i, key in enumerate(keys) if key is None])
-        b.keys.extend([b"" if key is None else key for key in keys])
-    for i, (_, _, headers, _) in enumerate(contents):
-        if headers:
-            h = b.headers.add()
-            h.index = i
-            h.headers.extend(pb.Header(key=k, value=v or b"") for k, v in headers)
+def _add_columns(b: pb.DeliveryBatch, keys: list[bytes | None], values: list[bytes | None],
+                 headers: list[Headers | None], stamps: list[int | None]) -> None:
+    """A batch's values, timestamps, keys and headers, from its records' columns. A column
+    without a null goes in as it is, in one call."""
+    b.values.extend([value or b"" for value in values] if None in values
+                    else cast(list[bytes], values))
+    b.timestamps_ms.extend([ts or 0 for ts in stamps] if None in stamps
+                           else cast(list[int], stamps))
+    nulls = keys.count(None)
+    if nulls != len(keys):
+        if nulls:
+            b.null_keys.extend([i for i, key in enumerate(keys) if key is None])
+            b.keys.extend([b"" if key is None else key for key in keys])
+        else:
+            b.keys.extend(cast(list[bytes], keys))  # no None: counted
+    if headers.count(None) != len(headers):
+        for i, pairs in enumerate(headers):
+            if pairs:
+                h = b.headers.add()
+                h.index = i
+                h.headers.extend(pb.Header(key=k, value=v or b"") for k, v in pairs)
 
 
 Fill = Callable[[pb.StreamResponse, list[Leased]], None]

@@ -81,6 +81,26 @@ def test_batches_read_as_the_deliveries_they_stand_for(
         assert len(batched.batches) == 1
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(fetched, min_size=1, max_size=30), st.integers(1, 40))
+def test_a_run_is_sent_as_the_deliveries_of_its_records(
+        payloads: list[Fetched], limit: int) -> None:
+    """Records taken in as a run (their payloads as columns) read the same in both forms."""
+    ledger = Ledger(max_pending_per_partition=1000)
+    part = ledger.assign(TPS[0], 0)
+    columns = tuple(list(column) for column in zip(*payloads, strict=True))
+    assert ledger.add_run(part, list(range(0, 2 * len(payloads), 2)), columns,
+                          [1] * len(payloads), 0.0)
+    leases = ledger.lease(ledger.open_holder("h", "w", 1000), 1.0, limit)
+    one, batched = pb.StreamResponse(), pb.StreamResponse()
+    convert.deliveries_into(one, leases)
+    convert.batches_into(batched, leases)
+    batched = pb.StreamResponse.FromString(batched.SerializeToString())
+    expected = [fields(from_delivery(RecordingSettler(), d, 0.0)) for d in one.deliveries]
+    assert [fields(m) for m in as_batches(batched)] == expected
+    assert len(expected) == min(limit, len(payloads)) and len(batched.batches) == 1
+
+
 def test_a_batch_keeps_null_and_empty_keys_apart() -> None:
     ledger = Ledger()
     tp = TPS[0]

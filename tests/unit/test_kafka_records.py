@@ -7,7 +7,7 @@ import gc
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
 from coordinator.core.model import TopicPartition
-from coordinator.kafka.records import Retried, contents, fetched, origin, retried
+from coordinator.kafka.records import Retried, contents, fetched, fetched_columns, origin, retried
 
 TP = TopicPartition("orders.retry.1s", 3)
 RETRY_HEADERS: list[tuple[str, str | bytes | None]] = [
@@ -58,3 +58,11 @@ def test_a_record_without_valid_retry_headers_is_not_a_retry() -> None:
     assert retried(fetched(message())) is None
     broken = [(k, b"x" if k == "lowwater.offset" else v) for k, v in RETRY_HEADERS]
     assert retried(fetched(message(broken))) is None
+
+
+def test_columns_hold_what_fetched_gives_record_by_record() -> None:
+    msgs = [message([("h", b"1")]), message(timestamp=(TIMESTAMP_NOT_AVAILABLE, 0)),
+            Message(topic=TP.topic, partition=TP.partition, offset=9, key=None, value=None),
+            message([("a", None), ("a", b"")])]
+    columns = fetched_columns(msgs)
+    assert [tuple(c[i] for c in columns) for i in range(len(msgs))] == [fetched(m) for m in msgs]

@@ -81,17 +81,18 @@ class Side:
                 offsets.append(self.next[tp] + gap)
                 self.next[tp] = offsets[-1] + 1
             sizes = [op[3] + o % 7 for o in offsets]
-            payloads = [f"r{o}" for o in offsets]
+            keys, values = [f"k{o}" for o in offsets], [f"v{o}" for o in offsets]
+            payloads = list(zip(keys, values, strict=True))  # (key, value): a run's columns
             if self.runs:
-                return led.add_run(part, offsets, payloads, sizes, self.now)  # type: ignore[arg-type]
+                return led.add_run(part, offsets, (keys, values), sizes, self.now)
             added = [led.add_to(part, o, s, p, self.now)  # every one: no short cut
                      for o, s, p in zip(offsets, sizes, payloads, strict=True)]
             return all(added)
         if kind == "lease":
             out = led.lease(led.holders[op[1]], self.now, op[2])
             assert len(members(out)) == leased_count(out) <= op[2]
-            return [(m.msg_id, m.record.part.tp, m.record.offset, m.attempt, m.deadline)
-                    for m in members(out)]
+            return [(m.msg_id, m.record.part.tp, m.record.offset, m.attempt, m.deadline,
+                     m.record.payload) for m in members(out)]
         issued = led._table.issued
         if kind == "settle":
             return led.settle(self.holder(op[1]), 1 + op[2] % (issued + 2), op[3], 0.5,
@@ -150,8 +151,9 @@ class Side:
         handoffs = led.take_handoffs()
         for h in handoffs:  # the hand-off path takes them at once
             led.finish_handoff(h.record)
-        return (parts, holders, [(h.record.part.tp, h.record.offset, h.kind, h.reason)
-                                 for h in handoffs], led.take_gate_changes(), led.leased, led.ready_count,
+        handed = [(h.record.part.tp, h.record.offset, h.record.payload, h.kind, h.reason)
+                  for h in handoffs]
+        return (parts, holders, handed, led.take_gate_changes(), led.leased, led.ready_count,
                 led.next_wakeup(), led._table.issued)
 
 
@@ -192,4 +194,4 @@ def test_a_run_must_be_increasing(offsets: list[int]) -> None:
     side = Side(runs=True)
     part = side.led.partitions[TPS[0]]
     with pytest.raises(ValueError, match="not increasing"):
-        side.led.add_run(part, offsets, [None, None], [1, 1], 0.0)
+        side.led.add_run(part, offsets, ([None, None],), [1, 1], 0.0)

@@ -72,7 +72,7 @@ class LedgerMachine(LedgerModel):
         if part is None or tp in self.revoking:
             before = self._snapshot()
             if part is not None:
-                assert not self.led.add_run(part, [self.fetch_pos[tp]], [None], [1], self.now)
+                assert not self.led.add_run(part, [self.fetch_pos[tp]], ([None],), [1], self.now)
             assert self._snapshot() == before
             return
         if part.gate.paused or tp in KEYED:  # keyed records are never in runs
@@ -80,7 +80,7 @@ class LedgerMachine(LedgerModel):
         offsets = list(itertools.accumulate(gaps, lambda at, gap: at + 1 + gap,
                                             initial=self.fetch_pos[tp] + gaps[0] - 1))[1:]
         n = len(offsets)
-        assert self.led.add_run(part, offsets, [None] * n, sizes[:n], self.now)
+        assert self.led.add_run(part, offsets, ([None] * n,), sizes[:n], self.now)
         self.pending[tp].update(offsets)
         self.next_pos[tp] = self.fetch_pos[tp] = offsets[-1] + 1
 
