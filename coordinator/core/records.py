@@ -150,8 +150,8 @@ class Record:
 class Run:
     """Records fetched in a row from one partition, kept as one while they share one fate.
 
-    The fast path for records with nothing of their own (at least once, unordered, no TTL,
-    not back from a retry topic): a run is queued as one, leased to one holder under
+    The fast path for records with nothing of their own (unordered, no TTL, not back from a
+    retry topic; at least once or at most once): a run is queued as one, leased to one holder under
     consecutive msg_ids (``msg_id`` is its first member's), and its members are finished one
     by one or all at once. A member that needs a fate of its own (a retry, a lapse, an
     extension, a skip, a revoke) is first set apart by the ledger: it becomes a
