@@ -151,10 +151,6 @@ class LeaseTable(Generic[R, H]):
             return SettleStatus.UNKNOWN
         return self._other.get(msg_id, SettleStatus.ALREADY_SETTLED)
 
-    def lapsed(self, now: float) -> list[Lease[R, H]]:
-        """The active leases whose deadline is at or before ``now``, earliest first."""
-        return self.take_lapsed(now)[0]
-
     def take_lapsed(self, now: float) -> tuple[list[Lease[R, H]], list[object]]:
         """The active leases and the blocks whose deadline is at or before ``now``, earliest
         first; their deadlines are no longer watched."""

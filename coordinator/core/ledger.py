@@ -485,7 +485,7 @@ class Ledger:
                 holder.runs[run.msg_id] = run
                 self._run_leased += k
                 if run.part.at_most_once:  # finished once dispatched; the run holds credit
-                    self._finish_pending(run, run.offsets)
+                    self._finish_pending(run)
                 else:
                     run.part.in_flight += k
                 messages += k
@@ -906,12 +906,12 @@ class Ledger:
         self._release_run(run)
         if not run.part.at_most_once:  # (those were finished when dispatched)
             run.part.in_flight -= n
-            self._finish_pending(run, run.offsets)
+            self._finish_pending(run)
 
-    def _finish_pending(self, run: Run, offsets: list[int]) -> None:
-        """The members at ``offsets``, every one pending, are finished."""
+    def _finish_pending(self, run: Run) -> None:
+        """Every member of ``run``, all pending, is finished."""
         part = run.part
-        part.offsets.finished_run(offsets)
+        part.offsets.finished_run(run.offsets)
         if part.gate.paused:
             self._check_gate(part)
 

@@ -129,6 +129,21 @@ class LedgerModel(RuleBasedStateMachine):
             return SettleStatus.STALE
         return SettleStatus.ALREADY_SETTLED if msg_id in self.settled else SettleStatus.UNKNOWN
 
+    def _expect_acks(self, holder: Holder, ids: list[int]) -> list[tuple[int, SettleStatus]]:
+        """The model's side of ACKing ``ids`` in order for ``holder``: applies them and
+        returns the (msg_id, status) the ledger must reject."""
+        expected = []
+        for msg_id in ids:
+            status = self._expect(msg_id, holder)
+            if status is OK:
+                done = self._end_lease(msg_id, self.settled)
+                if not done.at_most_once:
+                    self.pending[done.tp].remove(done.offset)
+            else:
+                self._answer(msg_id, holder)
+                expected.append((msg_id, status))
+        return expected
+
     def _end_lease(self, msg_id: int, fate: set[int]) -> Active:
         fate.add(msg_id)
         return self.active.pop(msg_id)

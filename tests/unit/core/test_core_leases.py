@@ -39,8 +39,8 @@ def test_lapsed_returns_due_leases_earliest_first() -> None:
     late = table.grant("a", "h", 30.0, 1)
     early = table.grant("b", "h", 10.0, 1)
     table.grant("c", "h", 31.0, 1)
-    assert table.lapsed(9.9) == []
-    assert table.lapsed(30.0) == [early, late]  # deadline == now counts as lapsed
+    assert table.take_lapsed(9.9)[0] == []
+    assert table.take_lapsed(30.0)[0] == [early, late]  # deadline == now counts as lapsed
     assert table.next_deadline() == 31.0
 
 
@@ -48,7 +48,7 @@ def test_lapsed_does_not_return_released_leases() -> None:
     table: LeaseTable[str, str] = LeaseTable()
     lease = table.grant("a", "h", 5.0, 1)
     table.release(lease, SettleStatus.ALREADY_SETTLED)
-    assert table.lapsed(100.0) == []
+    assert table.take_lapsed(100.0)[0] == []
     assert table.next_deadline() is None
 
 
@@ -57,23 +57,23 @@ def test_extended_lease_is_not_lapsed_at_its_old_deadline() -> None:
     lease = table.grant("a", "h", 10.0, 1)
     table.extend(lease, 40.0)
     assert table.next_deadline() == 40.0
-    assert table.lapsed(39.0) == []
-    assert table.lapsed(40.0) == [lease]
+    assert table.take_lapsed(39.0)[0] == []
+    assert table.take_lapsed(40.0)[0] == [lease]
 
 
 def test_lease_extended_to_an_earlier_deadline_lapses_then() -> None:
     table: LeaseTable[str, str] = LeaseTable()
     lease = table.grant("a", "h", 30.0, 1)
     table.extend(lease, 5.0)
-    assert table.lapsed(5.0) == [lease]
-    assert table.lapsed(30.0) == []  # the old heap entry is skipped
+    assert table.take_lapsed(5.0)[0] == [lease]
+    assert table.take_lapsed(30.0)[0] == []  # the old heap entry is skipped
 
 
 def test_lapsed_returns_a_lease_once_even_if_extended_to_the_same_deadline() -> None:
     table: LeaseTable[str, str] = LeaseTable()
     lease = table.grant("a", "h", 30.0, 1)
     table.extend(lease, 30.0)  # e.g. the same msg_id twice in one LeaseExtension
-    assert table.lapsed(30.0) == [lease]
+    assert table.take_lapsed(30.0)[0] == [lease]
 
 
 def test_lapsed_returns_a_lease_once_after_extending_back_and_forth() -> None:
@@ -81,7 +81,7 @@ def test_lapsed_returns_a_lease_once_after_extending_back_and_forth() -> None:
     lease = table.grant("a", "h", 30.0, 1)
     for deadline in (40.0, 30.0, 40.0):
         table.extend(lease, deadline)
-    assert table.lapsed(50.0) == [lease]
+    assert table.take_lapsed(50.0)[0] == [lease]
 
 
 def test_a_batch_watched_once_lapses_each_lease_at_its_current_deadline() -> None:
@@ -91,16 +91,16 @@ def test_a_batch_watched_once_lapses_each_lease_at_its_current_deadline() -> Non
     table.extend(batch[1], 45.0)
     table.release(batch[2], SettleStatus.ALREADY_SETTLED)
     assert table.next_deadline() == 30.0
-    assert table.lapsed(30.0) == [batch[0], batch[3]]
+    assert table.take_lapsed(30.0)[0] == [batch[0], batch[3]]
     assert table.next_deadline() == 45.0
-    assert table.lapsed(45.0) == [batch[1]]
+    assert table.take_lapsed(45.0)[0] == [batch[1]]
     assert table.next_deadline() is None
 
 
 def test_unwatched_grant_never_lapses_on_its_own() -> None:
     table: LeaseTable[str, str] = LeaseTable()
     table.grant("a", "h", 1.0, 1, watch=False)
-    assert table.lapsed(100.0) == [] and table.next_deadline() is None
+    assert table.take_lapsed(100.0)[0] == [] and table.next_deadline() is None
 
 
 def test_recall_answers_why_an_id_left() -> None:
@@ -168,7 +168,7 @@ def test_lapsed_matches_a_model_of_current_deadlines(ops: list[tuple[int, int, i
         else:
             now += value
             due = sorted((d, m) for m, d in deadlines.items() if d <= now)
-            got = table.lapsed(now)
+            got = table.take_lapsed(now)[0]
             assert [(lease.deadline, lease.msg_id) for lease in got] == due
             for lease in got:
                 table.release(lease, SettleStatus.ALREADY_SETTLED)
