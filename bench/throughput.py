@@ -116,8 +116,9 @@ def run(ctx: Context) -> Section:
         (f"(b) is bounded by the same GIL: the consumer thread submits one task per record and "
         f"the pool's threads (ThreadPoolExecutor's default, min(32, cpus + 4)) finish them "
         f"under one lock, about {pool_cpu_us:.1f} µs of CPU per record. Its in-flight bound "
-        f"is {POOL_IN_FLIGHT:,} records and it commits every {COMMIT_INTERVAL_S * 1000:.0f} ms, "
-        f"like lowwater's worker (max_in_flight {WORKER_IN_FLIGHT:,}) and sidecar "
+        f"is {POOL_IN_FLIGHT:,} records (lowwater's worker declares {WORKER_IN_FLIGHT:,}) "
+        f"and it commits every "
+        f"{COMMIT_INTERVAL_S * 1000:.0f} ms, like lowwater's sidecar "
         f"(--commit-interval {COMMIT_INTERVAL})."),
         ("(d) at_most_once finishes records when they are dispatched, so the worker's acks are "
         "no longer on the commit path; the records still cross the same gRPC stream."),

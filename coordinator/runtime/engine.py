@@ -57,7 +57,24 @@ retry_log = logging.getLogger("coordinator.retry")
 TIMER_RESOLUTION = 0.05
 """Seconds between timer ticks: lease expiry and retry due times are this precise."""
 DELIVERY_BATCH = 500
-"""Most deliveries put into one stream message."""
+"""Most deliveries put into one stream message to a worker whose window (``max_in_flight``)
+is at most four times this; a wider window gets larger messages (:func:`delivery_batch`)."""
+MAX_DELIVERY_BATCH = 2000
+"""Most deliveries put into one stream message, whatever the window."""
+
+
+def delivery_batch(window: int) -> int:
+    """Most deliveries to put into one stream message to a worker that holds up to ``window``
+    records: a quarter of its window, from DELIVERY_BATCH to MAX_DELIVERY_BATCH.
+
+    A stream message costs both sides about 50 µs of CPU whatever it holds (grpc.aio's write,
+    read and completion-queue events), so large windows are served in larger messages; a
+    quarter keeps about four in flight, so the worker is not left idle while its acks travel
+    back. bench/sidecar.py, 1,000,000 records, three runs each: a window of 8,000 in messages of
+    2,000 ran at 403,537 rec/s (median) against 340,740 for a window of 2,000 in messages of
+    500, and 316,780 for 2,000 in messages of 2,000 (one message in flight at a time).
+    """
+    return max(DELIVERY_BATCH, min(MAX_DELIVERY_BATCH, window // 4))
 PULL_MAX_MESSAGES = 1000
 """Cap on ``PullRequest.max_messages``."""
 REBALANCES_KEPT = 20

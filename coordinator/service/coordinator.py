@@ -21,7 +21,7 @@ import grpc
 
 from coordinator.core.model import Outcome, SettleStatus
 from coordinator.core.records import leased_count, members
-from coordinator.runtime.engine import DELIVERY_BATCH, Draining, Engine, Revoking, Session
+from coordinator.runtime.engine import Draining, Engine, Revoking, Session, delivery_batch
 from coordinator.service import convert
 from coordinator.service.convert import Fill, Leased
 from coordinator.service.errors import invalid_argument, limit_exceeded, unavailable
@@ -232,11 +232,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 session.drained.set()
                 if session.rejected:
                     session.wake.set()
-            leases = engine.lease(session.holder, DELIVERY_BATCH)
+            most = delivery_batch(session.holder.credits.max_messages)
+            leases = engine.lease(session.holder, most)
             count = leased_count(leases)
             if leases:
                 fill(resp, leases)
-                if count == DELIVERY_BATCH:
+                if count == most:
                     session.wake.set()  # there may be more, and credit for it
             if not (leases or resp.rejected):
                 continue

@@ -13,8 +13,11 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coordinator.core.model import TopicPartition
+from coordinator.runtime.engine import DELIVERY_BATCH, MAX_DELIVERY_BATCH, delivery_batch
 from coordinator.service.limits import Limits
 from lowwater.v1 import coordinator_pb2 as pb
 from tests.support.aio import async_test
@@ -127,3 +130,28 @@ async def test_ranges_settle_a_streams_own_batch_and_answer_every_other_id() -> 
         assert part.offsets.commit_offset == 10 and part.in_flight == 0
         a.cancel()
         b.cancel()
+
+
+@given(st.integers(min_value=1, max_value=10**7), st.integers(min_value=1, max_value=10**7))
+def test_a_wider_window_never_gets_smaller_messages(a: int, b: int) -> None:
+    small, large = sorted((a, b))
+    assert DELIVERY_BATCH <= delivery_batch(small) <= delivery_batch(large) <= MAX_DELIVERY_BATCH
+    assert delivery_batch(large) == min(MAX_DELIVERY_BATCH, max(DELIVERY_BATCH, large // 4))
+
+
+@pytest.mark.parametrize(("window", "per_message"), [
+    (100, 100), (2000, DELIVERY_BATCH), (4000, 1000), (8000, MAX_DELIVERY_BATCH)])
+@async_test
+async def test_a_window_is_filled_in_messages_of_a_quarter_of_it(window: int,
+                                                                 per_message: int) -> None:
+    async with harness(limits=Limits(max_leases_per_stream=window)) as h:
+        h.assign("t", 1)
+        h.feed("t", 0, list(range(window + 1)))  # one run, more than the window
+        call = await open_stream(h, "w", window)
+        sizes: list[int] = []
+        while sum(sizes) < window:
+            resp = await asyncio.wait_for(call.read(), WAIT)
+            sizes += [len(b.offsets) for b in resp.batches]
+        assert sum(sizes) == window  # and not one more: the window is full
+        assert sizes == [per_message] * (window // per_message)
+        call.cancel()
