@@ -103,8 +103,9 @@ GUARANTEE_FLAGS: dict[str, list[str]] = {
 """Sidecar flags of each delivery guarantee the benchmarks compare."""
 
 
-async def _return_at_once(msg: lowwater.Message) -> None:
-    """A handler with nothing to do: the worker acks each record at once."""
+RETURN_AT_ONCE: Handler | None = None
+"""``handler`` of :func:`through_sidecar` for a handler with nothing to do: the worker acks each
+record at once."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,29 +150,43 @@ async def through_sidecar(
     n: int,
     *,
     sidecar_pid: int,
-    handler: Handler = _return_at_once,
+    handler: Handler | None = RETURN_AT_ONCE,
     max_in_flight: int = WORKER_IN_FLIGHT,
     concurrency: int | None = None,
 ) -> LowwaterRun:
     """Time ``n`` records through the sidecar at ``target``: from the first handled record until
     the commits reach ``n`` records.
 
-    One SDK ``AsyncWorker`` runs ``handler`` on every record; the commit point is the sum
-    over partitions of the committed offsets (the topic starts at offset 0).
+    One SDK ``AsyncWorker`` runs ``handler`` on every record (RETURN_AT_ONCE: none); the
+    commit point is the sum over partitions of the committed offsets (the topic starts at
+    offset 0).
     """
     handled = finished = 0
     first = asyncio.Event()
     started = last_done = 0.0
 
-    async def handle(msg: lowwater.Message) -> None:
-        nonlocal handled, finished, last_done
+    async def count(msg: lowwater.Message) -> None:
+        """RETURN_AT_ONCE: counts, in one coroutine per record, like a user's handler."""
+        nonlocal handled, last_done
         handled += 1
         if handled == 1:
             first.set()
-        await handler(msg)
-        finished += 1
-        if finished == n:
+        elif handled == n:
             last_done = time.perf_counter()
+
+    def counting(inner: Handler) -> Handler:
+        async def wrap(msg: lowwater.Message) -> None:
+            nonlocal handled, finished, last_done
+            handled += 1
+            if handled == 1:
+                first.set()
+            await inner(msg)
+            finished += 1
+            if finished == n:
+                last_done = time.perf_counter()
+        return wrap
+
+    handle = count if handler is None else counting(handler)
 
     async with grpc.aio.insecure_channel(target) as channel, \
             lowwater.AsyncWorker(target, handle, max_in_flight=max_in_flight,
@@ -200,7 +215,7 @@ def lowwater_run(
     *,
     partitions: int = PARTITIONS,
     flags: Sequence[str] = (),
-    handler: Handler = _return_at_once,
+    handler: Handler | None = RETURN_AT_ONCE,
     max_in_flight: int = WORKER_IN_FLIGHT,
     concurrency: int | None = None,
 ) -> LowwaterRun:
