@@ -1,8 +1,10 @@
 """The confluent-kafka edge: one consumer, on one thread, driven by commands.
 
 Everything that touches the ``Consumer`` runs on the fetcher's own thread:
-``consume()``, commits, pause/resume, the rebalance callbacks and ``close()``.
-Other threads reach it only through :meth:`Fetcher.submit`. Kafka errors are
+``consume()``, commits, pause/resume, the rebalance callbacks and ``close()``; so does
+reading the fetched messages, which never leave it (the sink gets
+:class:`~coordinator.kafka.records.Segment` objects). Other threads reach it only through
+:meth:`Fetcher.submit`. Kafka errors are
 translated here into log lines, health changes and project errors.
 """
 
@@ -25,6 +27,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from coordinator.config import ConfigError, Problem
 from coordinator.core.ledger import CommitPoint
 from coordinator.core.model import TopicPartition
+from coordinator.kafka.records import Segment, segments
 
 log = logging.getLogger("coordinator.kafka")
 rebalance_log = logging.getLogger("coordinator.rebalance")
@@ -72,7 +75,8 @@ def take_ready(consumer: Consumer, most: int, timeout: float) -> list[Message]:
 class FetchSink(Protocol):
     """Where the fetcher sends what it learns. Every method is called on the fetcher thread."""
 
-    def on_records(self, records: list[Message]) -> None: ...
+    def on_records(self, segments: list[Segment], count: int) -> None:
+        """``count`` records fetched, as segments of consecutive records of one partition."""
 
     def on_assigned(self, parts: list[Assignment]) -> None:
         """Each new partition: its generation, committed offset and the commit's metadata."""
@@ -279,7 +283,7 @@ class Fetcher:
         if good:
             self._set_serving(True, "records arrived")
             self._handed += len(good)
-            self._sink.on_records(good)
+            self._sink.on_records(segments(good), len(good))  # the Messages go here
 
     def _serve_commands(self, consumer: Consumer) -> None:
         while True:

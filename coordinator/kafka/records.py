@@ -39,7 +39,8 @@ def record_headers(msg: Any) -> Headers | None:
     and every later call returns a list holding a NULL that crashes the interpreter when
     it is unpacked. So the record's headers are replaced with none, for good, and it is
     delivered with its key and value intact: it must kill neither the stream nor the
-    sidecar. (:func:`fetched` reads them once, at intake; the message is not kept.)
+    sidecar. (:func:`segments` reads them once, on the consumer thread; the message is not
+    kept.)
     """
     try:
         headers: Headers | None = msg.headers()
@@ -121,6 +122,49 @@ def fetched_columns(msgs: list[Any]) -> Columns:
     stamps = [None if kind == TIMESTAMP_NOT_AVAILABLE else ts
               for kind, ts in (msg.timestamp() for msg in msgs)]
     return [msg.key() for msg in msgs], [msg.value() for msg in msgs], headers, stamps
+
+
+class Segment(NamedTuple):
+    """Records fetched in a row from one partition, read out of their confluent-kafka
+    messages: what the event loop takes in (see :func:`segments`)."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    """Increasing."""
+    columns: Columns
+    sizes: list[int]
+    """Each record's key and value bytes, what flow control counts."""
+
+    def payload(self, i: int) -> Fetched:
+        """Record i's :data:`Fetched`."""
+        keys, values, headers, stamps = self.columns
+        return keys[i], values[i], headers[i], stamps[i]
+
+
+def segments(msgs: list[Any]) -> list[Segment]:
+    """Fetched messages as the segments of consecutive records from one partition, in order.
+
+    Called on the consumer thread, right after ``consume()``: the messages are read while
+    they are still in the CPU's cache, and only the segments cross to the event loop. Reading
+    them there instead, a batch or more later, cost the sidecar about a fifth more CPU per
+    record (bench/sidecar.py, 2026-11-26: 2.18 against 1.73 µs, medians of three
+    1,000,000-record runs)."""
+    out: list[Segment] = []
+    i, n = 0, len(msgs)
+    while i < n:  # a batch comes in runs of one partition
+        first = msgs[i]
+        topic, partition = first.topic(), first.partition()
+        j = i + 1
+        while j < n and msgs[j].partition() == partition and msgs[j].topic() == topic:
+            j += 1
+        segment = msgs[i:j]
+        columns = fetched_columns(segment)
+        sizes = [(len(value) if value else 0) + (len(key) if key else 0)
+                 for key, value in zip(columns[0], columns[1], strict=True)]
+        out.append(Segment(topic, partition, [msg.offset() for msg in segment], columns, sizes))
+        i = j
+    return out
 
 
 def contents(payload: Payload) -> Fetched:

@@ -40,9 +40,8 @@ from coordinator.kafka.records import (
     Fetched,
     Payload,
     Retried,
+    Segment,
     contents,
-    fetched,
-    fetched_columns,
     origin,
     retried,
 )
@@ -295,47 +294,38 @@ class Engine:
 
     # -- from the fetcher (via the bridge) ------------------------------------
 
-    def intake(self, records: list[Any]) -> None:
-        """Adds fetched confluent-kafka messages to the ledger, with their expiry if their
-        subscription has a TTL. A record back from a retry topic stands for the record it
-        retries, and waits until it is due; its retry partition pauses meanwhile.
+    def intake(self, segments: list[Segment]) -> None:
+        """Adds fetched records to the ledger, with their expiry if their subscription has a
+        TTL. A record back from a retry topic stands for the record it retries, and waits
+        until it is due; its retry partition pauses meanwhile.
 
         Each record's payload is a compact :data:`~coordinator.kafka.records.Fetched` (or a
-        :class:`~coordinator.kafka.records.Retried`): the messages are not kept. Records in a
-        row from one partition with nothing of their own (no TTL, no ordering, no retry) go
+        :class:`~coordinator.kafka.records.Retried`), read out of its confluent-kafka message
+        on the consumer thread (:func:`~coordinator.kafka.records.segments`). A segment of a
+        partition whose records have nothing of their own (no TTL, no ordering, no retry) goes
         in as one run (:meth:`Ledger.add_run`)."""
         now = self._clock()
         ledger = self.ledger
-        ignored = 0
-        i, n = 0, len(records)
-        while i < n:  # batches come in runs of one partition
-            first = records[i]
-            t, p = first.topic(), first.partition()
-            j = i + 1
-            while j < n and records[j].partition() == p and records[j].topic() == t:
-                j += 1
-            part = ledger.partitions.get(TopicPartition(t, p))
+        fetched = ignored = 0
+        for seg in segments:
+            count = len(seg.offsets)
+            fetched += count
+            t = seg.topic
+            part = ledger.partitions.get(TopicPartition(t, seg.partition))
             lane = self._router.lane(t) if self._router is not None else None
             plain = lane is None or (not lane.expires and lane.subscription.ordering == "unordered")
             if part is None:
-                ignored += j - i
+                ignored += count
             elif plain and (self._router is None or self._router.retry_tier(t) is None):
-                segment = records[i:j]
-                columns = fetched_columns(segment)  # the Messages themselves go
-                keys, values = columns[0], columns[1]
-                sizes = [(len(value) if value else 0) + (len(key) if key else 0)
-                         for key, value in zip(keys, values, strict=True)]
-                if not ledger.add_run(part, [msg.offset() for msg in segment], columns, sizes,
-                                      now):
-                    ignored += j - i
+                if not ledger.add_run(part, seg.offsets, seg.columns, seg.sizes, now):
+                    ignored += count
             else:
-                ignored += self._intake_one_by_one(part, lane, records[i:j], now)
-            i = j
-        self.counters["fetched"] += n - ignored
+                ignored += self._intake_one_by_one(part, lane, seg, now)
+        self.counters["fetched"] += fetched - ignored
         self.counters["ignored"] += ignored
         self._after_change()
 
-    def _intake_one_by_one(self, part: PartitionState, lane: Lane | None, records: list[Any],
+    def _intake_one_by_one(self, part: PartitionState, lane: Lane | None, seg: Segment,
                            now: float) -> int:
         """:meth:`intake` for records of ``part`` with something of their own: a TTL, an
         ordering key, or a retry-topic's due time. Returns how many were ignored."""
@@ -349,11 +339,10 @@ class Engine:
         tier = None if self._router is None else self._router.retry_tier(topic)
         ignored = 0
         payload: Payload
-        for msg in records:
-            offset = msg.offset()
-            record = payload = fetched(msg)  # the Message itself is let go
-            key, value, _, _ = record
-            size = (len(value) if value else 0) + (len(key) if key else 0)
+        for i, offset in enumerate(seg.offsets):
+            record = payload = seg.payload(i)
+            key = record[0]
+            size = seg.sizes[i]
             attempts, not_before = 0, 0.0
             if tier is not None:
                 back = retried(record)

@@ -36,6 +36,7 @@ from coordinator.core.pending import KeySpace
 from coordinator.core.policy import RetryPolicy
 from coordinator.kafka.fetcher import Assignment, Fetcher, Resubscribe, Seek, StopFetching
 from coordinator.kafka.producer import HandoffProducer
+from coordinator.kafka.records import Segment
 from coordinator.kafka.topics import TopicCheckError, ensure_topics
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.metrics import EngineCollector, Metrics
@@ -96,12 +97,12 @@ class Bridge:
         with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def on_records(self, records: list[Any]) -> None:
-        self._post(self._intake, records)
+    def on_records(self, segments: list[Segment], count: int) -> None:
+        self._post(self._intake, segments, count)
 
-    def _intake(self, records: list[Any]) -> None:  # on the loop
-        self._sidecar.engine.intake(records)
-        self._sidecar.fetcher.ingested(len(records))
+    def _intake(self, segments: list[Segment], count: int) -> None:  # on the loop
+        self._sidecar.engine.intake(segments)
+        self._sidecar.fetcher.ingested(count)
 
     def on_assigned(self, parts: list[Assignment]) -> None:
         self._post(self._sidecar.engine.assigned, parts)

@@ -22,6 +22,7 @@ from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.policy import RetryPolicy
 from coordinator.kafka.fetcher import Commit, Pause
+from coordinator.kafka.records import segments
 from coordinator.runtime.engine import Engine
 from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
@@ -121,7 +122,7 @@ class Harness:
             [(TopicPartition(topic, p), p + 1, committed, None) for p in range(partitions)])
 
     def feed(self, topic: str, partition: int, offsets: list[int], **kw: Any) -> None:
-        self.engine.intake([FakeMessage(topic, partition, o, **kw) for o in offsets])
+        self.engine.intake(segments([FakeMessage(topic, partition, o, **kw) for o in offsets]))
 
     def commit_points(self) -> list[CommitPoint]:
         return self.engine.ledger.commit_points()

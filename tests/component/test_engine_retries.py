@@ -11,7 +11,7 @@ from typing import Any
 from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import Outcome, TopicPartition
-from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, Fetched, Retried
+from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, Fetched, Retried, segments
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.subscriptions import Router
 from tests.support.aio import async_test
@@ -54,7 +54,7 @@ async def test_a_retry_goes_to_its_tier_topic_and_finishes_its_record_there() ->
     sent, sink = Sent(), RecordingSink()
     e = engine(sent, sink)
     e.assigned([(MAIN, 1, None, None)])
-    e.intake([FakeMessage("orders", 0, 7)])
+    e.intake(segments([FakeMessage("orders", 0, 7)]))
     holder = e.open_session("w", 10, 0).holder
     [lease] = e.lease(holder)
     before = time.time()
@@ -80,10 +80,10 @@ async def test_a_record_back_from_a_retry_topic_waits_paused_then_comes_back_as_
     run = asyncio.create_task(e.run())
     try:
         due = int((time.time() + 0.3) * 1000)
-        e.intake([FakeMessage("orders.retry.1s", 0, 0, _headers=[
+        e.intake(segments([FakeMessage("orders.retry.1s", 0, 0, _headers=[
             ("trace", b"x"), ("lowwater.topic", b"orders"), ("lowwater.partition", b"2"),
             ("lowwater.offset", b"41"), ("lowwater.attempts", b"2"), ("lowwater.reason", b"r"),
-            ("lowwater.due", str(due).encode()), ("lowwater.first.seen", b"1")])])
+            ("lowwater.due", str(due).encode()), ("lowwater.first.seen", b"1")])]))
         assert [(p.points, p.resume) for p in sink.pauses] == [([(RETRY, 3)], False)]
         holder = e.open_session("w", 10, 0).holder
         assert e.lease(holder) == []  # not due yet

@@ -16,6 +16,7 @@ import pytest
 
 import lowwater
 from coordinator.core.model import TopicPartition
+from coordinator.kafka.records import segments
 from lowwater.v1 import coordinator_pb2 as pb
 from tests.support.aio import async_test
 
@@ -76,7 +77,7 @@ async def test_odd_records_reach_the_worker_byte_for_byte(caplog: pytest.LogCapt
 
     async with harness() as h:
         h.assign("t", 1)
-        h.engine.intake([_fake(o) for o in sorted(RECORDS)])
+        h.engine.intake(segments([_fake(o) for o in sorted(RECORDS)]))
         async with lowwater.AsyncWorker(h.target, handle, max_in_flight=10):
             await asyncio.wait_for(done.wait(), WAIT)
         await _until(lambda: h.engine.ledger.partitions[TopicPartition("t", 0)].in_flight == 0)

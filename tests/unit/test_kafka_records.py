@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import gc
+from itertools import pairwise
+from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coordinator.core.model import TopicPartition
-from coordinator.kafka.records import Retried, contents, fetched, fetched_columns, origin, retried
+from coordinator.kafka.records import (
+    Retried,
+    contents,
+    fetched,
+    fetched_columns,
+    origin,
+    retried,
+    segments,
+)
 
 TP = TopicPartition("orders.retry.1s", 3)
 RETRY_HEADERS: list[tuple[str, str | bytes | None]] = [
@@ -66,3 +78,27 @@ def test_columns_hold_what_fetched_gives_record_by_record() -> None:
             message([("a", None), ("a", b"")])]
     columns = fetched_columns(msgs)
     assert [tuple(c[i] for c in columns) for i in range(len(msgs))] == [fetched(m) for m in msgs]
+
+
+_record = st.tuples(
+    st.sampled_from(["a", "b"]), st.integers(0, 2),  # topic, partition
+    st.none() | st.binary(max_size=3), st.none() | st.binary(max_size=3),  # key, value
+    st.none() | st.lists(st.tuples(st.text(max_size=2), st.none() | st.binary(max_size=2)),
+                         max_size=2))
+
+
+@given(st.lists(_record, max_size=30))
+def test_segments_cut_a_batch_where_the_partition_changes_and_read_it_as_fetched(
+        fields: list[tuple[str, int, bytes | None, bytes | None, Any]]) -> None:
+    msgs = [Message(topic=t, partition=p, offset=i, key=k, value=v, headers=h,
+                    timestamp=(TIMESTAMP_CREATE_TIME, i))
+            for i, (t, p, k, v, h) in enumerate(fields)]
+    expected = [fetched(m) for m in msgs]
+    segs = segments(msgs)
+    assert [(s.topic, s.partition, o) for s in segs for o in s.offsets] == [
+        (m.topic(), m.partition(), m.offset()) for m in msgs]
+    assert all((a.topic, a.partition) != (b.topic, b.partition)
+               for a, b in pairwise(segs))  # each one as long as it can be
+    assert [s.payload(i) for s in segs for i in range(len(s.offsets))] == expected
+    assert [n for s in segs for n in s.sizes] == [
+        len(k or b"") + len(v or b"") for k, v, _, _ in expected]
