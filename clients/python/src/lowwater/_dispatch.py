@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Container
 from lowwater._session import withdraw_queued
 from lowwater.backoff import Backoff
 from lowwater.message import Message
-from lowwater.outcomes import HandlerOutcome, Outcome, settlement_for
+from lowwater.outcomes import HandlerOutcome, settlement_for
 
 _log = logging.getLogger("lowwater.handler")
 
@@ -204,7 +204,7 @@ class HandlerPool:
             else:
                 if not msg._settled:
                     msg._settled = True
-                    msg._settler.settle(msg, Outcome.ACK, None, "")
+                    msg._settler.ack(msg)
             slot.msg = None
             if self._watching:
                 self._report(msg)

@@ -191,6 +191,18 @@ class Session:
             self._idle.set()
         return True
 
+    def ack(self, msg: Message) -> None:
+        if self._done:
+            return
+        outstanding = self._outstanding
+        outstanding.pop(msg._id, None)
+        self._acks.append(msg._id)
+        if not self._wakeup_set:
+            self._wakeup_set = True
+            self._wakeup.set()
+        if self._closing and not outstanding:
+            self._idle.set()
+
     def extend(self, msg: Message, seconds: float | None) -> bool:
         if self._done:
             return False

@@ -21,6 +21,11 @@ class Settler(Protocol):
         """Queues a settlement; False if it was discarded. Callable from any thread."""
         ...
 
+    def ack(self, msg: Message) -> None:
+        """``settle(msg, Outcome.ACK, None, "")``, on the worker's own event loop only: the
+        handler pool's, once a handler has returned. The hot path: it runs once a message."""
+        ...
+
     def extend(self, msg: Message, seconds: float | None) -> bool:
         """Queues a lease extension; False if it was discarded. Callable from any thread."""
         ...

@@ -80,6 +80,9 @@ class RecordingSettler:
             self.settlements.append((outcome_name(outcome), wait, reason))
         return True
 
+    def ack(self, msg: Message) -> None:
+        self.settle(msg, Outcome.ACK, None, "")
+
     def extend(self, msg: Message, seconds: float | None) -> bool:
         with self._lock:
             self.extensions.append(None if seconds is None else timedelta(seconds=seconds))
