@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from coordinator.core.ledger import CommitPoint, LeaseTimes, Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.core.policy import RetryPolicy
-from coordinator.kafka.fetcher import Commit, Pause
+from coordinator.kafka.fetcher import Commit, Pause, Resubscribe, Seek
 from coordinator.kafka.records import segments
 from coordinator.runtime.engine import Engine
 from coordinator.service.admin import AdminService
@@ -82,20 +82,25 @@ class FakeMessage:
 
 @dataclass
 class RecordingSink:
-    """Stands in for the fetcher: records commits and pauses; answers those that wait."""
+    """Stands in for the fetcher: records commits, pauses and the other commands; answers
+    those that wait."""
 
     commits: list[Commit] = field(default_factory=list)
     pauses: list[Pause] = field(default_factory=list)
+    others: list[Resubscribe | Seek] = field(default_factory=list)
+    """Seeks are not answered: a test that seeks answers through ``Engine.sought``."""
 
-    def submit(self, command: Commit | Pause) -> None:
+    def submit(self, command: Commit | Pause | Resubscribe | Seek) -> None:
         if isinstance(command, Commit):
             self.commits.append(command)
             if command.done is not None:
                 command.done.set_result(True)
-        else:
+        elif isinstance(command, Pause):
             self.pauses.append(command)
             if command.done is not None:
                 command.done.set_result(None)
+        else:
+            self.others.append(command)
 
     def committed_offsets(self) -> dict[TopicPartition, int]:
         """The latest offset handed out per partition."""

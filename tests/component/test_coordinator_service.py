@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -57,7 +58,7 @@ class RawStream:
             out.extend((await self.read()).deliveries)
         return out
 
-    async def settle(self, ids: list[int], outcome: int = pb.OUTCOME_ACK) -> None:
+    async def settle(self, ids: list[int], outcome: pb.Outcome.ValueType = pb.OUTCOME_ACK) -> None:
         await self.call.write(pb.StreamRequest(
             settlements=[pb.Settlement(msg_id=i, outcome=outcome) for i in ids]))
 
@@ -216,7 +217,7 @@ async def test_extend_keeps_a_lease() -> None:
         await s.open()
         (d,) = await s.deliveries(1)
         await s.call.write(pb.StreamRequest(
-            extend=pb.LeaseExtension(msg_ids=[d.msg_id], extension={"seconds": 5})))
+            extend=pb.LeaseExtension(msg_ids=[d.msg_id], extension=Duration(seconds=5))))
         assert await s.quiet(0.6) == []
         assert h.engine.counters["lapsed"] == 0
 
@@ -230,7 +231,7 @@ async def test_retry_with_a_delay_comes_back_later() -> None:
         await s.open()
         (d,) = await s.deliveries(1)
         await s.call.write(pb.StreamRequest(settlements=[pb.Settlement(
-            msg_id=d.msg_id, outcome=pb.OUTCOME_RETRY, retry_delay={"nanos": 200_000_000})]))
+            msg_id=d.msg_id, outcome=pb.OUTCOME_RETRY, retry_delay=Duration(nanos=200_000_000))]))
         loop = asyncio.get_running_loop()
         start = loop.time()
         (again,) = await s.deliveries(1)
@@ -311,7 +312,7 @@ async def test_pull_and_acknowledge() -> None:
         empty = await h.coordinator.Pull(pb.PullRequest(max_messages=5))
         assert list(empty.deliveries) == []
         h.feed("t", 0, [0, 1, 2], _key=b"k", _headers=[("h", b"1")])
-        got = await h.coordinator.Pull(pb.PullRequest(max_messages=2, wait={"seconds": 1}))
+        got = await h.coordinator.Pull(pb.PullRequest(max_messages=2, wait=Duration(seconds=1)))
         assert [(d.offset, d.key, d.headers[0].key) for d in got.deliveries] == [
             (0, b"k", "h"), (1, b"k", "h")]
         ids = [d.msg_id for d in got.deliveries]
@@ -332,7 +333,7 @@ async def test_pull_waits_for_a_record() -> None:
     async with harness() as h:
         h.assign("t", 1)
         pull = asyncio.ensure_future(
-            h.coordinator.Pull(pb.PullRequest(max_messages=5, wait={"seconds": 5})))
+            h.coordinator.Pull(pb.PullRequest(max_messages=5, wait=Duration(seconds=5))))
         await asyncio.sleep(0.1)
         h.feed("t", 0, [0])
         got = await asyncio.wait_for(pull, READ_TIMEOUT)

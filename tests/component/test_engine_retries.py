@@ -11,6 +11,7 @@ from typing import Any
 from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import Outcome, TopicPartition
+from coordinator.core.records import Run
 from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, Fetched, Retried, segments
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.subscriptions import Router
@@ -90,6 +91,7 @@ async def test_a_record_back_from_a_retry_topic_waits_paused_then_comes_back_as_
         await _until(lambda: any(p.resume for p in sink.pauses), "the retry partition resumed")
         await _until(lambda: e.ledger.ready_count == 1, "the record due")
         [lease] = e.lease(holder)
+        assert not isinstance(lease, Run)  # a retried record is leased on its own
         back = lease.record.payload
         assert isinstance(back, Retried)
         assert (back.topic, back.partition, back.offset, lease.attempt) == ("orders", 2, 41, 3)

@@ -75,7 +75,7 @@ class Written:
 def write(client: redis.Redis, keys: KeySpace, tp: TopicPartition, meta: PartitionMeta | None,
           entries: list[PendingEntry], extra: Mapping[str, str] | None = None) -> Written:
     """Store a partition's hash and its ``partitions`` member, as the sidecar does."""
-    fields = {str(e.offset): encode_row(e.row()) for e in entries}
+    fields: dict[Any, Any] = {str(e.offset): encode_row(e.row()) for e in entries}  # hset's type
     if meta is not None:
         fields["meta"] = meta.encode()
     fields.update(extra or {})
