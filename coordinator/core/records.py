@@ -10,7 +10,7 @@ import bisect
 import enum
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -226,7 +226,7 @@ def pending_records(part: PartitionState) -> Iterator[tuple[int, Record]]:
         yield offset, rec.view(offset) if isinstance(rec, Run) else rec
 
 
-def members(leases: list[Lease | Run]) -> list[Lease]:
+def members(leases: Sequence[Lease | Run]) -> list[Lease]:
     """What :meth:`Ledger.lease` returned, each run as a lease per member (read-only views)."""
     out: list[Lease] = []
     for lease in leases:
@@ -237,7 +237,7 @@ def members(leases: list[Lease | Run]) -> list[Lease]:
     return out
 
 
-def leased_count(leases: list[Lease | Run]) -> int:
+def leased_count(leases: Sequence[Lease | Run]) -> int:
     """Records in what :meth:`Ledger.lease` returned."""
     return sum(len(x.offsets) if isinstance(x, Run) else 1 for x in leases)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -74,7 +74,7 @@ Leased = Lease | Run
 """What :meth:`Ledger.lease` hands out: a record's own lease, or a run leased whole."""
 
 
-def add_deliveries(target: Iterable[pb.Delivery], leases: list[Leased]) -> None:
+def add_deliveries(target: Iterable[pb.Delivery], leases: Sequence[Leased]) -> None:
     """Appends a Delivery per record leased to a repeated field (``resp.deliveries``).
 
     A record's topic, partition and offset are its ledger record's own, or, back from a
@@ -135,7 +135,7 @@ def _runs(leases: list[Lease]) -> Iterator[list[Lease]]:
         yield leases[start:]
 
 
-def add_batches(target: Iterable[pb.DeliveryBatch], leases: list[Leased]) -> None:
+def add_batches(target: Iterable[pb.DeliveryBatch], leases: Sequence[Leased]) -> None:
     """Appends the DeliveryBatch messages that carry ``leases`` to a repeated field
     (``resp.batches``): what :func:`add_deliveries` says, field by field.
 
@@ -210,16 +210,16 @@ def _add_columns(b: pb.DeliveryBatch, keys: list[bytes | None], values: list[byt
                 h.headers.extend(pb.Header(key=k, value=v or b"") for k, v in pairs)
 
 
-Fill = Callable[[pb.StreamResponse, list[Leased]], None]
+Fill = Callable[[pb.StreamResponse, Sequence[Leased]], None]
 """Puts the deliveries of leases into a stream response: :func:`deliveries_into` or
 :func:`batches_into`, the form a worker asks for when it opens its stream."""
 
 
-def deliveries_into(resp: pb.StreamResponse, leases: list[Leased]) -> None:
+def deliveries_into(resp: pb.StreamResponse, leases: Sequence[Leased]) -> None:
     add_deliveries(resp.deliveries, leases)
 
 
-def batches_into(resp: pb.StreamResponse, leases: list[Leased]) -> None:
+def batches_into(resp: pb.StreamResponse, leases: Sequence[Leased]) -> None:
     add_batches(resp.batches, leases)
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import TopicPartition
+from coordinator.core.records import members
 from coordinator.kafka.records import Fetched, Payload, Retried
 from coordinator.service import convert
 from lowwater.message import Batch, Message, from_delivery
@@ -57,13 +58,13 @@ def test_batches_read_as_the_deliveries_they_stand_for(
         offset[tp] += 2  # with gaps
         ledger.add(tp, offset[tp], 1, payload, 0.0)
     holder = ledger.open_holder("h", "w", 1000)
-    leases = ledger.lease(holder, 1.0, limit)
+    leases = members(ledger.lease(holder, 1.0, limit))  # one by one: the leases themselves
     # Redeliveries: later attempts, out of msg_id order with the rest.
     for i in sorted({i for i in lapse if i < len(leases)}):
         ledger.settle(holder, leases[i].msg_id, None, None, 2.0)  # INVALID: nothing changes
     ledger.close_holder("h", 3.0)
     again = ledger.open_holder("h2", "w", 1000)
-    leases += ledger.lease(again, 4.0, limit)
+    leases += members(ledger.lease(again, 4.0, limit))
 
     one = pb.StreamResponse()
     convert.deliveries_into(one, leases)

@@ -9,12 +9,23 @@ the ledger, asserts its answer against the model, then updates the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize
 
-from coordinator.core.ledger import HandoffKind, Holder, LeaseTimes, Ledger, Record, Run, State
+from coordinator.core.ledger import (
+    CommitPoint,
+    HandoffKind,
+    Holder,
+    Lease,
+    LeaseTimes,
+    Ledger,
+    Record,
+    Run,
+    State,
+)
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.policy import RetryPolicy
 from coordinator.core.records import leased_count, members, pending_records
@@ -69,7 +80,7 @@ class LedgerModel(RuleBasedStateMachine):
         self.leased_times: dict[tuple[int, int], int] = {}  # (generation, offset) -> leases
         self.max_id = 0
         self.handoffs: list[Record] = []
-        self.points_out: list = []
+        self.points_out: list[CommitPoint] = []
         self.closed: list[Holder] = []
         self.led.open_holder("s0", "w0", max_messages)
         self.led.open_holder("s1", "w1", 4, 80)
@@ -87,7 +98,7 @@ class LedgerModel(RuleBasedStateMachine):
             return min(self.pending[tp])
         return self.start[tp] if self.next_pos[tp] is None else self.next_pos[tp]
 
-    def _snapshot(self) -> tuple:
+    def _snapshot(self) -> tuple[Any, ...]:
         parts = tuple(
             (p.tp, p.generation, p.offsets.commit_offset, p.commit_sent, p.committed, p.in_flight,
              p.revoking, tuple((o, r.state, r.attempt) for o, r in sorted(pending_records(p))))
@@ -161,7 +172,7 @@ class LedgerModel(RuleBasedStateMachine):
 
     # -- driving the ledger, checked ------------------------------------------
 
-    def _lease(self, holder: Holder, limit: int) -> list:
+    def _lease(self, holder: Holder, limit: int) -> list[Lease]:
         leased = self.led.lease(holder, self.now, limit)
         leases = members(leased)  # a run leased whole: a lease per member
         assert len(leases) == leased_count(leased) <= limit
@@ -188,6 +199,7 @@ class LedgerModel(RuleBasedStateMachine):
                 assert rec.state is State.LEASED
             key = (rec.part.generation, rec.offset)
             self.leased_times[key] = self.leased_times.get(key, 0) + 1
+            assert POLICY.max_attempts is not None
             assert lease.attempt == self.leased_times[key] <= POLICY.max_attempts
             assert lease.deadline == self.now + TIMES.default
             self.active[lease.msg_id] = Active(holder.name, rec.part.tp, rec.offset,

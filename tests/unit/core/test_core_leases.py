@@ -157,12 +157,15 @@ def test_lapsed_matches_a_model_of_current_deadlines(ops: list[tuple[int, int, i
             deadlines[lease.msg_id] = lease.deadline
         elif kind == 1:
             msg_id = live[pick % len(live)]
-            table.extend(table.get(msg_id), now + value + unique)
+            held = table.get(msg_id)
+            assert held is not None
+            table.extend(held, now + value + unique)
             deadlines[msg_id] = now + value + unique
         elif kind == 2:
             msg_id = live.pop(pick % len(live))
-            lease = table.get(msg_id)
-            table.release(lease, SettleStatus.ALREADY_SETTLED)
+            released = table.get(msg_id)
+            assert released is not None
+            table.release(released, SettleStatus.ALREADY_SETTLED)
             del deadlines[msg_id]
             assert table.recall(msg_id) is SettleStatus.ALREADY_SETTLED
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +12,8 @@ from coordinator.core.flow import GateChange
 from coordinator.core.ledger import (
     CommitPoint,
     HandoffKind,
+    Holder,
+    Lease,
     LeaseTimes,
     Ledger,
     SkipRefused,
@@ -18,6 +22,7 @@ from coordinator.core.ledger import (
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import decode
 from coordinator.core.policy import RetryPolicy
+from coordinator.core.records import Run
 
 TP0 = TopicPartition("orders", 0)
 TP1 = TopicPartition("orders", 1)
@@ -33,7 +38,14 @@ def points(led: Ledger) -> dict[TopicPartition, int]:
     return {p.tp: p.offset for p in led.commit_points()}
 
 
-def by_offset(leases: list) -> dict[int, int]:  # offset -> msg_id
+def leased(led: Ledger, holder: Holder, now: float, limit: int) -> list[Lease]:
+    """``led.lease``: records added one by one are leased as Leases, never as runs."""
+    out = led.lease(holder, now, limit)
+    assert not any(isinstance(lease, Run) for lease in out)
+    return cast(list[Lease], out)
+
+
+def by_offset(leases: list[Lease]) -> dict[int, int]:  # offset -> msg_id
     return {lease.record.offset: lease.msg_id for lease in leases}
 
 
@@ -42,7 +54,7 @@ def test_out_of_order_settlements_commit_the_lowest_pending_offset() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0, 1, 5, 9)
     h = led.open_holder("s1", "w", 10)
-    ids = by_offset(led.lease(h, 0.0, 10))
+    ids = by_offset(leased(led, h, 0.0, 10))
     assert points(led) == {TP0: 0}
     assert led.settle(h, ids[5], ACK, None, 1.0) is SettleStatus.OK
     assert led.settle(h, ids[9], Outcome.DROP, None, 1.0) is SettleStatus.OK
@@ -60,7 +72,7 @@ def test_buffered_records_not_yet_leased_hold_the_commit_back() -> None:
     fetch(led, TP0, 100, 101, 102, 103)
     assert points(led) == {}  # 100 is what the group already has
     h = led.open_holder("s1", "w", 10)
-    leases = led.lease(h, 0.0, 2)
+    leases = leased(led, h, 0.0, 2)
     assert [lease.record.offset for lease in leases] == [100, 101]
     for lease in leases:
         led.settle(h, lease.msg_id, ACK, None, 0.0)
@@ -73,11 +85,11 @@ def test_credits_are_never_exceeded() -> None:
     led.assign(TP0)
     fetch(led, TP0, *range(10))
     h = led.open_holder("s1", "w", 3)
-    first = led.lease(h, 0.0, 100)
+    first = leased(led, h, 0.0, 100)
     assert len(first) == 3 and h.credits.messages == 3
-    assert led.lease(h, 0.0, 100) == []
+    assert leased(led, h, 0.0, 100) == []
     led.settle(h, first[0].msg_id, ACK, None, 0.0)
-    assert len(led.lease(h, 0.0, 100)) == 1
+    assert len(leased(led, h, 0.0, 100)) == 1
     assert h.credits.messages == 3 and len(h.leases) == 3
 
 
@@ -88,10 +100,10 @@ def test_byte_credits_and_the_one_oversized_record() -> None:
     led.add(TP0, 1, 40, None, 0.0)
     led.add(TP0, 2, 70, None, 0.0)
     h = led.open_holder("s1", "w", 10, 100)
-    [big] = led.lease(h, 0.0, 10)  # granted alone, so it cannot wedge the stream
+    [big] = leased(led, h, 0.0, 10)  # granted alone, so it cannot wedge the stream
     assert big.record.offset == 0 and h.credits.bytes == 500
     led.settle(h, big.msg_id, ACK, None, 0.0)
-    assert [lease.record.offset for lease in led.lease(h, 0.0, 10)] == [1]  # 40 + 70 > 100
+    assert [lease.record.offset for lease in leased(led, h, 0.0, 10)] == [1]  # 40 + 70 > 100
     assert h.credits.bytes == 40
 
 
@@ -100,15 +112,15 @@ def test_retry_with_delay_redelivers_after_tick_with_a_new_msg_id() -> None:
     led.assign(TP0)
     fetch(led, TP0, 7)
     h = led.open_holder("s1", "w", 10)
-    [first] = led.lease(h, 0.0, 10)
+    [first] = leased(led, h, 0.0, 10)
     assert first.attempt == 1
     assert led.settle(h, first.msg_id, RETRY, 5.0, 1.0) is SettleStatus.OK
     assert first.record.state is State.DELAYED
     assert led.next_wakeup() == 6.0
-    assert led.lease(h, 1.0, 10) == []
-    assert led.tick(5.99) == 0 and led.lease(h, 5.99, 10) == []
+    assert leased(led, h, 1.0, 10) == []
+    assert led.tick(5.99) == 0 and leased(led, h, 5.99, 10) == []
     led.tick(6.0)
-    [second] = led.lease(h, 6.0, 10)
+    [second] = leased(led, h, 6.0, 10)
     assert second.record is first.record and second.attempt == 2
     assert second.msg_id > first.msg_id
     assert points(led) == {TP0: 7}  # pending the whole time
@@ -120,12 +132,12 @@ def test_lapsed_lease_is_redelivered_with_the_next_attempt() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0)
     h = led.open_holder("s1", "w", 10)
-    [first] = led.lease(h, 0.0, 10)
+    [first] = leased(led, h, 0.0, 10)
     assert first.deadline == 30.0 and led.next_wakeup() == 30.0
     assert led.tick(29.9) == 0
     assert led.tick(30.0) == 1
     assert not h.leases and list(h.lapsed) == [first.msg_id]
-    [second] = led.lease(h, 31.0, 10)
+    [second] = leased(led, h, 31.0, 10)
     assert (second.attempt, second.deadline) == (2, 61.0)
     assert second.msg_id > first.msg_id
     assert led.settle(h, first.msg_id, ACK, None, 31.0) is SettleStatus.ALREADY_SETTLED
@@ -139,12 +151,12 @@ def test_a_hung_holder_keeps_the_credit_of_its_lapsed_leases() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0, 1, size=7)
     hung = led.open_holder("hung", "w", 1)
-    [held] = led.lease(hung, 0.0, 10)
+    [held] = leased(led, hung, 0.0, 10)
     led.tick(30.0)  # lapsed: offset 0 goes back to the queue...
     assert (hung.credits.messages, hung.credits.bytes) == (1, 7)
-    assert led.lease(hung, 30.0, 10) == []  # ...but not to the stream still holding it
+    assert leased(led, hung, 30.0, 10) == []  # ...but not to the stream still holding it
     other = led.open_holder("other", "w", 10)
-    assert [lease.record.offset for lease in led.lease(other, 30.0, 10)] == [0, 1]
+    assert [lease.record.offset for lease in leased(led, other, 30.0, 10)] == [0, 1]
     assert led.extend(hung, held.msg_id, None, 31.0) is SettleStatus.ALREADY_SETTLED
     assert hung.credits.messages == 1  # an extension is no answer: it still holds it
     assert led.ack_many(hung, [held.msg_id]) == [(held.msg_id, SettleStatus.ALREADY_SETTLED)]
@@ -158,7 +170,7 @@ def test_lapsed_credit_returns_when_the_partition_is_revoked() -> None:
     fetch(led, TP0, 0)
     fetch(led, TP1, 0)
     h = led.open_holder("s1", "w", 2)
-    led.lease(h, 0.0, 10)
+    leased(led, h, 0.0, 10)
     led.tick(30.0)
     assert h.credits.messages == 2
     led.revoke([TP0])  # the worker drops a revoked delivery without settling it
@@ -170,7 +182,7 @@ def test_extend_moves_the_deadline_within_the_maximum() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0)
     h, other = led.open_holder("s1", "w", 10), led.open_holder("s2", "w", 10)
-    [lease] = led.lease(h, 0.0, 10)
+    [lease] = leased(led, h, 0.0, 10)
     assert led.extend(other, lease.msg_id, 50.0, 5.0) is SettleStatus.NOT_OWNER
     assert led.extend(h, lease.msg_id, 500.0, 5.0) is SettleStatus.OK
     assert lease.deadline == 65.0
@@ -185,10 +197,10 @@ def test_extending_to_the_same_deadline_lapses_once() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0, 1)
     h = led.open_holder("s1", "w", 10)
-    first, _ = led.lease(h, 0.0, 10)
+    first, _ = leased(led, h, 0.0, 10)
     led.extend(h, first.msg_id, None, 0.0)  # now + default == the deadline it already has
     assert led.tick(30.0) == 2  # it used to lapse twice and raise KeyError
-    assert [lease.attempt for lease in led.lease(h, 30.0, 10)] == [2, 2]
+    assert [lease.attempt for lease in leased(led, h, 30.0, 10)] == [2, 2]
 
 
 def test_one_lease_of_a_batch_extended_the_others_lapse() -> None:
@@ -196,7 +208,7 @@ def test_one_lease_of_a_batch_extended_the_others_lapse() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0, 1, 2)
     h = led.open_holder("s1", "w", 10)
-    batch = led.lease(h, 0.0, 10)
+    batch = leased(led, h, 0.0, 10)
     assert led.extend(h, batch[1].msg_id, 40.0, 10.0) is SettleStatus.OK
     assert led.tick(30.0) == 2
     assert set(h.leases) == {batch[1].msg_id}
@@ -208,10 +220,10 @@ def test_close_holder_redelivers_at_once() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0, 1, 2)
     h1, h2 = led.open_holder("s1", "w", 2), led.open_holder("s2", "w", 10)
-    held = led.lease(h1, 0.0, 10)
+    held = leased(led, h1, 0.0, 10)
     assert led.close_holder("s1", 1.0) == 2
     assert led.close_holder("s1", 1.0) == 0  # idempotent
-    again = led.lease(h2, 1.0, 10)  # no tick needed
+    again = leased(led, h2, 1.0, 10)  # no tick needed
     assert sorted(lease.record.offset for lease in again) == [0, 1, 2]
     assert {lease.attempt for lease in again if lease.record.offset < 2} == {2}
     for lease in held:
@@ -224,7 +236,7 @@ def test_settlement_answers() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0, 1)
     h1, h2 = led.open_holder("s1", "w", 10), led.open_holder("s2", "w", 10)
-    [a] = led.lease(h1, 0.0, 1)
+    [a] = leased(led, h1, 0.0, 1)
     assert led.settle(h2, a.msg_id, ACK, None, 0.0) is SettleStatus.NOT_OWNER
     assert led.settle(None, a.msg_id, ACK, None, 0.0) is SettleStatus.NOT_OWNER
     assert led.settle(h1, a.msg_id, None, None, 0.0) is SettleStatus.INVALID
@@ -235,7 +247,7 @@ def test_settlement_answers() -> None:
     assert led.settle(h1, a.msg_id, RETRY, None, 0.0) is SettleStatus.ALREADY_SETTLED
     pull = led.pull_holder("p")
     assert led.pull_holder("p") is pull
-    [b] = led.lease(pull, 0.0, 1)
+    [b] = leased(led, pull, 0.0, 1)
     assert led.settle(None, b.msg_id, ACK, None, 0.0) is SettleStatus.OK  # Acknowledge
     assert points(led) == {TP0: 2}
     with pytest.raises(ValueError, match="already open"):
@@ -247,13 +259,13 @@ def test_ack_many_acks_its_own_and_reports_the_rest() -> None:
     old = led.assign(TP1)
     fetch(led, TP1, 0)
     h1, h2 = led.open_holder("s1", "w", 10), led.open_holder("s2", "w", 10)
-    [stale] = led.lease(h1, 0.0, 1)
+    [stale] = leased(led, h1, 0.0, 1)
     led.revoke([TP1])
     led.assign(TP0)
     fetch(led, TP0, 0, 1, 2, 5)
     assert led.take_gate_changes() == [(TP0, GateChange.PAUSE)]
-    mine = by_offset(led.lease(h1, 0.0, 3))
-    [theirs] = led.lease(h2, 0.0, 1)
+    mine = by_offset(leased(led, h1, 0.0, 3))
+    [theirs] = leased(led, h2, 0.0, 1)
     led.settle(h1, mine[2], ACK, None, 0.0)
     rejected = led.ack_many(h1, [mine[1], theirs.msg_id, mine[0], mine[2], mine[0],
                                  stale.msg_id, 999])
@@ -279,7 +291,7 @@ def test_begin_revoke_tells_each_holder_and_stops_dispatch() -> None:
     fetch(led, TP0, 0, 1)
     fetch(led, TP1, 0, 1)
     h1, h2 = led.open_holder("s1", "w", 2), led.open_holder("s2", "w", 1)
-    l1, l2 = led.lease(h1, 0.0, 10), led.lease(h2, 0.0, 10)
+    l1, l2 = leased(led, h1, 0.0, 10), leased(led, h2, 0.0, 10)
     assert [x.record.part.tp for x in l1 + l2] == [TP0, TP0, TP1]
     notify = led.begin_revoke([TP0])
     assert notify == {"s1": [l1[0].msg_id, l1[1].msg_id]}
@@ -291,7 +303,7 @@ def test_begin_revoke_tells_each_holder_and_stops_dispatch() -> None:
     assert l1[0].record.state is State.PARKED
     led.settle(h1, l1[1].msg_id, ACK, None, 0.0)  # finishing still counts
     assert led.in_flight([TP0]) == 0
-    assert [x.record.part.tp for x in led.lease(h1, 0.0, 10)] == [TP1, TP1]
+    assert [x.record.part.tp for x in leased(led, h1, 0.0, 10)] == [TP1, TP1]
     assert TP0 not in points(led)
     assert led.revoke([TP0]) == [CommitPoint(TP0, part0.generation, 0)]  # 0 was never finished
 
@@ -301,7 +313,7 @@ def test_revoke_releases_leases_and_stale_acks_never_move_the_new_generation() -
     old = led.assign(TP0)
     fetch(led, TP0, 0, 1, 2)
     h = led.open_holder("s1", "w", 10)
-    ids = by_offset(led.lease(h, 0.0, 10))
+    ids = by_offset(leased(led, h, 0.0, 10))
     led.settle(h, ids[0], ACK, None, 0.0)
     led.begin_revoke([TP0])
     assert led.revoke([TP0]) == [CommitPoint(TP0, old.generation, 1)]
@@ -333,7 +345,7 @@ def test_reassign_without_revoke_drops_the_old_generation() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0)
     h = led.open_holder("s1", "w", 10)
-    [lease] = led.lease(h, 0.0, 1)
+    [lease] = leased(led, h, 0.0, 1)
     led.assign(TP0, committed=0)
     assert led.settle(h, lease.msg_id, ACK, None, 0.0) is SettleStatus.STALE
     assert led.partitions[TP0].offsets.commit_offset is None
@@ -363,7 +375,7 @@ def test_a_late_failure_of_an_older_commit_does_not_rewind_what_was_handed_out()
     part = led.assign(TP0)
     fetch(led, TP0, 0, 1, 2)
     h = led.open_holder("s1", "w", 10)
-    ids = by_offset(led.lease(h, 0.0, 10))
+    ids = by_offset(leased(led, h, 0.0, 10))
     led.commit_points()
     led.settle(h, ids[0], ACK, None, 0.0)
     [p1] = led.commit_points()
@@ -380,7 +392,7 @@ def test_revoke_commits_a_point_that_was_handed_out_but_not_confirmed() -> None:
     part = led.assign(TP0)
     fetch(led, TP0, 0, 1)
     h = led.open_holder("s1", "w", 10)
-    ids = by_offset(led.lease(h, 0.0, 10))
+    ids = by_offset(leased(led, h, 0.0, 10))
     led.settle(h, ids[0], ACK, None, 0.0)
     assert points(led) == {TP0: 1}  # in flight to the broker, never confirmed
     assert led.revoke([TP0]) == [CommitPoint(TP0, part.generation, 1)]
@@ -414,7 +426,7 @@ def test_gate_pauses_at_the_cap_and_resumes_below_80_percent() -> None:
     assert led.take_gate_changes() == [(TP0, GateChange.PAUSE)]
     assert led.take_gate_changes() == []
     h = led.open_holder("s1", "w", 100)
-    leases = led.lease(h, 0.0, 100)
+    leases = leased(led, h, 0.0, 100)
     for lease in leases[:2]:
         led.settle(h, lease.msg_id, ACK, None, 0.0)
     assert led.take_gate_changes() == []  # 8 pending: in the band
@@ -427,9 +439,9 @@ def test_max_attempts_hands_off_and_finish_handoff_finishes() -> None:
     led.assign(TP0)
     fetch(led, TP0, 3, 4)
     h = led.open_holder("s1", "w", 1)
-    [a1] = led.lease(h, 0.0, 1)
+    [a1] = leased(led, h, 0.0, 1)
     led.settle(h, a1.msg_id, RETRY, None, 0.0)
-    [a2] = led.lease(h, 0.0, 1)
+    [a2] = leased(led, h, 0.0, 1)
     assert a2.record.offset == 3 and a2.attempt == 2  # served first: it holds the mark
     led.settle(h, a2.msg_id, RETRY, None, 0.0)
     [handoff] = led.take_handoffs()
@@ -450,11 +462,11 @@ def test_each_partition_follows_its_own_policy() -> None:
     fetch(led, TP0, 0)
     fetch(led, TP1, 0)
     h = led.open_holder("s1", "w", 10)
-    for lease in led.lease(h, 0.0, 10):
+    for lease in leased(led, h, 0.0, 10):
         led.settle(h, lease.msg_id, RETRY, None, 0.0)
     [handoff] = led.take_handoffs()  # only TP0's record: one attempt is all it had
     assert handoff.record.part.tp == TP0
-    [again] = led.lease(h, 0.0, 10)
+    [again] = leased(led, h, 0.0, 10)
     assert again.record.part.tp == TP1 and again.attempt == 2
 
 
@@ -463,7 +475,7 @@ def test_a_dead_letter_carries_the_workers_reason() -> None:
     led.assign(TP0)
     fetch(led, TP0, 0)
     h = led.open_holder("s1", "w", 10)
-    [lease] = led.lease(h, 0.0, 10)
+    [lease] = leased(led, h, 0.0, 10)
     assert led.settle(h, lease.msg_id, Outcome.DEAD_LETTER, None, 0.0,
                       reason="phone number invalid") is SettleStatus.OK
     [handoff] = led.take_handoffs()
@@ -483,17 +495,17 @@ def test_expired_records_are_never_delivered() -> None:
     assert (at_fetch.record.offset, at_fetch.kind) == (0, HandoffKind.EXPIRED)
     assert "before it was delivered" in at_fetch.reason
     h = led.open_holder("s1", "w", 10)
-    leases = led.lease(h, 12.0, 10)  # offset 1 expires at 12.0: it waited too long
+    leases = leased(led, h, 12.0, 10)  # offset 1 expires at 12.0: it waited too long
     assert [lease.record.offset for lease in leases] == [2, 3]
     [waited] = led.take_handoffs()
     assert waited.record.offset == 1 and led.ready_count == 0
     led.settle(h, leases[0].msg_id, RETRY, None, 13.0)  # due at 18.0, expires at 20.0
     led.tick(18.0)
-    [again] = led.lease(h, 18.0, 10)
+    [again] = leased(led, h, 18.0, 10)
     assert again.record.offset == 2 and again.attempt == 2
     led.settle(h, again.msg_id, RETRY, None, 18.0)  # due at 23.0: past its expiry
     led.tick(23.0)
-    assert led.lease(h, 23.0, 10) == []
+    assert leased(led, h, 23.0, 10) == []
     [retried] = led.take_handoffs()
     assert retried.record.offset == 2 and "after 2 attempt(s)" in retried.reason
     assert points(led) == {TP0: 0}  # every hand-off still pending
@@ -507,7 +519,7 @@ def test_at_most_once_finishes_a_record_when_it_is_dispatched() -> None:
     led.assign(TP0, at_most_once=True)
     fetch(led, TP0, 0, 1, 2)
     h = led.open_holder("s1", "w", 2)
-    first = led.lease(h, 0.0, 10)
+    first = leased(led, h, 0.0, 10)
     assert [lease.record.offset for lease in first] == [0, 1]
     assert points(led) == {TP0: 2}  # committed past them at once: the loss window
     assert led.partitions[TP0].in_flight == 0 and led.begin_revoke([]) == {}
@@ -515,7 +527,7 @@ def test_at_most_once_finishes_a_record_when_it_is_dispatched() -> None:
     assert led.ready_count == 1  # no retry: only offset 2 is left to deliver
     led.tick(31.0)  # the other lease lapses: nothing comes back, but its credit stays held
     assert led.take_handoffs() == [] and list(h.lapsed) == [first[1].msg_id]
-    [last] = led.lease(h, 31.0, 10)
+    [last] = leased(led, h, 31.0, 10)
     assert last.record.offset == 2 and points(led) == {TP0: 3}
 
 
@@ -524,7 +536,7 @@ def test_with_retry_tiers_a_retry_is_handed_off_and_a_retried_record_waits_until
     led.assign(TP0)
     fetch(led, TP0, 0, 1)
     h = led.open_holder("s1", "w", 10)
-    first, _ = led.lease(h, 0.0, 10)
+    first, _ = leased(led, h, 0.0, 10)
     led.settle(h, first.msg_id, RETRY, 5.0, 1.0, reason="gateway 503")
     [handoff] = led.take_handoffs()
     assert (handoff.kind, handoff.delay, handoff.record.offset) == (HandoffKind.RETRY, 10.0, 0)
@@ -536,9 +548,9 @@ def test_with_retry_tiers_a_retry_is_handed_off_and_a_retried_record_waits_until
     led.assign(TopicPartition("orders.retry.10s", 0))  # the record comes back from there
     back = TopicPartition("orders.retry.10s", 0)
     assert led.add(back, 0, 1, "retried", now=2.0, attempts=1, not_before=11.0)
-    assert led.ready_count == 0 and led.lease(h, 2.0, 10) == []
+    assert led.ready_count == 0 and leased(led, h, 2.0, 10) == []
     led.tick(11.0)
-    [again] = led.lease(h, 11.0, 10)
+    [again] = leased(led, h, 11.0, 10)
     assert again.record.payload == "retried" and again.attempt == 2
 
 
@@ -547,7 +559,7 @@ def test_commits_carry_the_offset_map_and_the_next_owner_skips_what_it_lists() -
     led.assign(TP0, committed=10)
     fetch(led, TP0, 10, 11, 12, 13, 14)
     h = led.open_holder("s1", "w", 10)
-    ids = by_offset(led.lease(h, 0.0, 10))
+    ids = by_offset(leased(led, h, 0.0, 10))
     for offset in (11, 13):  # finished out of order: 10 holds the low-water mark
         led.settle(h, ids[offset], ACK, None, 0.0)
     [point] = led.commit_points()  # the offset has not moved, but the map has
@@ -561,7 +573,7 @@ def test_commits_carry_the_offset_map_and_the_next_owner_skips_what_it_lists() -
     after_crash.assign(TP0, committed=10, finished=decode(point.metadata, 10))
     fetch(after_crash, TP0, 10, 11, 12, 13, 14)
     h2 = after_crash.open_holder("s1", "w", 10)
-    assert [lease.record.offset for lease in after_crash.lease(h2, 0.0, 10)] == [10, 14]
+    assert [lease.record.offset for lease in leased(after_crash, h2, 0.0, 10)] == [10, 14]
     assert after_crash.partitions[TP0].skipped == 3
 
 
@@ -580,7 +592,7 @@ def test_the_offset_map_lists_exactly_the_finished_offsets_above_the_commit(
     offsets = [sum(gaps[:i + 1]) for i in range(len(gaps))]
     fetch(led, TP0, *offsets)
     h = led.open_holder("s1", "w", len(offsets))
-    ids = by_offset(led.lease(h, 0.0, len(offsets)))
+    ids = by_offset(leased(led, h, 0.0, len(offsets)))
     done: set[int] = set()
     for r in range(rounds):
         for i, offset in enumerate(offsets):
@@ -606,7 +618,7 @@ def test_a_map_too_big_is_left_out_and_counted_and_the_commit_still_goes() -> No
     led.assign(TP0)
     fetch(led, TP0, *range(400))
     h = led.open_holder("s1", "w", 400)
-    for lease in led.lease(h, 0.0, 400):
+    for lease in leased(led, h, 0.0, 400):
         if lease.record.offset % 2:
             led.settle(h, lease.msg_id, ACK, None, 0.0)
     [point] = led.commit_points()
@@ -655,7 +667,7 @@ def test_a_closed_holder_is_leased_nothing() -> None:
     fetch(led, TP0, 0)
     h = led.open_holder("s1", "w", 10)
     led.close_holder("s1", 0.0)
-    assert led.lease(h, 0.0, 10) == []
+    assert leased(led, h, 0.0, 10) == []
     assert led.ready_count == 1
 
 
@@ -679,7 +691,7 @@ def test_an_operator_skip_finishes_a_poison_record_in_any_skippable_state() -> N
     led.assign(TP0)
     fetch(led, TP0, 0, 1, 2, 3)
     h = led.open_holder("s1", "w", 2)
-    ids = by_offset(led.lease(h, 0.0, 2))  # 0 and 1 leased; 2 and 3 ready
+    ids = by_offset(leased(led, h, 0.0, 2))  # 0 and 1 leased; 2 and 3 ready
     assert led.settle(h, ids[1], RETRY, 60.0, 0.0) is SettleStatus.OK  # 1 delayed
     led.skip(TP0, 0)  # leased: its lease is released, its credit returned
     assert led.settle(h, ids[0], ACK, None, 1.0) is SettleStatus.STALE
@@ -688,11 +700,11 @@ def test_an_operator_skip_finishes_a_poison_record_in_any_skippable_state() -> N
     led.skip(TP0, 2)  # ready
     assert led.ready_count == 1
     assert points(led) == {TP0: 3}
-    [three] = led.lease(h, 2.0, 5)
+    [three] = leased(led, h, 2.0, 5)
     assert three.record.offset == 3  # 2 is never delivered
     assert led.settle(h, three.msg_id, ACK, None, 2.0) is SettleStatus.OK
     assert points(led) == {TP0: 4}
-    assert led.tick(120.0) == 0 and not led.lease(h, 120.0, 5)  # nor is 1, when it falls due
+    assert led.tick(120.0) == 0 and not leased(led, h, 120.0, 5)  # nor is 1, when it falls due
 
 
 def test_skips_that_are_refused() -> None:
@@ -707,9 +719,9 @@ def test_skips_that_are_refused() -> None:
     led.assign(TP1)
     assert led.add(TP1, 0, 1, "a", 0.0, okey=b"k") and led.add(TP1, 1, 1, "b", 0.0, okey=b"k")
     h = led.open_holder("s", "w", 10)
-    assert [lease.record.offset for lease in led.lease(h, 0.0, 10)] == [0]  # 1 waits for 0
+    assert [lease.record.offset for lease in leased(led, h, 0.0, 10)] == [0]  # 1 waits for 0
     with pytest.raises(SkipRefused, match="waiting") as info:
         led.skip(TP1, 1)
     assert not info.value.missing
     led.skip(TP1, 0)  # the key's holder: skipping it lets the next one go
-    assert [lease.record.offset for lease in led.lease(h, 0.0, 10)] == [1]
+    assert [lease.record.offset for lease in leased(led, h, 0.0, 10)] == [1]

@@ -12,7 +12,6 @@ import math
 import os
 
 import pytest
-from core_ledger_model import CAP, KEYED, RESUME_BELOW, TPS, LedgerModel
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
@@ -20,6 +19,7 @@ from hypothesis.stateful import invariant, precondition, rule
 from coordinator.core.flow import GateChange
 from coordinator.core.ledger import Run, State
 from coordinator.core.model import Outcome, TopicPartition
+from tests.unit.core.core_ledger_model import CAP, KEYED, RESUME_BELOW, TPS, LedgerModel
 
 SOAK = os.environ.get("HYPOTHESIS_PROFILE") == "soak"
 PICK = st.integers(0, 2**16)
@@ -89,10 +89,11 @@ class LedgerMachine(LedgerModel):
     @precondition(lambda self: any(p for p in self.next_pos.values()))
     @rule(tp=st.sampled_from(TPS), back=st.integers(1, 5))
     def refetch_below_next_position(self, tp: TopicPartition, back: int) -> None:
-        if self.next_pos[tp] and tp not in self.revoking:
+        next_pos = self.next_pos[tp]
+        if next_pos and tp not in self.revoking:
             before = self._snapshot()
             with pytest.raises(ValueError):
-                self.led.add(tp, max(0, self.next_pos[tp] - back), 1, None, self.now)
+                self.led.add(tp, max(0, next_pos - back), 1, None, self.now)
             assert self._snapshot() == before
 
     @precondition(lambda self: None in self.gen.values())
@@ -401,6 +402,7 @@ class LedgerMachine(LedgerModel):
                     continue
                 assert (state is State.LEASED) == (rec.lease is not None)
                 if state is State.LEASED:
+                    assert rec.lease is not None
                     a = self.active[rec.lease.msg_id]
                     assert (a.tp, a.offset, rec.lease.deadline) == (tp, rec.offset, a.deadline)
                 elif state is State.PARKED:

@@ -13,7 +13,7 @@ from coordinator.core.offsets import COMPACT_SLACK, PartitionOffsets
 EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 100
 
 
-def fetched(*offsets: int) -> PartitionOffsets:
+def fetched(*offsets: int) -> PartitionOffsets[None]:
     po = PartitionOffsets[None]()
     for offset in offsets:
         po.fetched(offset, None)

@@ -23,6 +23,7 @@ from coordinator.core.pending import (
     snapshot,
 )
 from coordinator.core.policy import RetryPolicy
+from coordinator.core.records import members
 
 TP = TopicPartition("sms.requests", 3)
 
@@ -136,7 +137,8 @@ def test_a_replay_counts_what_this_instance_has_finished_since() -> None:
     part = led.partitions[TP]
     assert replay.done(part) == [False] * 4  # fetched again, nothing finished yet
     worker = led.open_holder("s", "w", 10)
-    by_offset = {lease.record.offset: lease.msg_id for lease in led.lease(worker, 1.0, 10)}
+    by_offset = {lease.record.offset: lease.msg_id
+                 for lease in members(led.lease(worker, 1.0, 10))}
     led.settle(worker, by_offset[12], Outcome.ACK, None, 2.0)
     led.settle(worker, by_offset[14], Outcome.ACK, None, 2.0)
     assert replay.done(part) == [False, True, True, False]  # 20 is not fetched yet
