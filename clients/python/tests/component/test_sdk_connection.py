@@ -320,6 +320,12 @@ class _Mute(pb_grpc.CoordinatorServicer):
         self.calls += 1
         await asyncio.Event().wait()  # until the call is cancelled
 
+    async def Pull(self, request: Any, context: Any) -> Any:  # never called here
+        raise NotImplementedError
+
+    async def Acknowledge(self, request: Any, context: Any) -> Any:  # never called here
+        raise NotImplementedError
+
 
 def test_an_unanswered_open_is_given_up_and_shutdown_does_not_wait_for_it(
         run: Run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

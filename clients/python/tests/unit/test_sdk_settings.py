@@ -126,15 +126,7 @@ def test_bad_token_and_tls_options_name_themselves(
 ) -> None:
     (tmp_path / "CERT").write_text("x")
     options = {k: str(tmp_path / v) if v == "CERT" else v for k, v in options.items()}
-    for cls in (AsyncWorker, Worker):
-        with pytest.raises(error, match=re.escape(says)):
-            cls("127.0.0.1:1", _async_handler if cls is AsyncWorker else _sync_handler,
-                **options)
-
-
-async def _async_handler(msg: Message) -> None:
-    pass
-
-
-def _sync_handler(msg: Message) -> None:
-    pass
+    with pytest.raises(error, match=re.escape(says)):
+        AsyncWorker("127.0.0.1:1", _async_handler, **options)
+    with pytest.raises(error, match=re.escape(says)):
+        Worker("127.0.0.1:1", _sync_handler, **options)
