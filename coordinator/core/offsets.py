@@ -96,13 +96,7 @@ class PartitionOffsets(Generic[V]):
             del pending[offset]
         except KeyError:
             return False
-        order = self._order
-        if order[0] == offset:  # the low-water mark moves: drop what finished behind it
-            order.popleft()
-            while order and order[0] not in pending:
-                order.popleft()
-        elif len(order) > 2 * len(pending) + COMPACT_SLACK:
-            self._order = deque(pending)  # the dict keeps fetch order: increasing
+        self._drop_finished()
         return True
 
     def finished_run(self, offsets: list[int]) -> None:
@@ -110,11 +104,17 @@ class PartitionOffsets(Generic[V]):
         pending = self.pending
         for offset in offsets:
             del pending[offset]
-        order = self._order
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        """Finished offsets leave the head of the fetch-order queue, so that its head is
+        pending again (the low-water mark moves); the queue is rebuilt when finished ones
+        pile up behind a pending one."""
+        pending, order = self.pending, self._order
         while order and order[0] not in pending:
             order.popleft()
         if len(order) > 2 * len(pending) + COMPACT_SLACK:
-            self._order = deque(pending)
+            self._order = deque(pending)  # the dict keeps fetch order: increasing
 
     def clear(self) -> None:
         """Lets go of the pending values (the partition is gone, and with it this tracker):

@@ -160,7 +160,7 @@ def add_batches(target: Iterable[pb.DeliveryBatch], leases: Sequence[Leased]) ->
         b.lease_deadline_ms = int((lease.deadline + wall) * 1000)
         b.offsets.extend(lease.offsets)
         b.attempts.extend([1] * len(lease.offsets))
-        _add_columns(b, *lease.columns)  # Columns: see Engine.intake
+        _add_columns(b, *lease.columns)  # kafka.records.Columns, as segments() made them
     if own:
         _add_leases(add, own, wall)
 

@@ -48,6 +48,13 @@ def _consume(write: asyncio.Future[None]) -> None:
         write.exception()
 
 
+def _answer(session: Session, rejected: list[tuple[int, SettleStatus]]) -> None:
+    """Queues the answers to a request's msg_ids that were not accepted, for the writer."""
+    if rejected:
+        session.rejected.extend(rejected)
+        session.wake.set()
+
+
 def request_ids(req: pb.StreamRequest) -> int:
     """The msg_ids one stream request names: what ``max_settlement_batch`` counts."""
     return (len(req.settlements) + len(req.ack_msg_ids) + len(req.extend.msg_ids)
@@ -150,21 +157,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     return self._refuse("max_settlement_batch", f"a request names {ids} msg_ids,"
                                         f" more than {max_batch}", context.peer())
                 if req.settlements:
-                    rejected = engine.settle(holder, convert.settlements(req.settlements))
-                    if rejected:
-                        session.rejected.extend(rejected)
-                        session.wake.set()
+                    _answer(session, engine.settle(holder, convert.settlements(req.settlements)))
                 if req.ack_msg_ids:
-                    rejected = engine.ack(holder, req.ack_msg_ids)
-                    if rejected:
-                        session.rejected.extend(rejected)
-                        session.wake.set()
+                    _answer(session, engine.ack(holder, req.ack_msg_ids))
                 if req.ack_ranges:
-                    rejected = engine.ack_ranges(
-                        holder, [(r.first_msg_id, r.count) for r in req.ack_ranges])
-                    if rejected:
-                        session.rejected.extend(rejected)
-                        session.wake.set()
+                    _answer(session, engine.ack_ranges(
+                        holder, [(r.first_msg_id, r.count) for r in req.ack_ranges]))
                 if req.HasField("extend"):
                     ext = req.extend
                     span = convert.span_seconds(ext.extension) \
@@ -174,9 +172,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         rejected = [(m, SettleStatus.INVALID) for m in ext.msg_ids]
                     else:
                         rejected = engine.extend(holder, ext.msg_ids, span)
-                    if rejected:
-                        session.rejected.extend(rejected)
-                        session.wake.set()
+                    _answer(session, rejected)
                 if req.HasField("flow_control"):
                     fc = req.flow_control
                     try:

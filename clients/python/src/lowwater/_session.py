@@ -178,25 +178,24 @@ class Session:
             except RuntimeError:  # the loop has closed: the stream is long gone
                 return False
             return True
-        outstanding = self._outstanding
-        outstanding.pop(msg._id, None)
         if outcome is Outcome.ACK and not reason:
-            self._acks.append(msg._id)
+            self.ack(msg)
         else:
             self._others.append((msg._id, outcome, delay, reason))
-        if not self._wakeup_set:
-            self._wakeup_set = True
-            self._wakeup.set()
-        if self._closing and not outstanding:
-            self._idle.set()
+            self._queued(msg)
         return True
 
     def ack(self, msg: Message) -> None:
         if self._done:
             return
+        self._acks.append(msg._id)
+        self._queued(msg)
+
+    def _queued(self, msg: Message) -> None:
+        """``msg``'s settlement is in the outbox: it is no longer outstanding, and the sender
+        wakes up."""
         outstanding = self._outstanding
         outstanding.pop(msg._id, None)
-        self._acks.append(msg._id)
         if not self._wakeup_set:
             self._wakeup_set = True
             self._wakeup.set()
