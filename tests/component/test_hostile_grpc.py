@@ -173,6 +173,9 @@ class Model:
     """msg_id -> (partition, offset), for every msg_id delivered."""
     gone: dict[int, int] = field(default_factory=dict)
     """msg_id -> the status a settlement of it now gets (ALREADY_SETTLED or STALE)."""
+    revoked: set[int] = field(default_factory=set)
+    """msg_ids leased when their partition was revoked: STALE, even if a peer reads their
+    delivery only after the revoke (it was on the wire)."""
 
     def pool(self, category: str, stream_id: str) -> list[int]:
         if category == "mine":
@@ -246,8 +249,11 @@ class Peer:
                 for d in resp.deliveries:
                     assert stream_id, "a delivery before `opened`"
                     assert d.msg_id not in model.where, "a msg_id was issued twice"
-                    model.owner[d.msg_id] = stream_id
                     model.where[d.msg_id] = (d.partition, d.offset)
+                    if d.msg_id in model.revoked:
+                        model.gone[d.msg_id] = STALE
+                    else:
+                        model.owner[d.msg_id] = stream_id
                 self.rejected.extend((r.msg_id, r.status) for r in resp.rejected)
                 self.news.set()
         except grpc.aio.AioRpcError as exc:
@@ -424,8 +430,12 @@ class Run:
         tp = TopicPartition(TOPIC, partition)
         if tp not in self.h.engine.ledger.partitions:
             return
-        model = self.model
+        model, ledger = self.model, self.h.engine.ledger
         want = model.commit_offset(partition)
+        # What is leased now, the peers' readers may not have seen yet: the ledger knows.
+        model.revoked.update(
+            m for h in ledger.holders.values() for m in ledger.holder_msg_ids(h)
+            if (lease := ledger.lease_of(m)) is not None and lease.record.part.tp == tp)
         final = await asyncio.wait_for(self.h.engine.revoke([tp], lost=False), WAIT)
         assert [(p.tp, p.offset) for p in final] == [(tp, want)]
         for m in [m for m in model.owner if model.where[m][0] == partition]:
