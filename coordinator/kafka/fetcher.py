@@ -271,7 +271,7 @@ class Fetcher:
                            on_lost=self._on_lost)
 
     def _deliver(self, records: list[Message]) -> None:
-        errors = [msg.error() for msg in records]
+        errors = list(map(type(records[0]).error, records))  # at C speed: see records.segments
         if not any(errors):  # the usual case, at C speed (a KafkaError is always true; and
             good = records   # errors.count(None) would call KafkaError.__eq__, which raises)
         else:
