@@ -46,8 +46,9 @@ from coordinator.runtime.tls import CertificateFiles
 from coordinator.service.admin import AdminService
 from coordinator.service.auth import ServerGuard, token_source
 from coordinator.service.coordinator import CoordinatorService
+from coordinator.service.coordinator import add_to_server as add_coordinator
 from coordinator.service.limits import Limits
-from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc
+from lowwater.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
 
 log = logging.getLogger("coordinator.sidecar")
 
@@ -239,7 +240,7 @@ class Sidecar:
             leaving=None if self.store is None else self.store.write_final,
             max_leases_per_worker=settings.max_leases_per_stream,
         )
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        add_coordinator(
             CoordinatorService(self.engine, lease=settings.lease.total_seconds(),
                                max_lease=settings.max_lease.total_seconds(), limits=self.limits),
             self.server,

@@ -26,6 +26,7 @@ from coordinator.kafka.records import segments
 from coordinator.runtime.engine import Engine
 from coordinator.service.admin import AdminService
 from coordinator.service.coordinator import CoordinatorService
+from coordinator.service.coordinator import add_to_server as add_coordinator
 from coordinator.service.limits import Limits
 from lowwater.v1 import admin_pb2_grpc, coordinator_pb2_grpc
 
@@ -159,7 +160,7 @@ async def harness(
                              interceptors=interceptors)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     service = CoordinatorService(engine, lease=lease, max_lease=max(lease, 60.0), limits=limits)
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
+    add_coordinator(service, server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminService(engine, group="g", health=lambda: "SERVING"), server)
     port = server.add_insecure_port("127.0.0.1:0")
