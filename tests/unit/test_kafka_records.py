@@ -102,3 +102,18 @@ def test_segments_cut_a_batch_where_the_partition_changes_and_read_it_as_fetched
     assert [s.payload(i) for s in segs for i in range(len(s.offsets))] == expected
     assert [n for s in segs for n in s.sizes] == [
         len(k or b"") + len(v or b"") for k, v, _, _ in expected]
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=12))
+def test_headers_the_client_cannot_decode_are_read_once_and_dropped_alone(
+        undecodable: list[bool]) -> None:
+    from tests.component.harness import FakeMessage  # raises on a second headers() call
+
+    msgs = [FakeMessage("t", 0, i, _headers=[("h", bytes([i]))], _undecodable_headers=bad)
+            for i, bad in enumerate(undecodable)]
+    (seg,) = segments(msgs)
+    assert seg.columns[2] == [None if bad else [("h", bytes([i]))]
+                              for i, bad in enumerate(undecodable)]
+    assert all(m._headers_calls == 1 for m in msgs)
+    assert [m._headers for m, bad in zip(msgs, undecodable, strict=True) if bad] == [
+        []] * sum(undecodable)
