@@ -70,6 +70,14 @@ def _msg_id(lease: Lease) -> int:
     return lease.msg_id
 
 
+def _open_members(first: int, run: Run) -> list[int]:
+    """The msg_ids of a leased run's members neither finished nor set apart, lowest first."""
+    done = run.done
+    if done is None:
+        return list(range(first, first + len(run.offsets)))
+    return [first + i for i in range(len(run.offsets)) if not done[i]]
+
+
 def _deadline_then_id(lease: Lease) -> tuple[float, int]:
     return lease.deadline, lease.msg_id
 
@@ -427,13 +435,22 @@ class Ledger:
         return run.view(run.offsets[i]).lease
 
     @staticmethod
-    def holder_msg_ids(holder: Holder) -> list[int]:
-        """The msg_ids ``holder`` holds leases for, lowest first."""
-        ids = list(holder.leases)
-        for first, run in holder.runs.items():
-            done = run.done
-            ids += [first + i for i in range(len(run.offsets)) if done is None or not done[i]]
-        return sorted(ids)
+    def holder_msg_ids(holder: Holder, limit: int | None = None) -> list[int]:
+        """The msg_ids ``holder`` holds leases for, lowest first; with ``limit``, only the
+        lowest ``limit`` of them, found without listing every member of every run (a status
+        poll asks for 100 of a worker's thousands)."""
+        if limit is None:
+            ids = list(holder.leases)
+            for first, run in holder.runs.items():
+                ids += _open_members(first, run)
+            return sorted(ids)
+        ids = heapq.nsmallest(limit, holder.leases)
+        members: list[int] = []
+        for first in sorted(holder.runs):  # runs hold disjoint ranges of msg_ids
+            if len(members) >= limit:
+                break
+            members += _open_members(first, holder.runs[first])
+        return sorted(ids + members)[:limit]
 
     def lease(self, holder: Holder, now: float, limit: int) -> list[Lease | Run]:
         """Leases ready records to ``holder``, within its credits and ``limit`` (records).

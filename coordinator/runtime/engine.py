@@ -78,6 +78,8 @@ PULL_MAX_MESSAGES = 1000
 """Cap on ``PullRequest.max_messages``."""
 REBALANCES_KEPT = 20
 """Rebalance events kept for the status views."""
+STATUS_MSG_IDS = 100
+"""A worker's msg_ids GetStatus lists: the lowest this many (WorkerStatus.leased_msg_ids)."""
 HANDOFF_RETRY_S = 1.0
 """Seconds before a hand-off whose produce failed is tried again (the record stays pending)."""
 SEEK_TIMEOUT = 10.0
@@ -691,7 +693,7 @@ class Engine:
         holders = [
             HolderView(h.name, h.worker_id, h.credits.messages, h.credits.max_messages,
                        h.credits.bytes, h.credits.max_bytes,
-                       self.ledger.holder_msg_ids(h)[:100])
+                       self.ledger.holder_msg_ids(h, STATUS_MSG_IDS))
             for h in self.ledger.holders.values()
         ]
         return StatusView(sorted(parts, key=lambda p: p.tp), holders, self.ledger.ready_count,

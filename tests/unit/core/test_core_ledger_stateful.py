@@ -359,6 +359,7 @@ class LedgerMachine(LedgerModel):
         for holder in self.led.holders.values():
             mine = {m for m, a in self.active.items() if a.holder == holder.name}
             assert set(self.led.holder_msg_ids(holder)) == mine
+            assert self.led.holder_msg_ids(holder, 3) == sorted(mine)[:3]
             lapsed = {m: a for m, a in self.lapsed.items() if a.holder == holder.name}
             assert set(holder.lapsed) == set(lapsed)  # lapsed, still charged (Holder.lapsed)
             c = holder.credits
