@@ -155,7 +155,7 @@ def run(ctx: Context) -> Section:
          "consumer keeping exactly that many records in flight, each 20 ms, can do. The "
          "handling rate runs from the first handler's start until N handlers have returned; "
          "'to commit' runs until the committed offset reaches N, so it also pays one commit "
-         "interval (100 ms, on the sidecar's 50 ms timer) and the 20 ms status poll at the end. "
+         "interval (up to 100 ms) and the 20 ms status poll at the end. "
          "CPU is µs per record, with the share of one core in brackets."),
         (f"With one in flight a record's cycle took {cycle_1:.1f} ms: the 20 ms sleep (asyncio "
          f"timers fire a little late) and {cycle_1 - 20:.1f} ms from the handler's return to "
