@@ -492,7 +492,7 @@ class Ledger:
                     break
                 if k < n:
                     run = rec.split(k)
-                    rec.part.records.update(dict.fromkeys(run.offsets, run))
+                    rec.part.offsets.split_run(rec, k, run)
                 else:
                     ready.popleft()
                     run = rec
@@ -908,7 +908,7 @@ class Ledger:
         if part.at_most_once:  # finished when it was dispatched
             return
         part.in_flight -= 1
-        part.offsets.finished(run.offsets[i])
+        part.offsets.finished_member(run, run.offsets[i])
         if part.gate.paused:
             self._check_gate(part)
 
@@ -928,7 +928,7 @@ class Ledger:
     def _finish_pending(self, run: Run) -> None:
         """Every member of ``run``, all pending, is finished."""
         part = run.part
-        part.offsets.finished_run(run.offsets)
+        part.offsets.finished_run(run)
         if part.gate.paused:
             self._check_gate(part)
 
@@ -948,7 +948,7 @@ class Ledger:
         rec = Record(part, offset, run.sizes[i], run.payload(i), run.fetched_at)
         finished = run.state is LEASED and part.at_most_once  # when it was dispatched
         if not finished:
-            part.records[offset] = rec  # the same place in fetch order
+            part.offsets.set_apart(run, offset, rec)  # pending on its own from now on
         done = run.done
         if done is None:
             done = run.done = bytearray(len(run.offsets))

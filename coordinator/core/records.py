@@ -107,9 +107,9 @@ class PartitionState:
         self.map_cache: tuple[tuple[int, int, int] | None, str] = (None, "")
         """(commit offset, next offset, pending count) and the map they give."""
         self.offsets: PartitionOffsets[Record | Run] = PartitionOffsets()
-        self.records: dict[int, Record | Run] = self.offsets.pending
-        """The pending records by offset, in fetch order: ``offsets.pending`` itself, changed
-        only through ``offsets``."""
+        self.records = self.offsets
+        """The pending records by offset, in fetch order (a run under each of its members'
+        offsets): ``offsets`` itself, read as a mapping."""
         self.gate = PauseGate(cap)
         self.in_flight = 0
         self.revoking = False

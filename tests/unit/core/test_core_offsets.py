@@ -7,6 +7,7 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from coordinator.core.offsets import COMPACT_SLACK, PartitionOffsets
 
@@ -168,7 +169,7 @@ def test_finished_offsets_behind_a_stuck_one_do_not_pile_up() -> None:
         po.fetched(offset, None)
         if offset:
             assert po.finished(offset)
-        assert len(po._order) <= 2 * len(po) + COMPACT_SLACK + 1
+        assert len(po._heap) <= 2 * len(po) + COMPACT_SLACK + 1
     assert po.commit_offset == 0 and len(po) == 1
     assert list(po.pending_from(0)) == [0]
     assert po.finished(0) and po.commit_offset == 100_001
@@ -185,3 +186,132 @@ def test_passed_offsets_move_the_position_without_becoming_pending() -> None:
     po.fetched(12, None)
     po.clear()
     assert len(po) == 0 and po.commit_offset == 12  # as it was
+
+
+class Value:
+    """A run's or a record's value: named by identity, like the ledger's."""
+
+
+class RunsAndSingles(RuleBasedStateMachine):
+    """Singles and runs fetched, finished one by one or whole, set apart and split, against a
+    model of the pending offsets and their values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.po = PartitionOffsets[Value]()
+        self.pending: dict[int, Value] = {}
+        self.runs: dict[int, tuple[Value, list[int], bool]] = {}
+        """id(value) -> (value, its members still pending in it, whether one ever left)."""
+        self.position = 0
+
+    def _members(self) -> list[tuple[Value, int]]:
+        return [(value, o) for value, members, _ in self.runs.values() for o in members]
+
+    def _leave(self, run: Value, offset: int) -> None:
+        value, members, _ = self.runs[id(run)]
+        members.remove(offset)
+        self.runs[id(run)] = (value, members, True)
+        if not members:
+            del self.runs[id(run)]
+
+    @rule(gap=st.integers(0, 3))
+    def fetch_single(self, gap: int) -> None:
+        offset, value = self.position + gap, Value()
+        self.po.fetched(offset, value)
+        self.pending[offset] = value
+        self.position = offset + 1
+
+    @rule(gaps=st.lists(st.integers(0, 2), min_size=1, max_size=8))
+    def fetch_run(self, gaps: list[int]) -> None:
+        offsets, value = [], Value()
+        for gap in gaps:
+            offsets.append(self.position + gap)
+            self.position = offsets[-1] + 1
+        self.po.fetched_run(offsets, value)
+        self.pending.update(dict.fromkeys(offsets, value))
+        self.runs[id(value)] = (value, list(offsets), False)
+
+    @rule(pick=st.integers(0, 10**6))
+    def finish_any(self, pick: int) -> None:
+        if not self.pending:
+            return
+        offset = sorted(self.pending)[pick % len(self.pending)]
+        value = self.pending.pop(offset)
+        if id(value) in self.runs and offset in self.runs[id(value)][1]:
+            self._leave(value, offset)
+        assert self.po.finished(offset) is True
+        assert self.po.finished(offset) is False
+
+    @rule(pick=st.integers(0, 10**6))
+    def finish_member(self, pick: int) -> None:
+        members = self._members()
+        if members:
+            run, offset = members[pick % len(members)]
+            self.po.finished_member(run, offset)
+            del self.pending[offset]
+            self._leave(run, offset)
+
+    @rule(pick=st.integers(0, 10**6))
+    def finish_run(self, pick: int) -> None:
+        if self.runs:
+            run, members, _ = list(self.runs.values())[pick % len(self.runs)]
+            self.po.finished_run(run)
+            for offset in members:
+                del self.pending[offset]
+            del self.runs[id(run)]
+
+    @rule(pick=st.integers(0, 10**6))
+    def set_apart(self, pick: int) -> None:
+        members = self._members()
+        if members:
+            run, offset = members[pick % len(members)]
+            alone = Value()
+            self.po.set_apart(run, offset, alone)
+            self.pending[offset] = alone
+            self._leave(run, offset)
+
+    @rule(pick=st.integers(0, 10**6), cut=st.integers(1, 7))
+    def split(self, pick: int, cut: int) -> None:
+        whole = [r for r in self.runs.values() if not r[2] and len(r[1]) > 1]
+        if whole:
+            run, members, _ = whole[pick % len(whole)]
+            k = 1 + cut % (len(members) - 1)
+            head = Value()
+            self.po.split_run(run, k, head)
+            self.pending.update(dict.fromkeys(members[:k], head))
+            self.runs[id(head)] = (head, members[:k], False)
+            self.runs[id(run)] = (run, members[k:], False)
+
+    @invariant()
+    def it_reads_as_the_pending_offsets_in_order(self) -> None:
+        po, pending = self.po, self.pending
+        assert len(po) == len(pending)
+        assert [(o, id(v)) for o, v in po.items()] == [
+            (o, id(pending[o])) for o in sorted(pending)]
+        assert list(po) == sorted(pending)
+        assert po.commit_offset == (min(pending) if pending else
+                                    (self.position if po.next_offset is not None else None))
+        for offset in range(max(0, self.position - 12), self.position + 1):
+            assert (offset in po) == (offset in pending)
+            assert po.get(offset) is pending.get(offset)
+
+
+RunsAndSingles.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=40,
+                                            deadline=None)
+test_runs_and_singles = RunsAndSingles.TestCase
+
+
+def test_a_run_is_named_by_a_value_of_its_own_and_splits_only_whole() -> None:
+    po, run = PartitionOffsets[Value](), Value()
+    po.fetched_run([0, 1, 2], run)
+    with pytest.raises(ValueError, match="name it alone"):
+        po.fetched_run([3], run)
+    with pytest.raises(ValueError, match="whole run"):
+        po.split_run(run, 3, Value())
+    po.finished_member(run, 1)
+    with pytest.raises(ValueError, match="whole run"):
+        po.split_run(run, 1, Value())
+    with pytest.raises(KeyError):
+        po.finished_member(run, 1)
+    po.finished_run(run)
+    assert len(po) == 0 and po.commit_offset == 3
