@@ -13,6 +13,11 @@ from typing import Any
 
 from coordinator.config import Settings
 
+HTTP2_MAX_FRAME_SIZE = 1024 * 1024
+"""The largest HTTP/2 frame the worker API's server takes: a request in one frame. The SDK's
+channels advertise the same, so that a stream message of deliveries (up to 1 MiB) goes out in
+one frame instead of 16 KiB ones."""
+
 ADMIN_RPC_HEADROOM = 32
 """Calls beyond worker streams and Pull/Acknowledge that the server takes at once: Admin,
 health checks and watches, reflection. With the two limits it makes gRPC's own
@@ -67,4 +72,5 @@ class Limits:
             ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_ping_strikes", 2),
             ("grpc.max_connection_idle_ms", int(self.max_connection_idle * 1000)),
+            ("grpc.http2.max_frame_size", HTTP2_MAX_FRAME_SIZE),
         ]
