@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
@@ -14,8 +15,8 @@ from sortedcontainers import SortedDict
 V = TypeVar("V")
 
 COMPACT_SLACK = 1024
-"""Finished offsets the heap of single offsets may keep besides as many as are pending, before
-it is rebuilt."""
+"""Finished offsets the queues of single offsets may keep besides as many as are pending,
+before they are rebuilt."""
 
 
 class _Block(Generic[V]):
@@ -77,9 +78,10 @@ class PartitionOffsets(Generic[V]):
     can also be finished one by one, set apart as offsets on their own, or split off into a
     run of their own.
 
-    Single offsets are kept in a dict with a heap of their offsets (a finished one leaves the
-    heap when it reaches its head; the heap is rebuilt when finished ones pile up behind a
-    pending one that stays); runs in a ``SortedDict`` by first offset. Reading it as a mapping
+    Single offsets are kept in a dict, with their offsets in a queue in fetch order (or in a
+    heap, for a run member set apart below the queue's tail): a finished one leaves when it
+    reaches the head, and both are rebuilt when finished ones pile up behind a pending one
+    that stays. Runs are kept in a ``SortedDict`` by first offset. Reading it as a mapping
     (``len``, ``in``, ``[offset]``, :meth:`get`, :meth:`items`, ...) sees every pending offset,
     run members included, in increasing order. Memory is O(pending).
 
@@ -87,14 +89,17 @@ class PartitionOffsets(Generic[V]):
     """
 
     __slots__ = ("_blocks", "_cleared", "_count", "_heap", "_next_offset", "_of_value",
-                 "_singles", "_start")
+                 "_order", "_singles", "_start")
 
     def __init__(self) -> None:
         self._singles: dict[int, V] = {}
         """Offsets pending on their own, with their values."""
+        self._order: deque[int] = deque()
+        """Offsets of ``_singles``, increasing: those fetched, and those set apart above its
+        tail. Finished ones may stay in it, but never at its head."""
         self._heap: list[int] = []
-        """The offsets of ``_singles`` as a min-heap; finished ones may stay in it, but never
-        at its head."""
+        """The other offsets of ``_singles`` (set apart below the tail of ``_order``), a
+        min-heap; finished ones may stay in it, but never at its head."""
         self._blocks: Any = SortedDict()
         """First offset -> the _Block of a run with a member pending."""
         self._of_value: dict[int, _Block[V]] = {}
@@ -122,7 +127,7 @@ class PartitionOffsets(Generic[V]):
         """
         self._check_forward(offset)
         self._singles[offset] = value
-        heapq.heappush(self._heap, offset)
+        self._order.append(offset)
         self._count += 1
         self._next_offset = offset + 1
 
@@ -203,7 +208,10 @@ class PartitionOffsets(Generic[V]):
             raise KeyError(offset)
         self._leave(block, i)
         self._singles[offset] = value
-        heapq.heappush(self._heap, offset)
+        if not self._order or offset > self._order[-1]:
+            self._order.append(offset)
+        else:
+            heapq.heappush(self._heap, offset)
 
     def split_run(self, run: V, k: int, head: V) -> None:
         """The first ``k`` members of ``run`` (every member pending) become a run of their
@@ -227,13 +235,15 @@ class PartitionOffsets(Generic[V]):
             self._drop_block(block)
 
     def _finish_single(self, offset: int) -> None:
-        singles, heap = self._singles, self._heap
+        singles, order, heap = self._singles, self._order, self._heap
         del singles[offset]
         self._count -= 1
+        while order and order[0] not in singles:
+            order.popleft()
         while heap and heap[0] not in singles:
             heapq.heappop(heap)
-        if len(heap) > 2 * len(singles) + COMPACT_SLACK:
-            self._heap = sorted(singles)  # a sorted list is a heap
+        if len(order) + len(heap) > 2 * len(singles) + COMPACT_SLACK:
+            self._order, self._heap = deque(sorted(singles)), []
 
     def _block_at(self, offset: int) -> _Block[V] | None:
         """The block whose offsets span ``offset``, if any."""
@@ -249,6 +259,7 @@ class PartitionOffsets(Generic[V]):
         looks at this generation."""
         self._cleared = self.lowest_pending
         self._singles.clear()
+        self._order.clear()
         self._heap.clear()
         self._blocks.clear()
         self._of_value.clear()
@@ -266,7 +277,9 @@ class PartitionOffsets(Generic[V]):
     @property
     def lowest_pending(self) -> int | None:
         """The smallest pending offset, or None when nothing is pending."""
-        lowest = self._heap[0] if self._heap else self._cleared
+        lowest = self._order[0] if self._order else self._cleared
+        if self._heap and (lowest is None or self._heap[0] < lowest):
+            lowest = self._heap[0]
         if self._blocks:
             block: _Block[V] = self._blocks.peekitem(0)[1]
             first = block.offsets[block.head]
