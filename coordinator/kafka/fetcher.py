@@ -168,6 +168,10 @@ class Fetcher:
     ) -> None:
         self._config = dict(config)
         self._topics = list(topics)
+        self._only_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") \
+            else None
+        """The one topic every fetched message is from, when the subscription is one topic
+        named outright: segments() then reads no message's topic."""
         self._sink = sink
         self._batch_size = batch_size
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -271,12 +275,13 @@ class Fetcher:
                            on_lost=self._on_lost)
 
     def _deliver(self, records: list[Message]) -> None:
-        errors = list(map(type(records[0]).error, records))  # at C speed: see records.segments
-        if not any(errors):  # the usual case, at C speed (a KafkaError is always true; and
-            good = records   # errors.count(None) would call KafkaError.__eq__, which raises)
-        else:
+        error_of = type(records[0]).error  # map over it runs at C speed: see records.segments
+        if not any(map(error_of, records)):  # the usual case (a KafkaError is always true; and
+            good = records                   # a count of None would call KafkaError.__eq__,
+        else:                                # which raises)
             good = []
-            for msg, err in zip(records, errors, strict=True):
+            for msg in records:
+                err = msg.error()
                 if err is None:
                     good.append(msg)
                 elif err.code() != KafkaError._PARTITION_EOF:
@@ -284,7 +289,7 @@ class Fetcher:
         if good:
             self._set_serving(True, "records arrived")
             self._handed += len(good)
-            self._sink.on_records(segments(good), len(good))  # the Messages go here
+            self._sink.on_records(segments(good, self._only_topic), len(good))  # Messages end
 
     def _serve_commands(self, consumer: Consumer) -> None:
         while True:

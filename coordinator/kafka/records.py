@@ -114,11 +114,11 @@ Record i's :data:`Fetched` is the tuple of each column's item i."""
 def fetched_columns(msgs: list[Any]) -> Columns:
     """:func:`fetched` for many messages at once, as columns: a call per column instead of a
     call per record (the messages can then go)."""
-    return _read_columns(msgs, type(msgs[0]) if msgs else object)[2]
+    return _read_columns(msgs, type(msgs[0]) if msgs else object)[1]
 
 
-def _read_columns(msgs: list[Any], cls: Any) -> tuple[list[str], list[int], Columns, list[int]]:
-    """Each message's topic, partition, payload and offset, a column at a time.
+def _read_columns(msgs: list[Any], cls: Any) -> tuple[list[int], Columns, list[int]]:
+    """Each message's partition, payload and offset, a column at a time.
 
     ``cls`` is the messages' class (all of one: ``confluent_kafka.Message``, or a test's
     fake): ``map`` over its unbound accessors calls each one at C speed, about 20 ns a
@@ -133,8 +133,7 @@ def _read_columns(msgs: list[Any], cls: Any) -> tuple[list[str], list[int], Colu
         at = list(times)
     columns = (list(map(cls.key, msgs)), list(map(cls.value, msgs)),
                _headers_column(msgs, cls.headers), at)
-    return list(map(cls.topic, msgs)), list(map(cls.partition, msgs)), columns, \
-        list(map(cls.offset, msgs))
+    return list(map(cls.partition, msgs)), columns, list(map(cls.offset, msgs))
 
 
 def _headers_column(msgs: list[Any], headers_of: Any) -> list[Headers | None]:
@@ -169,7 +168,7 @@ class Segment(NamedTuple):
         return keys[i], values[i], headers[i], stamps[i]
 
 
-def segments(msgs: list[Any]) -> list[Segment]:
+def segments(msgs: list[Any], only_topic: str | None = None) -> list[Segment]:
     """Fetched messages as the segments of consecutive records from one partition, in order.
 
     Called on the consumer thread, right after ``consume()``: the messages are read while
@@ -177,17 +176,30 @@ def segments(msgs: list[Any]) -> list[Segment]:
     them there instead, a batch or more later, cost the sidecar about a fifth more CPU per
     record (bench/sidecar.py, 2026-11-26: 2.18 against 1.73 µs, medians of three
     1,000,000-record runs). The whole batch is read a column at a time, then cut (almost
-    always it is one segment already: a fetch answers per partition)."""
+    always it is one segment already: a fetch answers per partition).
+
+    ``only_topic``: the one topic the consumer is subscribed to, when it is a single topic
+    named outright (not a pattern); every message is from it, so no message's topic is read.
+    """
     if not msgs:
         return []
-    topics, partitions, columns, offsets = _read_columns(msgs, type(msgs[0]))
+    cls = type(msgs[0])
+    partitions, columns, offsets = _read_columns(msgs, cls)
     n = len(msgs)
-    if partitions.count(partitions[0]) == n and topics.count(topics[0]) == n:
-        return [_segment(topics[0], partitions[0], offsets, columns)]
+    if only_topic is not None:
+        if partitions.count(partitions[0]) == n:
+            return [_segment(only_topic, partitions[0], offsets, columns)]
+        keys: list[Any] = partitions
+    else:
+        topics = list(map(cls.topic, msgs))
+        if partitions.count(partitions[0]) == n and topics.count(topics[0]) == n:
+            return [_segment(topics[0], partitions[0], offsets, columns)]
+        keys = list(zip(topics, partitions, strict=True))
     out: list[Segment] = []
     i = 0
-    for (topic, partition), run in itertools.groupby(zip(topics, partitions, strict=True)):
+    for key, run in itertools.groupby(keys):
         j = i + sum(1 for _ in run)
+        topic, partition = (only_topic, key) if only_topic is not None else key
         out.append(_segment(topic, partition, offsets[i:j],
                             cast(Columns, tuple(column[i:j] for column in columns))))
         i = j

@@ -65,3 +65,11 @@ def test_errors_in_a_batch_are_reported_and_never_delivered(
 def test_a_batch_of_errors_alone_hands_nothing_on() -> None:
     sink = deliver([record(5, KafkaError._PARTITION_EOF)])
     assert sink.records == [] and sink.health == []
+
+
+@pytest.mark.parametrize(("topics", "only"), [
+    (["t"], "t"), (["t", "t.retry.10s"], None), (["^t.*"], None)])
+def test_only_a_single_topic_named_outright_spares_reading_each_topic(
+        topics: list[str], only: str | None) -> None:
+    fetcher = Fetcher({"group.id": "g"}, topics, Sink())  # type: ignore[arg-type]
+    assert fetcher._only_topic == only

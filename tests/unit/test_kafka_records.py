@@ -117,3 +117,15 @@ def test_headers_the_client_cannot_decode_are_read_once_and_dropped_alone(
     assert all(m._headers_calls == 1 for m in msgs)
     assert [m._headers for m, bad in zip(msgs, undecodable, strict=True) if bad] == [
         []] * sum(undecodable)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.none() | st.binary(max_size=3)), max_size=30))
+def test_segments_of_the_one_subscribed_topic_read_no_topic_and_cut_the_same(
+        fields: list[tuple[int, bytes | None]]) -> None:
+    msgs = [Message(topic="only", partition=p, offset=i, value=v,
+                    timestamp=(TIMESTAMP_CREATE_TIME, i)) for i, (p, v) in enumerate(fields)]
+    fast, read = segments(msgs, only_topic="only"), segments(msgs)
+    assert [(s.topic, s.partition, s.offsets, s.sizes) for s in fast] == [
+        (s.topic, s.partition, s.offsets, s.sizes) for s in read]
+    assert [s.payload(i) for s in fast for i in range(len(s.offsets))] == [
+        s.payload(i) for s in read for i in range(len(s.offsets))]
