@@ -186,11 +186,7 @@ class PartitionOffsets(Generic[V]):
     def finished_member(self, run: V, offset: int) -> None:
         """Marks the member of ``run`` at ``offset`` (pending) finished: :meth:`finished`
         without looking for its run."""
-        block = self._of_value[id(run)]
-        i = block.index(offset)
-        if i is None:
-            raise KeyError(offset)
-        self._leave(block, i)
+        self._take_member(run, offset)
         self._count -= 1
 
     def finished_run(self, run: V) -> None:
@@ -202,11 +198,7 @@ class PartitionOffsets(Generic[V]):
     def set_apart(self, run: V, offset: int, value: V) -> None:
         """The member of ``run`` at ``offset`` (pending) stays pending on its own, with
         ``value``, as if it had been fetched alone."""
-        block = self._of_value[id(run)]
-        i = block.index(offset)
-        if i is None:
-            raise KeyError(offset)
-        self._leave(block, i)
+        self._take_member(run, offset)
         self._singles[offset] = value
         if not self._order or offset > self._order[-1]:
             self._order.append(offset)
@@ -228,6 +220,15 @@ class PartitionOffsets(Generic[V]):
         block.open = len(offsets)
         self._add_block(front)
         self._add_block(block)
+
+    def _take_member(self, run: V, offset: int) -> None:
+        """The member of ``run`` at ``offset`` leaves the run (KeyError if it is not pending
+        in it)."""
+        block = self._of_value[id(run)]
+        i = block.index(offset)
+        if i is None:
+            raise KeyError(offset)
+        self._leave(block, i)
 
     def _leave(self, block: _Block[V], i: int) -> None:
         block.leave(i)

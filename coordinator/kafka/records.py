@@ -33,25 +33,6 @@ Headers = list[tuple[str, bytes | None]]
 """A record's headers as confluent-kafka gives them: (key, value) pairs, in order."""
 
 
-def record_headers(msg: Any) -> Headers | None:
-    """``msg.headers()``, or no headers when the Kafka client cannot decode them.
-
-    confluent-kafka decodes header keys as strict UTF-8. For a key that is not (any
-    producer but the Python client can write one), ``headers()`` raises SystemError once,
-    and every later call returns a list holding a NULL that crashes the interpreter when
-    it is unpacked. So the record's headers are replaced with none, for good, and it is
-    delivered with its key and value intact: it must kill neither the stream nor the
-    sidecar. (:func:`segments` reads them once, on the consumer thread; the message is not
-    kept.)
-    """
-    try:
-        headers: Headers | None = msg.headers()
-    except (SystemError, ValueError) as exc:  # SystemError from a UnicodeDecodeError, today
-        _no_headers(msg, exc)
-        return None
-    return headers
-
-
 def _no_headers(msg: Any, exc: BaseException) -> None:
     """``msg.headers()`` raised ``exc``: the message keeps no headers, and it is logged."""
     msg.set_headers([])
@@ -63,7 +44,7 @@ def _no_headers(msg: Any, exc: BaseException) -> None:
 
 Fetched = tuple[bytes | None, bytes | None, Headers | None, int | None]
 """What a delivery and a hand-off need of a fetched record: (key, value, headers,
-timestamp_ms), the ledger record's payload (see :func:`fetched`).
+timestamp_ms), the ledger record's payload (read by :func:`segments`).
 
 Headers are None when it has none or when the Kafka client cannot decode them; the timestamp
 (milliseconds since the epoch) is None when the record has none. Its topic, partition and
@@ -99,26 +80,14 @@ Payload = Fetched | Retried
 :func:`origin` where it was first consumed."""
 
 
-def fetched(msg: Any) -> Fetched:
-    """The payload of a fetched confluent-kafka message; the message itself can then go."""
-    ts_type, ts = msg.timestamp()
-    return (msg.key(), msg.value(), record_headers(msg),
-            None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts)
-
-
 Columns = tuple[list[bytes | None], list[bytes | None], list[Headers | None], list[int | None]]
 """The payloads of fetched records, column by column: keys, values, headers, timestamps.
 Record i's :data:`Fetched` is the tuple of each column's item i."""
 
 
-def fetched_columns(msgs: list[Any]) -> Columns:
-    """:func:`fetched` for many messages at once, as columns: a call per column instead of a
-    call per record (the messages can then go)."""
-    return _read_columns(msgs, type(msgs[0]) if msgs else object)[1]
-
-
 def _read_columns(msgs: list[Any], cls: Any) -> tuple[list[int], Columns, list[int]]:
-    """Each message's partition, payload and offset, a column at a time.
+    """Each message's partition, payload (:data:`Fetched`, as columns) and offset, a column
+    at a time.
 
     ``cls`` is the messages' class (all of one: ``confluent_kafka.Message``, or a test's
     fake): ``map`` over its unbound accessors calls each one at C speed, about 20 ns a
@@ -137,15 +106,22 @@ def _read_columns(msgs: list[Any], cls: Any) -> tuple[list[int], Columns, list[i
 
 
 def _headers_column(msgs: list[Any], headers_of: Any) -> list[Headers | None]:
-    """Each message's headers, or None where the Kafka client cannot decode them (see
-    :func:`record_headers`: that message's ``headers()`` is never called again)."""
+    """Each message's headers, or None where the Kafka client cannot decode them.
+
+    confluent-kafka decodes header keys as strict UTF-8. For a key that is not (any
+    producer but the Python client can write one), ``headers()`` raises SystemError once,
+    and every later call returns a list holding a NULL that crashes the interpreter when
+    it is unpacked. So that message's ``headers()`` is never called again: its headers are
+    replaced with none, for good, and it is delivered with its key and value intact (it must
+    kill neither the stream nor the sidecar).
+    """
     out: list[Headers | None] = []
     each = map(headers_of, msgs)
     while True:
         try:
             out.extend(each)  # what it appended before a raise stays: the culprit is next
             return out
-        except (SystemError, ValueError) as exc:
+        except (SystemError, ValueError) as exc:  # SystemError from a UnicodeDecodeError
             _no_headers(msgs[len(out)], exc)
             out.append(None)
 
@@ -186,20 +162,13 @@ def segments(msgs: list[Any], only_topic: str | None = None) -> list[Segment]:
     cls = type(msgs[0])
     partitions, columns, offsets = _read_columns(msgs, cls)
     n = len(msgs)
-    if only_topic is not None:
-        if partitions.count(partitions[0]) == n:
-            return [_segment(only_topic, partitions[0], offsets, columns)]
-        keys: list[Any] = partitions
-    else:
-        topics = list(map(cls.topic, msgs))
-        if partitions.count(partitions[0]) == n and topics.count(topics[0]) == n:
-            return [_segment(topics[0], partitions[0], offsets, columns)]
-        keys = list(zip(topics, partitions, strict=True))
+    topics = [only_topic] * n if only_topic is not None else list(map(cls.topic, msgs))
+    if partitions.count(partitions[0]) == n and topics.count(topics[0]) == n:
+        return [_segment(topics[0], partitions[0], offsets, columns)]
     out: list[Segment] = []
     i = 0
-    for key, run in itertools.groupby(keys):
+    for (topic, partition), run in itertools.groupby(zip(topics, partitions, strict=True)):
         j = i + sum(1 for _ in run)
-        topic, partition = (only_topic, key) if only_topic is not None else key
         out.append(_segment(topic, partition, offsets[i:j],
                             cast(Columns, tuple(column[i:j] for column in columns))))
         i = j

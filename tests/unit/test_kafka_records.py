@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from coordinator.core.model import TopicPartition
 from coordinator.kafka.records import (
+    Fetched,
     Retried,
     contents,
-    fetched,
-    fetched_columns,
     origin,
     retried,
     segments,
@@ -32,6 +31,19 @@ def message(headers: list[tuple[str, str | bytes | None]] | None = None,
             timestamp: tuple[int, int] = (TIMESTAMP_CREATE_TIME, 1_700_000_000_000)) -> Message:
     return Message(topic=TP.topic, partition=TP.partition, offset=7, key=b"k", value=b"v",
                    headers=headers, timestamp=timestamp)
+
+
+def fetched(msg: Message) -> Fetched:
+    """A message's payload as the sidecar reads it: through segments(), alone."""
+    (seg,) = segments([msg])
+    return seg.payload(0)
+
+
+def read_one(msg: Message) -> tuple[Any, ...]:
+    """The oracle: what a payload must hold, read message by message."""
+    kind, ts = msg.timestamp()
+    return (msg.key(), msg.value(), msg.headers(),
+            None if kind == TIMESTAMP_NOT_AVAILABLE else ts)
 
 
 def test_a_fetched_payload_keeps_what_a_delivery_needs_and_no_coordinates() -> None:
@@ -76,8 +88,9 @@ def test_columns_hold_what_fetched_gives_record_by_record() -> None:
     msgs = [message([("h", b"1")]), message(timestamp=(TIMESTAMP_NOT_AVAILABLE, 0)),
             Message(topic=TP.topic, partition=TP.partition, offset=9, key=None, value=None),
             message([("a", None), ("a", b"")])]
-    columns = fetched_columns(msgs)
-    assert [tuple(c[i] for c in columns) for i in range(len(msgs))] == [fetched(m) for m in msgs]
+    (seg,) = segments(msgs)
+    columns = seg.columns
+    assert [tuple(c[i] for c in columns) for i in range(len(msgs))] == [read_one(m) for m in msgs]
 
 
 _record = st.tuples(
@@ -93,7 +106,7 @@ def test_segments_cut_a_batch_where_the_partition_changes_and_read_it_as_fetched
     msgs = [Message(topic=t, partition=p, offset=i, key=k, value=v, headers=h,
                     timestamp=(TIMESTAMP_CREATE_TIME, i))
             for i, (t, p, k, v, h) in enumerate(fields)]
-    expected = [fetched(m) for m in msgs]
+    expected = [read_one(m) for m in msgs]
     segs = segments(msgs)
     assert [(s.topic, s.partition, o) for s in segs for o in s.offsets] == [
         (m.topic(), m.partition(), m.offset()) for m in msgs]
