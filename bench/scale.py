@@ -57,7 +57,7 @@ from coordinator.config.model import Settings
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import TopicPartition
 from coordinator.embedded import SidecarProcess, create_topic, unique_name
-from coordinator.kafka.records import Fetched, fetched
+from coordinator.kafka.records import Segment, segments
 
 PARTITIONS = (1, 4, 16, 64, 256)
 PENDING = (1_000, 10_000, 100_000, 1_000_000)
@@ -198,23 +198,31 @@ def ledger_bytes(pending: int) -> float:
 
 
 def payload_bytes(bootstrap: str, topic: str, count: int) -> float:
-    """Python heap bytes per fetched record's payload held (key, value, headers, timestamp;
-    the confluent-kafka ``Message`` let go), as the sidecar holds each pending record's."""
+    """Python heap bytes per fetched record's payload held (key, value, headers, timestamp,
+    offset and size, in the column segments the consumer thread makes; the confluent-kafka
+    ``Message`` let go), as the sidecar holds each pending record's."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("bench-msg"),
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    held: list[Fetched] = []
+    held: list[Segment] = []
+
+    def fetch() -> int:
+        """Holds one consume()'s records as segments; returns how many."""
+        got = segments(consumer.consume(500, timeout=1.0))
+        held.extend(got)
+        return sum(len(seg.offsets) for seg in got)
+
     try:
         consumer.subscribe([topic])
-        while not held:  # the group join and the first fetch are not counted
-            held += map(fetched, consumer.consume(500, timeout=1.0))
-        first = len(held)
+        while not fetch():  # the group join and the first fetch are not counted
+            pass
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             deadline = time.monotonic() + RESTART_DEADLINE_S
-            while len(held) < first + count and time.monotonic() < deadline:
-                held += map(fetched, consumer.consume(500, timeout=1.0))
-            return (tracemalloc.get_traced_memory()[0] - before) / (len(held) - first)
+            taken = 0
+            while taken < count and time.monotonic() < deadline:
+                taken += fetch()
+            return (tracemalloc.get_traced_memory()[0] - before) / taken
         finally:
             tracemalloc.stop()
     finally:
@@ -473,8 +481,9 @@ def run(ctx: Context) -> Section:
             f"record, which also counts about {held.fixed_kib / 1024:,.0f} MiB of fixed costs, "
             f"chiefly librdkafka's fetch queue (up to 64 MiB by default, whatever the number of "
             f"partitions). Weighed with tracemalloc on {min(PROBED, held.pending):,} records, "
-            f"a record's payload (key, value, headers and timestamp; the confluent-kafka "
-            f"Message is not kept, and topic, partition and offset are the ledger record's) is "
+            f"a record's payload (key, value, headers, timestamp, offset and size, in the "
+            f"column segments the consumer thread reads them into; the confluent-kafka Message "
+            f"is not kept) is "
             f"{held.payload_bytes:,.0f} bytes of Python heap and the ledger's own record "
             f"{held.ledger_bytes:,.0f}. "
             f"So the Helm chart's sidecar memory limit ({limit:,.0f} MiB) holds "
