@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from coordinator.core.flow import Credits, GateChange, PauseGate
 from coordinator.core.leases import RECENT_IDS_REMEMBERED, LeaseTable
-from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.model import Offsets, Outcome, SettleStatus, TopicPartition
 from coordinator.core.offsetmap import FinishedOffsets, encode
 from coordinator.core.policy import Action, Decision, RetryPolicy
 from coordinator.core.records import (
@@ -307,7 +307,7 @@ class Ledger:
             self._check_gate(part)
         return True
 
-    def add_run(self, part: PartitionState, offsets: list[int], columns: tuple[list[Any], ...],
+    def add_run(self, part: PartitionState, offsets: Offsets, columns: tuple[list[Any], ...],
                 sizes: list[int], now: float) -> bool:
         """Records fetched in a row from ``part`` (increasing ``offsets``, a size each, and
         their payloads as ``columns``: record i's payload is the tuple of each column's item

@@ -5,6 +5,16 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+Offsets = list[int] | range
+"""Increasing offsets of records fetched in a row from one partition: a range when they are
+consecutive (the usual case; it costs nothing per record), a list when they have gaps."""
+
+
+def consecutive(offsets: list[int]) -> Offsets:
+    """Increasing ``offsets`` (not empty) as a range when they are consecutive."""
+    first, last = offsets[0], offsets[-1]
+    return range(first, last + 1) if last - first == len(offsets) - 1 else offsets
+
 
 class TopicPartition(NamedTuple):
     """A Kafka partition."""

@@ -12,6 +12,8 @@ from typing import Any, Generic, TypeVar
 
 from sortedcontainers import SortedDict
 
+from coordinator.core.model import Offsets
+
 V = TypeVar("V")
 
 COMPACT_SLACK = 1024
@@ -24,9 +26,9 @@ class _Block(Generic[V]):
 
     __slots__ = ("alive", "head", "offsets", "open", "value")
 
-    def __init__(self, offsets: list[int], value: V) -> None:
+    def __init__(self, offsets: Offsets, value: V) -> None:
         self.offsets = offsets
-        """Increasing; owned by the block."""
+        """Increasing; never changed in place (a range when they are consecutive)."""
         self.value = value
         self.open = len(offsets)
         """Members still pending here."""
@@ -131,7 +133,7 @@ class PartitionOffsets(Generic[V]):
         self._count += 1
         self._next_offset = offset + 1
 
-    def fetched_run(self, offsets: list[int], value: V) -> None:
+    def fetched_run(self, offsets: Offsets, value: V) -> None:
         """Records that ``offsets`` (increasing, not empty) were fetched in a row: they are
         pending as the members of one run, named by ``value``.
 
@@ -144,7 +146,7 @@ class PartitionOffsets(Generic[V]):
             raise ValueError(f"offsets {offsets[0]}..{offsets[-1]} are not increasing")
         if id(value) in self._of_value:
             raise ValueError("a run's value must name it alone")
-        self._add_block(_Block(list(offsets), value))
+        self._add_block(_Block(offsets, value))
         self._count += len(offsets)
         self._next_offset = offsets[-1] + 1
 
@@ -216,8 +218,8 @@ class PartitionOffsets(Generic[V]):
         self._drop_block(block)
         offsets = block.offsets
         front = _Block(offsets[:k], head)
-        del offsets[:k]
-        block.open = len(offsets)
+        block.offsets = offsets[k:]
+        block.open = len(block.offsets)
         self._add_block(front)
         self._add_block(block)
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from coordinator.core.flow import Credits, PauseGate
 from coordinator.core.leases import Lease as _Lease
-from coordinator.core.model import TopicPartition
+from coordinator.core.model import Offsets, TopicPartition
 from coordinator.core.offsetmap import FinishedOffsets
 from coordinator.core.offsets import PartitionOffsets
 from coordinator.core.policy import RetryPolicy
@@ -166,11 +166,12 @@ class Run:
     attempt = 1
     """A run is only ever leased once: a redelivery is a record's own."""
 
-    def __init__(self, part: PartitionState, offsets: list[int], columns: tuple[list[Any], ...],
+    def __init__(self, part: PartitionState, offsets: Offsets, columns: tuple[list[Any], ...],
                  sizes: list[int], now: float) -> None:
         self.part = part
         self.offsets = offsets
-        """Increasing: one per member, and so is each column and ``sizes``."""
+        """Increasing: one per member, and so is each column and ``sizes``. Never changed in
+        place (a range when they are consecutive)."""
         self.columns = columns
         """The members' payloads, column by column: member i's is ``payload(i)``. Opaque to
         the core, like a Record's payload; kept as columns so that the runtime can take them
@@ -193,7 +194,8 @@ class Run:
         the caller moves ``part.records`` of their offsets to it."""
         head = Run(self.part, self.offsets[:k], tuple(c[:k] for c in self.columns),
                    self.sizes[:k], self.fetched_at)
-        del self.offsets[:k], self.sizes[:k]
+        self.offsets = self.offsets[k:]
+        del self.sizes[:k]
         for column in self.columns:
             del column[:k]
         self.open -= k

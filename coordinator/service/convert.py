@@ -10,7 +10,7 @@ from typing import Any, cast
 from google.protobuf.duration_pb2 import Duration
 
 from coordinator.core.ledger import Lease, Run
-from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.model import Offsets, Outcome, SettleStatus, TopicPartition, consecutive
 from coordinator.core.records import members
 from coordinator.kafka.records import Fetched, Headers, Payload, Retried
 from coordinator.runtime.engine import PendingView, Settlement, StatusView
@@ -158,8 +158,8 @@ def add_batches(target: Iterable[pb.DeliveryBatch], leases: Sequence[Leased]) ->
         b.topic, b.partition = tp.topic, tp.partition
         b.first_msg_id = lease.msg_id
         b.lease_deadline_ms = int((lease.deadline + wall) * 1000)
-        b.offsets.extend(lease.offsets)
-        b.attempts.extend([1] * len(lease.offsets))
+        _set_offsets(b, lease.offsets)
+        # No attempts: a run is only ever leased once, so every member's attempt is 1.
         _add_columns(b, *lease.columns)  # kafka.records.Columns, as segments() made them
     if own:
         _add_leases(add, own, wall)
@@ -181,20 +181,32 @@ def _add_leases(add: Callable[[], pb.DeliveryBatch], leases: list[Lease], wall: 
         else:
             tp = recs[0].part.tp
             b.topic, b.partition = tp.topic, tp.partition
-            b.offsets.extend([rec.offset for rec in recs])
+            _set_offsets(b, consecutive([rec.offset for rec in recs]))
             contents = [rec.payload for rec in recs]  # type: ignore[misc]  # Fetched, by _runs
-        b.attempts.extend([lease.attempt for lease in run])
+        attempts = [lease.attempt for lease in run]
+        if attempts.count(1) != len(attempts):  # otherwise left out: all first deliveries
+            b.attempts.extend(attempts)
         _add_columns(b, *(list(column) for column in zip(*contents, strict=True)))
+
+
+def _set_offsets(b: pb.DeliveryBatch, offsets: Offsets) -> None:
+    """A batch's offsets: consecutive ones as the first alone (``first_offset``)."""
+    if isinstance(offsets, range):
+        b.first_offset = offsets.start
+    else:
+        b.offsets.extend(offsets)
 
 
 def _add_columns(b: pb.DeliveryBatch, keys: list[bytes | None], values: list[bytes | None],
                  headers: list[Headers | None], stamps: list[int | None]) -> None:
     """A batch's values, timestamps, keys and headers, from its records' columns. A column
     without a null goes in as it is, in one call."""
-    b.values.extend([value or b"" for value in values] if None in values
-                    else cast(list[bytes], values))
-    b.timestamps_ms.extend([ts or 0 for ts in stamps] if None in stamps
-                           else cast(list[int], stamps))
+    # all() finds a None (or an empty value, or a zero timestamp, which map to themselves) at
+    # C speed: several times faster than `None in`, which compares each item with None.
+    b.values.extend(cast(list[bytes], values) if all(values)
+                    else [value or b"" for value in values])
+    b.timestamps_ms.extend(cast(list[int], stamps) if all(stamps)
+                           else [ts or 0 for ts in stamps])
     nulls = keys.count(None)
     if nulls != len(keys):
         if nulls:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from coordinator.core.model import TopicPartition
 from coordinator.runtime.engine import DELIVERY_BATCH, MAX_DELIVERY_BATCH, delivery_batch
 from coordinator.service.limits import Limits
+from lowwater.message import Batch
 from lowwater.v1 import coordinator_pb2 as pb
 from tests.support.aio import async_test
 
@@ -38,8 +39,8 @@ TOO_BIG = 2 * LIMIT
 def offsets_and_ids(resp: pb.StreamResponse) -> list[tuple[int, int]]:
     """(offset, msg_id) of each delivery in ``resp``, whichever form it has."""
     out = [(d.offset, d.msg_id) for d in resp.deliveries]
-    for b in resp.batches:
-        out += [(o, b.first_msg_id + i) for i, o in enumerate(b.offsets)]
+    for b in resp.batches:  # read as the SDK reads them (consecutive offsets are implied)
+        out += [(o, b.first_msg_id + i) for i, o in enumerate(Batch.of_batch(b).offsets)]
     return out
 
 
@@ -110,7 +111,8 @@ async def test_ranges_settle_a_streams_own_batch_and_answer_every_other_id() -> 
         h.feed("t", 0, list(range(10)))
         (batch,) = (await asyncio.wait_for(a.read(), WAIT)).batches
         first = batch.first_msg_id
-        assert list(batch.offsets) == list(range(10))
+        assert list(Batch.of_batch(batch).offsets) == list(range(10))
+        assert not batch.offsets and not batch.attempts  # consecutive, first deliveries
         b = await open_stream(h, "b", 10)
         theirs = pb.StreamRequest(ack_ranges=[pb.MsgIdRange(first_msg_id=first, count=3)])
         assert await answers(b, theirs) == [
@@ -151,7 +153,7 @@ async def test_a_window_is_filled_in_messages_of_a_quarter_of_it(window: int,
         sizes: list[int] = []
         while sum(sizes) < window:
             resp = await asyncio.wait_for(call.read(), WAIT)
-            sizes += [len(b.offsets) for b in resp.batches]
+            sizes += [len(b.values) for b in resp.batches]
         assert sum(sizes) == window  # and not one more: the window is full
         assert sizes == [per_message] * (window // per_message)
         call.cancel()

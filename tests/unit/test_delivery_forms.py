@@ -8,11 +8,13 @@ SDK's decoding: every message must read the same, field by field.
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.core.ledger import Ledger
-from coordinator.core.model import TopicPartition
+from coordinator.core.model import TopicPartition, consecutive
 from coordinator.core.records import members
 from coordinator.kafka.records import Fetched, Payload, Retried
 from coordinator.service import convert
@@ -29,7 +31,9 @@ fetched = st.tuples(maybe_bytes, maybe_bytes, headers, st.none() | st.integers(1
 retried = st.builds(Retried, fetched, st.sampled_from(["orig", "a"]), st.integers(0, 5),
                     st.integers(0, 10**6), st.integers(1, 5), st.integers(0, 2**40),
                     st.integers(0, 2**40))
-records = st.lists(st.tuples(st.sampled_from(TPS), fetched | retried), max_size=40)
+records = st.lists(st.tuples(st.sampled_from(TPS), fetched | retried, st.integers(1, 2)),
+                   max_size=40)
+"""(partition, payload, gap to the partition's previous offset): a gap of 1 is consecutive."""
 
 
 def fields(msg: Message) -> tuple[object, ...]:
@@ -49,13 +53,13 @@ def as_batches(resp: pb.StreamResponse) -> list[Message]:
 @settings(max_examples=200, deadline=None)
 @given(records, st.integers(1, 50), st.lists(st.integers(0, 39), max_size=5))
 def test_batches_read_as_the_deliveries_they_stand_for(
-        recs: list[tuple[TopicPartition, Payload]], limit: int, lapse: list[int]) -> None:
+        recs: list[tuple[TopicPartition, Payload, int]], limit: int, lapse: list[int]) -> None:
     ledger = Ledger(max_pending_per_partition=1000)
     for tp in TPS:
         ledger.assign(tp, 0)
     offset = {tp: 0 for tp in TPS}
-    for tp, payload in recs:
-        offset[tp] += 2  # with gaps
+    for tp, payload, gap in recs:
+        offset[tp] += gap
         ledger.add(tp, offset[tp], 1, payload, 0.0)
     holder = ledger.open_holder("h", "w", 1000)
     leases = members(ledger.lease(holder, 1.0, limit))  # one by one: the leases themselves
@@ -83,15 +87,18 @@ def test_batches_read_as_the_deliveries_they_stand_for(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(fetched, min_size=1, max_size=30), st.integers(1, 40))
+@given(st.lists(st.tuples(fetched, st.integers(1, 2)), min_size=1, max_size=30),
+       st.integers(0, 10), st.integers(1, 40))
 def test_a_run_is_sent_as_the_deliveries_of_its_records(
-        payloads: list[Fetched], limit: int) -> None:
-    """Records taken in as a run (their payloads as columns) read the same in both forms."""
+        drawn: list[tuple[Fetched, int]], start: int, limit: int) -> None:
+    """Records taken in as a run (their payloads as columns) read the same in both forms:
+    consecutive offsets (a range, sent as the first alone) and offsets with gaps (a list)."""
     ledger = Ledger(max_pending_per_partition=1000)
     part = ledger.assign(TPS[0], 0)
+    payloads = [payload for payload, _ in drawn]
     columns = tuple(list(column) for column in zip(*payloads, strict=True))
-    assert ledger.add_run(part, list(range(0, 2 * len(payloads), 2)), columns,
-                          [1] * len(payloads), 0.0)
+    offsets = consecutive(list(itertools.accumulate((gap for _, gap in drawn), initial=start))[1:])
+    assert ledger.add_run(part, offsets, columns, [1] * len(payloads), 0.0)
     leases = ledger.lease(ledger.open_holder("h", "w", 1000), 1.0, limit)
     one, batched = pb.StreamResponse(), pb.StreamResponse()
     convert.deliveries_into(one, leases)
@@ -100,6 +107,8 @@ def test_a_run_is_sent_as_the_deliveries_of_its_records(
     expected = [fields(from_delivery(RecordingSettler(), d, 0.0)) for d in one.deliveries]
     assert [fields(m) for m in as_batches(batched)] == expected
     assert len(expected) == min(limit, len(payloads)) and len(batched.batches) == 1
+    (b,) = batched.batches
+    assert (len(b.offsets) == 0) == isinstance(offsets, range) and not b.attempts
 
 
 def test_a_batch_keeps_null_and_empty_keys_apart() -> None:

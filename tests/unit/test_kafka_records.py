@@ -97,21 +97,34 @@ _record = st.tuples(
     st.sampled_from(["a", "b"]), st.integers(0, 2),  # topic, partition
     st.none() | st.binary(max_size=3), st.none() | st.binary(max_size=3),  # key, value
     st.none() | st.lists(st.tuples(st.text(max_size=2), st.none() | st.binary(max_size=2)),
-                         max_size=2))
+                         max_size=2),
+    st.integers(1, 3))  # the gap to the partition's previous offset: 1 is consecutive
+
+
+def with_offsets(fields: list[tuple[str, int, bytes | None, bytes | None, Any, int]],
+                 ) -> list[Message]:
+    """Messages of ``fields``, each partition's offsets increasing by the drawn gaps."""
+    last: dict[tuple[str, int], int] = {}
+    msgs = []
+    for i, (t, p, k, v, h, gap) in enumerate(fields):
+        offset = last[t, p] = last.get((t, p), 10) + gap
+        msgs.append(Message(topic=t, partition=p, offset=offset, key=k, value=v, headers=h,
+                            timestamp=(TIMESTAMP_CREATE_TIME, i)))
+    return msgs
 
 
 @given(st.lists(_record, max_size=30))
 def test_segments_cut_a_batch_where_the_partition_changes_and_read_it_as_fetched(
-        fields: list[tuple[str, int, bytes | None, bytes | None, Any]]) -> None:
-    msgs = [Message(topic=t, partition=p, offset=i, key=k, value=v, headers=h,
-                    timestamp=(TIMESTAMP_CREATE_TIME, i))
-            for i, (t, p, k, v, h) in enumerate(fields)]
+        fields: list[tuple[str, int, bytes | None, bytes | None, Any, int]]) -> None:
+    msgs = with_offsets(fields)
     expected = [read_one(m) for m in msgs]
     segs = segments(msgs)
     assert [(s.topic, s.partition, o) for s in segs for o in s.offsets] == [
         (m.topic(), m.partition(), m.offset()) for m in msgs]
     assert all((a.topic, a.partition) != (b.topic, b.partition)
                for a, b in pairwise(segs))  # each one as long as it can be
+    for s in segs:  # consecutive offsets, and only they, come as a range
+        assert isinstance(s.offsets, range) == (s.offsets[-1] - s.offsets[0] == len(s.offsets) - 1)
     assert [s.payload(i) for s in segs for i in range(len(s.offsets))] == expected
     assert [n for s in segs for n in s.sizes] == [
         len(k or b"") + len(v or b"") for k, v, _, _ in expected]
@@ -132,11 +145,11 @@ def test_headers_the_client_cannot_decode_are_read_once_and_dropped_alone(
         []] * sum(undecodable)
 
 
-@given(st.lists(st.tuples(st.integers(0, 2), st.none() | st.binary(max_size=3)), max_size=30))
+@given(st.lists(st.tuples(st.integers(0, 2), st.none() | st.binary(max_size=3),
+                          st.integers(1, 3)), max_size=30))
 def test_segments_of_the_one_subscribed_topic_read_no_topic_and_cut_the_same(
-        fields: list[tuple[int, bytes | None]]) -> None:
-    msgs = [Message(topic="only", partition=p, offset=i, value=v,
-                    timestamp=(TIMESTAMP_CREATE_TIME, i)) for i, (p, v) in enumerate(fields)]
+        fields: list[tuple[int, bytes | None, int]]) -> None:
+    msgs = with_offsets([("only", p, None, v, None, gap) for p, v, gap in fields])
     fast, read = segments(msgs, only_topic="only"), segments(msgs)
     assert [(s.topic, s.partition, s.offsets, s.sizes) for s in fast] == [
         (s.topic, s.partition, s.offsets, s.sizes) for s in read]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from coordinator.core.model import consecutive
 from coordinator.core.offsets import COMPACT_SLACK, PartitionOffsets
 
 EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 100
@@ -202,6 +203,8 @@ class RunsAndSingles(RuleBasedStateMachine):
         self.pending: dict[int, Value] = {}
         self.runs: dict[int, tuple[Value, list[int], bool]] = {}
         """id(value) -> (value, its members still pending in it, whether one ever left)."""
+        self.offsets_of: dict[int, list[int]] = {}
+        """id(value) -> every member a run was fetched (or split off) with."""
         self.position = 0
 
     def _members(self) -> list[tuple[Value, int]]:
@@ -227,9 +230,10 @@ class RunsAndSingles(RuleBasedStateMachine):
         for gap in gaps:
             offsets.append(self.position + gap)
             self.position = offsets[-1] + 1
-        self.po.fetched_run(offsets, value)
+        self.po.fetched_run(consecutive(offsets), value)  # a range when consecutive
         self.pending.update(dict.fromkeys(offsets, value))
         self.runs[id(value)] = (value, list(offsets), False)
+        self.offsets_of[id(value)] = offsets
 
     @rule(pick=st.integers(0, 10**6))
     def finish_any(self, pick: int) -> None:
@@ -281,6 +285,7 @@ class RunsAndSingles(RuleBasedStateMachine):
             self.pending.update(dict.fromkeys(members[:k], head))
             self.runs[id(head)] = (head, members[:k], False)
             self.runs[id(run)] = (run, members[k:], False)
+            self.offsets_of[id(head)], self.offsets_of[id(run)] = members[:k], members[k:]
 
     @invariant()
     def it_reads_as_the_pending_offsets_in_order(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -46,12 +47,13 @@ class Batch:
     __slots__ = ("attempts", "headers", "keys", "lease_deadline_ms", "offsets", "partition",
                  "timestamps_ms", "topic", "values")
 
-    def __init__(self, topic: str, partition: int, offsets: list[int], values: list[bytes],
+    def __init__(self, topic: str, partition: int, offsets: Sequence[int], values: list[bytes],
                  keys: list[bytes | None] | None, headers: dict[int, tuple[tuple[str, bytes], ...]],
-                 timestamps_ms: list[int], attempts: list[int], lease_deadline_ms: int) -> None:
+                 timestamps_ms: list[int], attempts: list[int] | None, lease_deadline_ms: int) -> None:
         self.topic = topic
         self.partition = partition
         self.offsets = offsets
+        """A list, or a range when the batch's offsets are consecutive."""
         self.values = values
         self.keys = keys
         """None when every key is null."""
@@ -59,6 +61,7 @@ class Batch:
         """By index, only the records that have headers."""
         self.timestamps_ms = timestamps_ms
         self.attempts = attempts
+        """None when every delivery is a first one (attempt 1)."""
         self.lease_deadline_ms = lease_deadline_ms
 
     @classmethod
@@ -69,8 +72,14 @@ class Batch:
             for i in b.null_keys:
                 keys[i] = None
         headers = {h.index: tuple((x.key, x.value) for x in h.headers) for h in b.headers}
-        return cls(b.topic, b.partition, list(b.offsets), list(b.values), keys, headers,
-                   list(b.timestamps_ms), list(b.attempts), b.lease_deadline_ms)
+        values = list(b.values)
+        # Empty offsets and attempts stand for consecutive offsets and first deliveries (the
+        # usual case), which the sidecar does not spell out.
+        offsets: Sequence[int] = list(b.offsets) or range(b.first_offset,
+                                                          b.first_offset + len(values))
+        return cls(b.topic, b.partition, offsets, values, keys, headers,
+                   list(b.timestamps_ms), list(b.attempts) or None,
+                   b.lease_deadline_ms)
 
     @classmethod
     def of_delivery(cls, d: pb.Delivery) -> Batch:
@@ -166,7 +175,8 @@ class Message:
     @property
     def attempt(self) -> int:
         """1 on the first delivery, incremented on every redelivery."""
-        return self._batch.attempts[self._i]
+        attempts = self._batch.attempts
+        return 1 if attempts is None else attempts[self._i]
 
     @property
     def lease_deadline(self) -> datetime:

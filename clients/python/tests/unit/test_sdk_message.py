@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lowwater import AlreadySettled
-from lowwater.message import from_delivery
+from lowwater.message import Batch, Message, from_delivery
 from lowwater.testing import RecordingSettler, make_message
 from lowwater.v1 import coordinator_pb2 as pb
 
@@ -26,6 +26,26 @@ def _delivery(**overrides: object) -> pb.Delivery:
     }
     fields.update(overrides)
     return pb.Delivery(**fields)  # type: ignore[arg-type]
+
+
+def _batch_messages(b: pb.DeliveryBatch) -> list[Message]:
+    batch = Batch.of_batch(pb.DeliveryBatch.FromString(b.SerializeToString()))
+    return [Message(RecordingSettler(), batch, i, b.first_msg_id + i, 0.0)
+            for i in range(len(batch))]
+
+
+def test_a_batch_without_offsets_or_attempts_is_consecutive_first_deliveries() -> None:
+    msgs = _batch_messages(pb.DeliveryBatch(topic="sms", partition=1, first_msg_id=7,
+                                            first_offset=2**40, values=[b"a", b"b", b"c"]))
+    assert [(m.msg_id, m.offset, m.attempt) for m in msgs] == [
+        (7, 2**40, 1), (8, 2**40 + 1, 1), (9, 2**40 + 2, 1)]
+
+
+def test_a_batch_with_offsets_and_attempts_reads_them_and_not_first_offset() -> None:
+    msgs = _batch_messages(pb.DeliveryBatch(topic="sms", partition=1, first_msg_id=7,
+                                            first_offset=99, offsets=[3, 5], attempts=[1, 4],
+                                            values=[b"a", b"b"]))
+    assert [(m.offset, m.attempt) for m in msgs] == [(3, 1), (5, 4)]
 
 
 def test_fields_are_plain_python() -> None:

@@ -228,22 +228,33 @@ class DeliveryBatch(_message.Message):
     NULL_KEYS_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
     LEASE_DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    FIRST_OFFSET_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     partition: _builtins.int
     first_msg_id: _builtins.int
     """Delivery i has msg_id first_msg_id + i."""
     lease_deadline_ms: _builtins.int
     """The same for every delivery of the batch: as Delivery.lease_deadline_ms."""
+    first_offset: _builtins.int
+    """With `offsets` empty: the offset of delivery 0 (delivery i's is
+    first_offset + i). Ignored when `offsets` is set.
+    """
     @_builtins.property
     def offsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """One per delivery: as in Delivery."""
+        """One per delivery: as in Delivery. Empty when the offsets are consecutive
+        (the usual case): delivery i's offset is then first_offset + i.
+        """
 
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     @_builtins.property
     def timestamps_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
-    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One per delivery: as Delivery.attempt. Empty when every delivery of the
+        batch is a first delivery (attempt 1).
+        """
+
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Empty when every key is null; otherwise one per delivery, a null key
@@ -270,10 +281,11 @@ class DeliveryBatch(_message.Message):
         null_keys: _abc.Iterable[_builtins.int] | None = ...,
         headers: _abc.Iterable[Global___IndexedHeaders] | None = ...,
         lease_deadline_ms: _builtins.int = ...,
+        first_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "first_msg_id", b"first_msg_id", "headers", b"headers", "keys", b"keys", "lease_deadline_ms", b"lease_deadline_ms", "null_keys", b"null_keys", "offsets", b"offsets", "partition", b"partition", "timestamps_ms", b"timestamps_ms", "topic", b"topic", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "first_msg_id", b"first_msg_id", "first_offset", b"first_offset", "headers", b"headers", "keys", b"keys", "lease_deadline_ms", b"lease_deadline_ms", "null_keys", b"null_keys", "offsets", b"offsets", "partition", b"partition", "timestamps_ms", b"timestamps_ms", "topic", b"topic", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
