@@ -56,6 +56,19 @@ class _Block(Generic[V]):
         if i == self.head:
             self.head = alive.find(1, i)  # -1 once none is left: the block is dropped then
 
+    def leave_slice(self, i: int, j: int) -> None:
+        """Members ``i`` to ``j - 1`` (each pending here) are not any more: :meth:`leave` of
+        each, at once. KeyError (and nothing changes) if one of them is not pending here."""
+        alive = self.alive
+        if alive is None:
+            alive = self.alive = bytearray(b"\x01") * len(self.offsets)
+        elif alive.find(0, i, j) != -1:
+            raise KeyError(self.offsets[alive.find(0, i, j)])
+        alive[i:j] = bytes(j - i)
+        self.open -= j - i
+        if i <= self.head < j:
+            self.head = alive.find(1, j)  # -1 once none is left: the block is dropped then
+
     def members(self) -> Iterator[int]:
         """The offsets pending here, in increasing order."""
         if self.alive is None:
@@ -190,6 +203,19 @@ class PartitionOffsets(Generic[V]):
         without looking for its run."""
         self._take_member(run, offset)
         self._count -= 1
+
+    def finished_members(self, run: V, offset: int, count: int) -> None:
+        """Marks ``count`` members of ``run`` in a row, from the one at ``offset`` on, finished
+        at once: :meth:`finished_member` of each (KeyError, and nothing changes, if one of
+        them is not pending in it)."""
+        block = self._of_value[id(run)]
+        i = block.index(offset)
+        if i is None or i + count > len(block.offsets):
+            raise KeyError(offset)
+        block.leave_slice(i, i + count)
+        self._count -= count
+        if not block.open:
+            self._drop_block(block)
 
     def finished_run(self, run: V) -> None:
         """Marks every member of ``run`` still pending finished, at once."""

@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from coordinator.core.ledger import LeaseTimes, Ledger, SkipRefused
-from coordinator.core.model import Outcome, TopicPartition
+from coordinator.core.model import Outcome, SettleStatus, TopicPartition
 from coordinator.core.pending import snapshot
 from coordinator.core.policy import RetryPolicy
 from coordinator.core.records import leased_count, members, pending_records
@@ -187,6 +187,27 @@ def test_a_run_is_one_entry_until_a_member_needs_a_fate_of_its_own() -> None:
         (run.msg_id + 2, led._table.recall(run.msg_id + 2))]
     assert sorted(part.records) == [2]  # only the retried one is pending
     assert not led.holders["s0"].runs and led.leased == 0
+
+
+def test_ranges_that_cut_a_run_finish_their_part_of_it_at_once() -> None:
+    """A worker's ACKs rarely cover a run whole: each part finishes in one step, with the
+    credit, the partition's in-flight count and the commit point of each member."""
+    led = Ledger(max_pending_per_partition=100)
+    part = led.assign(TPS[0], 0)
+    holder = led.open_holder("w", "w", 100)
+    assert led.add_run(part, range(10, 16), ([None] * 6,), [1, 2, 4, 8, 16, 32], 0.0)
+    (run,) = led.lease(holder, 0.0, 10)
+    first = run.msg_id
+    assert led.ack_ranges(holder, [(first + 1, 2), (first + 4, 1)]) == []  # 11, 12 and 14
+    assert (holder.credits.messages, holder.credits.bytes, part.in_flight) == (3, 1 + 8 + 32, 3)
+    assert (part.offsets.commit_offset, sorted(part.records)) == (10, [10, 13, 15])
+    assert led.ack_ranges(holder, [(first + 3, 2)]) == [(first + 4, SettleStatus.ALREADY_SETTLED)]
+    assert (holder.credits.messages, holder.credits.bytes, part.in_flight) == (2, 1 + 32, 2)
+    assert led.ack_ranges(holder, [(first, 1), (first + 5, 1)]) == []
+    assert (holder.credits.messages, holder.credits.bytes, part.in_flight) == (0, 0, 0)
+    assert part.offsets.commit_offset == 16 and not holder.runs and led.leased == 0
+    assert led.ack_ranges(holder, [(first, 6)]) == [
+        (m, SettleStatus.ALREADY_SETTLED) for m in range(first, first + 6)]
 
 
 @pytest.mark.parametrize("offsets", [[5, 4], [3, 3]])

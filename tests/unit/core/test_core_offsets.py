@@ -255,6 +255,25 @@ class RunsAndSingles(RuleBasedStateMachine):
             del self.pending[offset]
             self._leave(run, offset)
 
+    @rule(pick=st.integers(0, 10**6), start=st.integers(0, 10**6), length=st.integers(1, 8))
+    def finish_members(self, pick: int, start: int, length: int) -> None:
+        """Members in a row, all pending, finish at once; if one is not, nothing changes."""
+        if not self.runs:
+            return
+        run, members, _ = list(self.runs.values())[pick % len(self.runs)]
+        every = self.offsets_of[id(run)]
+        starts = [k for k, offset in enumerate(every) if offset in members]
+        i = starts[start % len(starts)]  # from a pending member: the head is often one
+        chunk = every[i:i + length]
+        if not set(chunk) <= set(members):
+            with pytest.raises(KeyError):
+                self.po.finished_members(run, chunk[0], len(chunk))
+            return
+        self.po.finished_members(run, chunk[0], len(chunk))
+        for offset in chunk:
+            del self.pending[offset]
+            self._leave(run, offset)
+
     @rule(pick=st.integers(0, 10**6))
     def finish_run(self, pick: int) -> None:
         if self.runs:
@@ -304,6 +323,20 @@ class RunsAndSingles(RuleBasedStateMachine):
 RunsAndSingles.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=40,
                                             deadline=None)
 test_runs_and_singles = RunsAndSingles.TestCase
+
+
+def test_members_in_a_row_finish_at_once_and_move_the_commit_past_them() -> None:
+    po, run = PartitionOffsets[Value](), Value()
+    po.fetched_run(range(10, 15), run)
+    po.finished_members(run, 10, 2)
+    assert (po.commit_offset, list(po)) == (12, [12, 13, 14])
+    po.finished_members(run, 13, 2)
+    assert (po.commit_offset, list(po)) == (12, [12])
+    with pytest.raises(KeyError):  # 13 is not pending: nothing changes
+        po.finished_members(run, 12, 2)
+    assert (po.commit_offset, list(po), len(po)) == (12, [12], 1)
+    po.finished_members(run, 12, 1)
+    assert (po.commit_offset, list(po), len(po)) == (15, [], 0)
 
 
 def test_a_run_is_named_by_a_value_of_its_own_and_splits_only_whole() -> None:
