@@ -218,7 +218,10 @@ class Fetcher:
     def ingested(self, count: int) -> None:
         """The sink took ``count`` handed records in (call from one thread only)."""
         self._ingested += count
-        if self._handed - self._ingested < self._max_backlog:
+        # Only a cleared Event can have a waiter, and the fetcher clears it before it looks at
+        # the counts again: skipping set() on a set Event (its Condition's lock and
+        # notify_all, on every hand-off) loses no wake-up.
+        if self._handed - self._ingested < self._max_backlog and not self._room.is_set():
             self._room.set()
 
     def close(self) -> None:
