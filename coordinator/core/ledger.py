@@ -699,7 +699,8 @@ class Ledger:
                             continue
                 else:
                     stop = msg_id + 1
-                rejected += self.ack_many(holder, range(msg_id, stop))  # one by one
+                # One by one: a foreign, unknown or released id, or a run not all open.
+                rejected += self.ack_many(holder, range(msg_id, stop))
                 msg_id = stop
         return rejected
 

@@ -6,7 +6,12 @@ import gc
 from itertools import pairwise
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
+    Message,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,6 +56,11 @@ def test_a_fetched_payload_keeps_what_a_delivery_needs_and_no_coordinates() -> N
     assert payload == (b"k", b"v", [("h", b"1"), ("null", None)], 1_700_000_000_000)
     assert contents(payload) is payload
     assert origin(payload, TP, 7) == (TP.topic, TP.partition, 7)
+
+
+def test_a_missing_timestamp_is_the_one_false_kind() -> None:
+    """_read_columns finds TIMESTAMP_NOT_AVAILABLE among the kinds with all()."""
+    assert not TIMESTAMP_NOT_AVAILABLE and TIMESTAMP_CREATE_TIME and TIMESTAMP_LOG_APPEND_TIME
 
 
 def test_a_record_without_headers_or_timestamp_has_none() -> None:

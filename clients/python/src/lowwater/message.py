@@ -49,7 +49,8 @@ class Batch:
 
     def __init__(self, topic: str, partition: int, offsets: Sequence[int], values: list[bytes],
                  keys: list[bytes | None] | None, headers: dict[int, tuple[tuple[str, bytes], ...]],
-                 timestamps_ms: list[int], attempts: list[int] | None, lease_deadline_ms: int) -> None:
+                 timestamps_ms: list[int], attempts: list[int] | None,
+                 lease_deadline_ms: int) -> None:
         self.topic = topic
         self.partition = partition
         self.offsets = offsets
