@@ -6,7 +6,7 @@ fall inside the sidecar's runs (records fetched in a row and leased as one). Thi
 ``Ledger.ack_ranges`` per ACK both ways, on the same rounds: four runs of 500 records
 leased at once, ACKed in four ranges cut at the run boundaries (aligned) or at three random
 points (cut). Before runs could be finished a part at a time (2026-11-27), every member of
-a cut run went through the one-by-one path: 883 against 8 ns an ACK.
+a cut run went through the one-by-one path: 877 against 11 ns an ACK (200,000 records).
 
     .venv/bin/python bench/ack_ranges.py [--records 400000]
 """
