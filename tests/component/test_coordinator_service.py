@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -14,7 +13,7 @@ from grpc_status import rpc_status
 from coordinator.core.model import TopicPartition
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
-from tests.support.aio import async_test
+from tests.support.aio import async_test, until
 
 from .harness import Harness, harness
 
@@ -71,14 +70,6 @@ class RawStream:
 
     def cancel(self) -> None:
         self.call.cancel()
-
-
-async def until(cond: Callable[[], bool], timeout: float = READ_TIMEOUT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @async_test

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +38,7 @@ from hypothesis import strategies as st
 from coordinator.core.model import TopicPartition
 from lowwater.v1 import admin_pb2
 from lowwater.v1 import coordinator_pb2 as pb
-from tests.support.aio import async_test
+from tests.support.aio import async_test, until
 
 from .harness import Harness, harness
 
@@ -321,13 +320,6 @@ def check_limit(error: grpc.aio.AioRpcError, limit: str) -> None:
     quota = error_details_pb2.QuotaFailure()
     assert status.details[0].Unpack(quota)
     assert [v.subject for v in quota.violations] == [limit]
-
-
-async def until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # -- running a program -------------------------------------------------------------------------

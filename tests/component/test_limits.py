@@ -26,7 +26,7 @@ from coordinator.service.coordinator import DELIVERY_MESSAGE_BYTES
 from coordinator.service.limits import Limits
 from lowwater._outbox import MAX_IDS_PER_REQUEST
 from lowwater.v1 import coordinator_pb2 as pb
-from tests.support.aio import async_test
+from tests.support.aio import async_test, until
 
 from .harness import Harness, harness
 
@@ -47,13 +47,6 @@ def assert_limit(error: grpc.aio.AioRpcError, limit: str) -> None:
     assert status.details[0].Unpack(quota) and status.details[1].Unpack(info)
     assert [v.subject for v in quota.violations] == [limit]
     assert (info.reason, dict(info.metadata)) == ("LIMIT_EXCEEDED", {"limit": limit})
-
-
-async def until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def commit_offset(h: Harness, partition: int = 0) -> int | None:

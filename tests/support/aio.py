@@ -1,4 +1,4 @@
-"""Running ``async def`` tests without a pytest plugin."""
+"""Running ``async def`` tests without a pytest plugin, and waiting in them for a condition."""
 
 from __future__ import annotations
 
@@ -16,3 +16,14 @@ def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., No
         asyncio.run(fn(*args, **kwargs))
 
     return run
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Returns once ``cond()`` holds, looked at every 10 ms; fails the test after ``timeout``
+    seconds. For what another task or thread brings about (a settlement the server has not
+    applied yet), never a fixed sleep."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met in {timeout:g}s")
+        await asyncio.sleep(0.01)
