@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(Console().width, 110))
     scale = SOAK if args.soak else SHORT
     outcomes: list[Outcome] = []
+    crashed: list[str] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lowwater-faults-") as tmp:
         shared = external_bootstrap()
         create: Callable[[str, str, int], None] = create_topic
@@ -92,14 +93,23 @@ def main(argv: list[str] | None = None) -> int:
                 ctx = Context(shared, workdir, scale, random.Random(f"{args.seed}-{name}"),
                               sidecar_args=() if with_map else ("--no-offset-map",),
                               create=create)
-                with ExitStack() as own:
-                    if name == "broker-outage":
-                        ctx.broker = own.enter_context(TansuBroker(log_dir=workdir / "tansu"))
-                    outcome = SCENARIOS[name](ctx)
+                try:
+                    with ExitStack() as own:
+                        if name == "broker-outage":
+                            ctx.broker = own.enter_context(
+                                TansuBroker(log_dir=workdir / "tansu"))
+                        outcome = SCENARIOS[name](ctx)
+                except (AssertionError, TimeoutError) as exc:  # RunFailed is an AssertionError
+                    # One scenario that could not finish must not hide the others' rows.
+                    console.print(f"[red]{label} could not finish[/]: {exc}")
+                    crashed.append(label)
+                    continue
                 if args.offset_map != "on":
                     outcome.name += f", offset map {'on' if with_map else 'off'}"
                 outcomes.append(outcome)
                 console.print(rich_table(outcomes[-1:]))
+                for note in outcome.notes:
+                    console.print(f"  {note}")
     console.print(rich_table(outcomes, title="every scenario"))
     if args.markdown:
         args.markdown.write_text(markdown_table(outcomes) + "\n")
@@ -108,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [o for o in outcomes if not o.verdict.ok]
     for o in failed:
         console.print(f"[red]{o.name}[/]: " + "; ".join(o.verdict.problems()))
-    return 1 if failed else 0
+    if crashed:
+        console.print(f"[red]could not finish[/]: {', '.join(crashed)}")
+    return 1 if failed or crashed else 0
 
 
 if __name__ == "__main__":

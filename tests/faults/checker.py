@@ -39,6 +39,9 @@ class FaultWindow:
     end_ns: int
     bound: int
     """Most duplicates this fault may cause (see docs/faults.md)."""
+    floor: Mapping[int, int] = field(default_factory=dict)
+    """partition -> the group's committed offset read as the fault began. Every record this
+    fault may process again lies at or above it: nothing below was pending any more."""
 
 
 @dataclass
@@ -104,7 +107,7 @@ def check(
     windows = sorted(faults, key=lambda f: f.start_ns)
     verdict.bound = sum(f.bound for f in windows)
     for pos, ts in times.items():
-        if len(ts) > 1 and not _explained(sorted(ts), windows):
+        if len(ts) > 1 and not _explained(pos, sorted(ts), windows):
             verdict.unexplained.append(pos)
     verdict.early_commits = _early_commits(by_position, times, samples)
     for partition, end in log_end.items():
@@ -113,10 +116,13 @@ def check(
     return verdict
 
 
-def _explained(ts: list[int], windows: list[FaultWindow]) -> bool:
-    """Every repeat processing follows the first across (or during) some fault window."""
+def _explained(pos: Position, ts: list[int], windows: list[FaultWindow]) -> bool:
+    """Every repeat processing follows the first across (or during) some fault window whose
+    floor the record is not below."""
     first = ts[0]
-    return all(any(w.start_ns < t and first < w.end_ns for w in windows) for t in ts[1:])
+    partition, offset = pos
+    return all(any(w.start_ns < t and first < w.end_ns and offset >= w.floor.get(partition, 0)
+                   for w in windows) for t in ts[1:])
 
 
 def _early_commits(by_position: Mapping[Position, int], times: Mapping[Position, list[int]],

@@ -2,17 +2,25 @@
 
 Each worker process appends one line per processed record to its own file and
 fsyncs before the handler returns (so before the record is settled). Lines
-are ``seq partition offset t_ns worker``; ``t_ns`` is ``time.monotonic_ns()``
-taken just before the write (CLOCK_MONOTONIC is one clock for every process on
-the machine, so the checker can compare it with its own samples).
+are ``seq partition offset t_ns worker``, with ``t_ns`` taken just before the
+write. After each fsync the journal appends ``synced t_ns``, taken once the
+fsync returned: the rows above it were durable from then on. The marker is not
+fsynced itself; it only has to outlive a ``kill -9`` of the worker, which the
+page cache does. Times are ``time.monotonic_ns()``: CLOCK_MONOTONIC is one clock
+for every process on the machine, so the checker can compare them with its own
+samples.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+SYNCED = "synced"
+"""The first word of the marker line written after each fsync."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +31,8 @@ class Processed:
     partition: int
     offset: int
     t_ns: int
+    """When the row was durable: the time of the ``synced`` marker after it, or, when the
+    worker died between its fsync and the marker, the time taken before the write."""
     worker: str
 
 
@@ -67,6 +77,7 @@ class Journal:
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)
+        os.write(self._fd, f"{SYNCED} {time.monotonic_ns()}\n".encode())
 
     def close(self) -> None:
         os.close(self._fd)
@@ -82,6 +93,8 @@ class Tail:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._pos: dict[Path, int] = {}
+        self._unsynced: dict[Path, list[int]] = {}
+        """Per journal, the indexes in ``rows`` of the rows no ``synced`` marker followed yet."""
         self.rows: list[Processed] = []
         self.seqs: set[int] = set()
 
@@ -97,9 +110,17 @@ class Tail:
             if not end:
                 continue
             self._pos[path] = pos + end
+            unsynced = self._unsynced.setdefault(path, [])
             for raw in chunk[:end].decode().splitlines():
-                seq, partition, offset, t_ns, worker = raw.split()
+                fields = raw.split()
+                if fields[0] == SYNCED:
+                    for i in unsynced:
+                        self.rows[i] = replace(self.rows[i], t_ns=int(fields[1]))
+                    unsynced.clear()
+                    continue
+                seq, partition, offset, t_ns, worker = fields
                 row = Processed(int(seq), int(partition), int(offset), int(t_ns), worker)
+                unsynced.append(len(self.rows))
                 self.rows.append(row)
                 self.seqs.add(row.seq)
         return len(self.rows) - before

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,8 @@ class FaultRun:
 
     def __init__(self, bootstrap: str, workdir: Path, *, records: int, rate: float,
                  sidecar_args: list[str] | None = None, name: str = "faults",
-                 create: Callable[[str, str, int], None] = create_topic) -> None:
+                 create: Callable[[str, str, int], None] = create_topic,
+                 linger_ms: int | None = None) -> None:
         """``create(bootstrap, topic, partitions)`` makes the topic (the mock cluster has its
         own way)."""
         self.bootstrap = bootstrap
@@ -69,7 +70,8 @@ class FaultRun:
         self.journals = workdir / "journals"
         self.journals.mkdir(parents=True, exist_ok=True)
         create(bootstrap, self.topic, PARTITIONS)
-        self.traffic = Traffic(bootstrap, self.topic, PARTITIONS, total=records, rate=rate)
+        self.traffic = Traffic(bootstrap, self.topic, PARTITIONS, total=records, rate=rate,
+                               linger_ms=linger_ms)
         self.sidecars: dict[int, SidecarProcess] = {}
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.windows: list[FaultWindow] = []
@@ -119,8 +121,11 @@ class FaultRun:
             "--threads", str(threads), "--min-delay-ms", str(delay_ms[0]),
             "--max-delay-ms", str(delay_ms[1])])
 
+    def journal_of(self, name: str) -> Path:
+        return self.journals / f"{name}.journal"
+
     def _start(self, module: str, name: str, args: list[str]) -> None:
-        cmd = [sys.executable, "-m", module, "--journal", str(self.journals / f"{name}.journal"),
+        cmd = [sys.executable, "-m", module, "--journal", str(self.journal_of(name)),
                "--worker-id", name, *args]
         with open(self.workdir / f"{name}.log", "ab") as log:
             self.workers[name] = subprocess.Popen(
@@ -149,27 +154,32 @@ class FaultRun:
     # -- faults and progress ----------------------------------------------------
 
     @contextmanager
-    def fault(self, kind: str, bound: int | Callable[[], int]) -> Iterator[None]:
+    def fault(self, kind: str, *, bound: int | None = None,
+              committed: Mapping[int, int | None] | None = None) -> Iterator[None]:
         """Marks a fault: from entering the block until the system made progress again.
 
-        ``bound`` is the most duplicates the fault may cause, or a function
-        that works it out once the system has recovered.
+        ``committed`` is the group's committed offsets read just before the
+        fault: a record below them may not be processed again because of it.
+        ``bound`` is the most duplicates the fault may cause; without it, the
+        bound is the replay window from ``committed``: the records journaled
+        at or above it by the time the system has recovered.
         """
+        if bound is None and committed is None:
+            raise ValueError("a fault needs a bound, or the committed offsets to replay from")
+        floor = {p: o for p, o in (committed or {}).items() if o is not None}
         start = time.monotonic_ns()
         yield
         self.wait_progress(f"after {kind}")
         end = time.monotonic_ns()
-        self.windows.append(FaultWindow(kind, start, end, bound if isinstance(bound, int)
-                                        else bound()))
-
-    def replay_window(self, committed: dict[int, int | None]) -> Callable[[], int]:
-        """A bound for faults that replay from the committed offsets: the records journaled
-        (by the time it is called) at or above ``committed``."""
-        def bound() -> int:
+        if bound is None:
             self.tail.poll()
-            return len({(r.partition, r.offset) for r in self.tail.rows
-                        if r.offset >= (committed.get(r.partition) or 0)})
-        return bound
+            bound = len({(r.partition, r.offset) for r in self.tail.rows
+                         if r.offset >= floor.get(r.partition, 0)})
+        self.windows.append(FaultWindow(kind, start, end, bound, floor))
+
+    def committed(self) -> dict[int, int | None]:
+        """The group's committed offsets now, from the broker."""
+        return committed_offsets(self.bootstrap, self.group, self.topic)
 
     def wait_progress(self, why: str, rows: int = PROGRESS_ROWS) -> None:
         """Waits until ``rows`` more records were journaled, or nothing is left to process."""
@@ -184,6 +194,15 @@ class FaultRun:
                 raise RunFailed(f"no progress {why} within {HEALTHY_TIMEOUT_S:g}s\n{self.logs()}")
             time.sleep(POLL_S)
             self.tail.poll()
+
+    def wait_for(self, what: str, done: Callable[[], object]) -> None:
+        """Waits until ``done()`` is true, for at most HEALTHY_TIMEOUT_S."""
+        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+        while not done():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RunFailed(f"waited {HEALTHY_TIMEOUT_S:g}s for {what}\n{self.logs()}")
+            time.sleep(POLL_S)
 
     def processed_share(self) -> float:
         self.tail.poll()
@@ -236,6 +255,9 @@ class FaultRun:
             time.sleep(POLL_S)
             self.tail.poll()
         self.traffic.stop()
+        if self.traffic.failed:
+            raise RunFailed(f"{len(self.traffic.failed)} record(s) were never produced, e.g. "
+                            f"{self.traffic.failed[:3]}: the run cannot be judged")
         end = log_end_offsets(self.bootstrap, self.topic)
         quiet_since = time.monotonic()
         while True:
@@ -248,9 +270,21 @@ class FaultRun:
                 break
             time.sleep(POLL_S)
         self.sampler.stop()
+        self._check_sampled()
         self.tail.poll()
         return check(self.traffic.produced, self.tail.rows, self.sampler.samples, self.windows,
                      committed, end)
+
+    def _check_sampled(self) -> None:
+        """The early-commit invariant checks the samples: a run with none would pass it
+        vacuously, so it fails instead."""
+        sources = {s.source for s in self.sampler.samples}
+        if "broker" not in sources:
+            raise RunFailed("the sampler read no committed offsets from the broker: the "
+                            "early-commit check would have checked nothing")
+        if self.sidecars and not sources - {"broker"}:
+            raise RunFailed("the sampler read no committed offsets from any sidecar's "
+                            "Admin/GetStatus: the early-commit check would have checked nothing")
 
     def outcome(self, name: str, verdict: Verdict, notes: list[str] | None = None) -> Outcome:
         return Outcome(name, verdict, len(self.windows), time.monotonic() - self.started,

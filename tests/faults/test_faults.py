@@ -19,7 +19,7 @@ from tests.faults.scenarios import SCENARIOS, SHORT, Context
 @pytest.mark.parametrize("name", sorted(set(SCENARIOS) - {"broker-outage"}))
 def test_scenario(name: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     outcome = SCENARIOS[name](Context(kafka_bootstrap, tmp_path, SHORT, random.Random(name)))
-    print("\n" + markdown_table([outcome]))
+    print("\n" + markdown_table([outcome]), *outcome.notes, sep="\n")
     assert outcome.verdict.ok, "; ".join(outcome.verdict.problems())
     assert outcome.faults >= SHORT.faults
 

@@ -31,8 +31,10 @@ class Traffic:
     """
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, *, total: int,
-                 rate: float) -> None:
-        self._producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG,
+                 rate: float, linger_ms: int | None = None) -> None:
+        """``linger_ms`` overrides the producer's (PRODUCER_CONFIG's) linger.ms."""
+        linger = {} if linger_ms is None else {"linger.ms": linger_ms}
+        self._producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG, **linger,
                                    "message.timeout.ms": DELIVERY_TIMEOUT_MS})
         self._topic = topic
         self._partitions = partitions

@@ -5,7 +5,9 @@
 Each handler waits a random time (so acks come back out of order), journals
 ``seq partition offset t_ns worker`` durably, then returns (ACK). With
 ``--hang-after N`` every handler after the N-th never returns: the worker keeps
-its stream open and stops settling. SIGTERM shuts it down gracefully.
+its stream open and stops settling, and writes ``seq partition offset`` of each
+record it hangs on to ``<journal>.hung`` (see :func:`hung_rows`). SIGTERM shuts
+it down gracefully.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import random
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TextIO
 
 import lowwater
 from tests.faults.journal import Journal, line
 
+HUNG_SUFFIX = ".hung"
 
-async def serve(args: argparse.Namespace) -> None:
+
+async def serve(args: argparse.Namespace, hung_log: TextIO) -> None:
     journal = Journal(Path(args.journal))
     rng = random.Random(args.seed)
     handled = 0
@@ -32,6 +37,7 @@ async def serve(args: argparse.Namespace) -> None:
         nonlocal handled
         handled += 1
         if args.hang_after is not None and handled > args.hang_after:
+            hung_log.write(f"{msg.value.decode()} {msg.partition} {msg.offset}\n")
             await hung.wait()
         await asyncio.sleep(rng.uniform(low, high))
         await journal.record(line(int(msg.value), msg.partition, msg.offset,
@@ -51,6 +57,12 @@ async def serve(args: argparse.Namespace) -> None:
         journal.close()
 
 
+def hung_rows(journal: Path) -> list[str]:
+    """The records a hung worker journaling to ``journal`` hung on, one line each."""
+    path = Path(f"{journal}{HUNG_SUFFIX}")
+    return path.read_text().splitlines() if path.exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True)
@@ -61,7 +73,9 @@ def main() -> None:
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--hang-after", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    asyncio.run(serve(parser.parse_args()))
+    args = parser.parse_args()
+    with Path(f"{args.journal}{HUNG_SUFFIX}").open("a", buffering=1) as hung_log:
+        asyncio.run(serve(args, hung_log))
 
 
 if __name__ == "__main__":

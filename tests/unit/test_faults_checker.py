@@ -58,6 +58,17 @@ def test_duplicates_need_a_fault_in_between_and_within_the_bound() -> None:
     assert verdict.duplicates == 1 and not verdict.ok
 
 
+def test_a_replay_from_below_the_committed_offset_is_not_explained_by_the_fault() -> None:
+    # seq 0 is partition 0, offset 0. A fault whose committed offset on partition 0 was 1 may
+    # replay offsets 1 and up there, not offset 0: that was no longer pending.
+    twice = [*ALL_ONCE, *rows((0, 500))]
+    above = FaultWindow("kill", 300, 400, bound=1, floor={0: 0, 1: 3})
+    assert check(PRODUCED, twice, [], [above], END, END).ok
+    below = FaultWindow("kill", 300, 400, bound=1, floor={0: 1})
+    verdict = check(PRODUCED, twice, [], [below], END, END)
+    assert verdict.unexplained == [(0, 0)] and not verdict.ok
+
+
 def test_a_journaled_id_that_does_not_match_its_position_is_corrupt() -> None:
     wrong = [*ALL_ONCE[1:], Processed(99, 0, 0, 100, "w")]
     assert check(PRODUCED, wrong, [], [], END, END).corrupt
