@@ -285,14 +285,14 @@ class Engine:
         self.rebalances: deque[RebalanceView] = deque(maxlen=REBALANCES_KEPT)
         """The latest rebalance events, for Admin/GetStatus and ``lowwater top``."""
         self._holds: dict[TopicPartition, tuple[int, float, asyncio.TimerHandle]] = {}
+        """Retry partitions paused until their fetched records are due: (generation, until,
+        timer)."""
         self._seeks: dict[Seek, tuple[asyncio.Future[Sought], str, int | None]] = {}
         """Seeks sent to the consumer thread and not answered yet: (their answer, the
         operator's reason, the commit offset before)."""
         self.operator_paused: set[TopicPartition] = set()
         """Partitions an operator paused (Admin/PausePartitions): fetching stays paused, across
         reassignments to this sidecar, until Admin/ResumePartitions."""
-        """Retry partitions paused until their fetched records are due: (generation, until,
-        timer)."""
 
     # -- from the fetcher (via the bridge) ------------------------------------
 
