@@ -271,11 +271,18 @@ class Engine:
         self._draining = False
         self.counters: dict[str, int] = dict.fromkeys(
             ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
-             "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
-             "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed",
-             "skipped", "sought"), 0
+             "dropped_dead_letters", "streams_opened", "streams_closed", "assigned", "revoked",
+             "lost", "commits_ok", "commits_failed", "skipped", "sought"), 0
         )
         """Totals since start, read by the metrics collector (on this loop)."""
+        self.handed_off: dict[tuple[HandoffKind, str], int] = {
+            (kind, name): 0 for kind in HandoffKind
+            for name in (router.subscriptions if router is not None else ())}
+        """Records that left the flow since start, per (kind, subscription): expired,
+        dead-lettered (dropped ones too) or handed to a retry topic. A subscription is named by
+        its ``topic`` setting as written (a topic, or a ``^regex``), so a pattern's topics share
+        one count; without a router, by the record's topic. Counted once per hand-off, when it
+        is decided, not when the producer confirms it."""
         self.settled_by: dict[Outcome | None, int] = {}
         """Accepted settlements per outcome (None: unspecified)."""
         self.rejected_by: dict[SettleStatus, int] = {}
@@ -803,14 +810,15 @@ class Engine:
         tp = rec.part.tp
         lane = self._router.lane(tp.topic) if self._router is not None else None
         sub = None if lane is None else lane.subscription
-        if handoff.kind is HandoffKind.RETRY:
+        kind = handoff.kind
+        counted = (kind, tp.topic if sub is None else sub.topic)
+        by = self.handed_off
+        by[counted] = by.get(counted, 0) + 1
+        if kind is HandoffKind.RETRY:
             assert lane is not None  # only a lane's policy has retry tiers
-            self.counters["retried"] += 1
             self._send_handoff(handoff, lane.retry_topics[handoff.delay])
             return
-        expired = handoff.kind is HandoffKind.EXPIRED
-        counter = "expired" if expired else "dead_lettered"
-        self.counters[counter] += 1
+        expired = kind is HandoffKind.EXPIRED
         topic = None if sub is None else sub.expired_topic if expired else sub.dead_letter_topic
         if topic is None:
             if not expired:

@@ -7,7 +7,9 @@ owner of that state. The commit latency is a prometheus-client Histogram, observ
 once per commit.
 
 Names are prefixed ``lowwater_`` and in base units. Labels carry topics, partitions,
-outcomes and statuses, never offsets, keys or msg_ids.
+subscriptions, outcomes and statuses, never offsets, keys or msg_ids. A ``subscription`` is
+named by its ``topic`` setting as written (a topic, or a ``^regex``): a pattern's topics share
+its series, so their number is bounded by the configuration.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -24,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from coordinator.config import tcp_address
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.records import HandoffKind
 from coordinator.runtime.engine import Engine, StatusView
 from coordinator.runtime.pendingstore import PendingStore, StoreState
 
@@ -39,14 +42,18 @@ _COUNTERS = (
     ("deliveries", "delivered", "Deliveries (leases) sent to workers, redeliveries included."),
     ("redeliveries", "redelivered", "Deliveries of a record that had been delivered before."),
     ("lease_expiries", "lapsed", "Leases that ran out before the worker settled them."),
-    ("records_expired", "expired", "Records past their TTL, never delivered again."),
-    ("records_retried", "retried", "Records handed off to a retry topic."),
-    ("records_dead_lettered", "dead_lettered", "Records given up on (dead-letter path)."),
     ("records_skipped", "skipped", "Records an operator skipped (Admin/SkipRecord)."),
     ("partition_seeks", "sought",
      "Partitions an operator moved to another offset (Admin/SeekPartition)."),
     ("worker_streams_opened", "streams_opened", "Worker streams opened."),
     ("worker_streams_closed", "streams_closed", "Worker streams closed, however they ended."),
+)
+_HANDOFFS = (
+    (HandoffKind.EXPIRED, "records_expired",
+     "Records past their TTL, never delivered again, by subscription."),
+    (HandoffKind.RETRY, "records_retried", "Records handed off to a retry topic, by subscription."),
+    (HandoffKind.DEAD_LETTER, "records_dead_lettered",
+     "Records given up on (dead-letter path), by subscription."),
 )
 _OUTCOMES = {None: "unspecified", Outcome.ACK: "ack", Outcome.RETRY: "retry",
              Outcome.DEAD_LETTER: "dead_letter", Outcome.DROP: "drop",
@@ -65,6 +72,8 @@ class Snapshot:
     streams: int
     store: tuple[StoreState, int, int] | None
     """(state, writes, failed writes) of the pending-set writer, if there is one."""
+    handed_off: dict[tuple[HandoffKind, str], int] = field(default_factory=dict)
+    """Records expired, retried and dead-lettered per (kind, subscription)."""
 
 
 class EngineCollector(Collector):
@@ -81,7 +90,8 @@ class EngineCollector(Collector):
         return Snapshot(
             engine.status(), dict(engine.counters), dict(engine.settled_by),
             dict(engine.rejected_by), dict(engine.lag), engine.stream_count,
-            None if store is None else (store.state, store.writes, store.failed_writes))
+            None if store is None else (store.state, store.writes, store.failed_writes),
+            dict(engine.handed_off))
 
     async def _snapshot(self) -> Snapshot:
         return self._take()
@@ -141,6 +151,13 @@ def families(snap: Snapshot) -> Iterable[Metric]:
                             value=snap.streams)
     for name, key, text in _COUNTERS:
         yield CounterMetricFamily(f"lowwater_{name}", text, value=snap.counters[key])
+    for kind, name, text in _HANDOFFS:
+        handed = CounterMetricFamily(f"lowwater_{name}", text, labels=["subscription"])
+        for (counted, subscription), count in sorted(snap.handed_off.items(),
+                                                     key=lambda kv: kv[0][1]):
+            if counted is kind:
+                handed.add_metric([subscription], count)
+        yield handed
     settled = CounterMetricFamily("lowwater_settlements", "Settlements accepted, by outcome.",
                                   labels=["outcome"])
     for outcome, count in sorted(snap.settled_by.items(), key=lambda kv: _OUTCOMES[kv[0]]):

@@ -80,6 +80,12 @@ class Router:
                           if lane.subscription.topic.startswith("^")]
         self._cache: dict[str, Lane] = {}
 
+    @property
+    def subscriptions(self) -> list[str]:
+        """Each subscription's ``topic`` setting as written (a topic, or a ``^regex``), in the
+        order they were declared."""
+        return [lane.subscription.topic for lane in self._lanes]
+
     def lane(self, topic: str) -> Lane:
         """The lane of ``topic``; the first subscription's when none matches (the broker only
         sends subscribed topics, so that is a pattern librdkafka and ``re`` disagree on)."""

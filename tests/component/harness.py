@@ -46,6 +46,8 @@ class FakeMessage:
     ``headers()`` raises SystemError; a later one would crash the interpreter (here it
     raises AssertionError) unless ``set_headers`` replaced them."""
     _headers_calls: int = 0
+    _timestamp_ms: int = 1_700_000_000_000
+    """Its CreateTime: by default November 2023, past any TTL a test sets."""
 
     def topic(self) -> str:
         return self._topic
@@ -75,7 +77,7 @@ class FakeMessage:
         self._undecodable_headers = False
 
     def timestamp(self) -> tuple[int, int]:
-        return TIMESTAMP_CREATE_TIME, 1_700_000_000_000
+        return TIMESTAMP_CREATE_TIME, self._timestamp_ms
 
     def error(self) -> None:
         return None

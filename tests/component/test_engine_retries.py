@@ -11,7 +11,7 @@ from typing import Any
 from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import Outcome, TopicPartition
-from coordinator.core.records import Run
+from coordinator.core.records import HandoffKind, Run
 from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, Fetched, Retried, segments
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.subscriptions import Router
@@ -35,12 +35,19 @@ class Sent:
         self.sent.append((topic, record, info, report))
 
 
-def engine(sent: Sent, sink: RecordingSink) -> Engine:
-    policy = SubscriptionPolicy("orders", "at_least_once", "unordered", 5, "dlq", None, None,
-                                None, retry=(1.0,))
-    router = Router([policy], default_delay=0.0, max_delay=60.0,
+ORDERS = SubscriptionPolicy("orders", "at_least_once", "unordered", 5, "dlq", None, None, None,
+                            retry=(1.0,))
+
+
+def engine(sent: Sent, sink: RecordingSink, *policies: SubscriptionPolicy) -> Engine:
+    router = Router(policies or [ORDERS], default_delay=0.0, max_delay=60.0,
                     retry_topic=lambda topic, delay: f"{topic}.retry.{delay:g}s")
     return Engine(Ledger(), sink, router=router, handoffs=sent, commit_interval=3600)
+
+
+def handed_off(e: Engine) -> dict[tuple[str, str], int]:
+    """The engine's non-zero hand-off counts: (kind, subscription) -> records."""
+    return {(kind.value, sub): n for (kind, sub), n in e.handed_off.items() if n}
 
 
 async def _until(predicate: Callable[[], bool], what: str) -> None:
@@ -68,8 +75,47 @@ async def test_a_retry_goes_to_its_tier_topic_and_finishes_its_record_there() ->
     assert int(before * 1000) + 1000 <= int(info[HEADER_DUE]) <= time.time() * 1000 + 1000
     assert int(info[HEADER_FIRST_SEEN]) <= time.time() * 1000
     assert e.ledger.partitions[MAIN].offsets.commit_offset == 7  # pending until confirmed
+    assert handed_off(e) == {("retry", "orders"): 1}
     report(None)  # the retry topic has it: the original is finished
     assert e.ledger.partitions[MAIN].offsets.commit_offset == 8
+    assert handed_off(e) == {("retry", "orders"): 1}  # counted once
+
+
+@async_test
+async def test_expired_and_dead_lettered_records_are_counted_per_subscription() -> None:
+    """A pattern subscription's topics share its count; each subscription starts at 0."""
+    sent, sink = Sent(), RecordingSink()
+    sms = SubscriptionPolicy("^sms\\..*", "at_least_once", "unordered", None, None, None, 60.0,
+                             None)
+    orders = SubscriptionPolicy("orders", "at_least_once", "unordered", 2, "dlq", "orders.expired",
+                                60.0, None)
+    e = engine(sent, sink, orders, sms)
+    assert e.handed_off == {(kind, sub): 0 for kind in HandoffKind for sub in ("orders", "^sms\\..*")}
+    tps = [MAIN, TopicPartition("sms.code", 0), TopicPartition("sms.code", 1),
+           TopicPartition("sms.login", 0)]
+    e.assigned([(tp, 1, None, None) for tp in tps])
+    now_ms = int(time.time() * 1000)
+    e.intake(segments([FakeMessage("orders", 0, 0),  # from 2023: past its TTL
+                       *(FakeMessage("orders", 0, o, _timestamp_ms=now_ms) for o in (1, 2, 3))]))
+    for tp in tps[1:]:  # two old records on each sms partition, one fresh
+        e.intake(segments([FakeMessage(tp.topic, tp.partition, o) for o in (0, 1)]
+                          + [FakeMessage(tp.topic, tp.partition, 2, _timestamp_ms=now_ms)]))
+    holder = e.open_session("w", 100, 0).holder
+    leases = {(lease.record.part.tp, lease.record.offset): lease for lease in e.lease(holder)
+              if not isinstance(lease, Run)}
+    assert set(leases) == {(MAIN, 1), (MAIN, 2), (MAIN, 3)} | {(tp, 2) for tp in tps[1:]}
+    assert e.settle(holder, [
+        (leases[MAIN, 1].msg_id, Outcome.DEAD_LETTER, None, "bad phone number"),
+        (leases[MAIN, 2].msg_id, Outcome.RETRY, None, "busy"),  # 1 of 2 attempts: redelivered
+        (leases[MAIN, 3].msg_id, Outcome.ACK, None, "")]) == []
+    [again] = e.lease(holder)
+    assert not isinstance(again, Run)
+    assert e.settle(holder, [(again.msg_id, Outcome.RETRY, None, "busy")]) == []  # 2 of 2
+    assert sorted((topic, info["kind"], info["origin"]) for topic, _, info, _ in sent.sent) == [
+        ("dlq", "dead_letter", ("orders", 0, 1)), ("dlq", "dead_letter", ("orders", 0, 2)),
+        ("orders.expired", "expired", ("orders", 0, 0))]  # the sms ones have no topic to go to
+    assert handed_off(e) == {("expired", "orders"): 1, ("dead_letter", "orders"): 2,
+                             ("expired", "^sms\\..*"): 6}
 
 
 @async_test

@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import lowwater
 from coordinator.embedded import SidecarProcess, TansuBroker
+from coordinator.embedded.tansu import pick_free_port
 from tests.integration.workload import wait_committed_to_end
 from tests.support.aio import async_test
 from tests.support.broker import (
@@ -26,6 +27,7 @@ from tests.support.broker import (
     read_all,
     unique_name,
 )
+from tests.support.metrics import Samples, scrape
 
 N = 200
 WAIT_S = 60.0
@@ -55,14 +57,18 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_while_the_rest_flows
         if msg.value == b"gives-up":
             raise lowwater.DeadLetter("phone number 123 is not a number")
 
+    port = pick_free_port()
     with SidecarProcess(kafka_bootstrap, group, [topic], extra=[
             "--max-attempts", "3", "--default-retry-delay", "0s",
-            "--dead-letter-topic", dlq]) as sidecar:
+            "--dead-letter-topic", dlq, "--metrics-listen", f"127.0.0.1:{port}"]) as sidecar:
         async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=20):
             await _until(lambda: len(attempts) == N + 2 and len(attempts[b"poison"]) == 3,
                          "every record handled, the poison three times")
             end = await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
+        counted = handed_off(await asyncio.to_thread(scrape, port))
         assert sidecar.stop() == 0, sidecar.log()
+    # Counted per subscription; retries without retry tiers wait in memory, not in a topic.
+    assert counted == {"expired": {topic: 0}, "retried": {topic: 0}, "dead_lettered": {topic: 2}}
     assert sum(end.values()) == N + 2  # the dead letters finished: the commits passed them
     assert attempts[b"poison"] == [1, 2, 3] and attempts[b"gives-up"] == [1]
     assert all(a == [1] for v, a in attempts.items() if v.startswith(b"id-"))
@@ -76,6 +82,13 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_while_the_rest_flows
     assert poison["lowwater.group"] == group.encode()
     gives_up = letters[b"gives-up"].headers or {}
     assert b"phone number 123 is not a number" in (gives_up["lowwater.reason"] or b"")
+
+
+def handed_off(samples: Samples) -> dict[str, dict[str, float]]:
+    """Records expired, retried and dead-lettered, by subscription, from a scrape."""
+    return {kind: {labels["subscription"]: value
+                   for labels, value in samples[f"lowwater_records_{kind}_total"]}
+            for kind in ("expired", "retried", "dead_lettered")}
 
 
 async def _codes(bootstrap: str, topic: str, prefix: str, n: int, *,
@@ -137,9 +150,10 @@ async def test_a_retry_waits_in_a_retry_topic_while_its_partition_flows_and_comm
     deliveries: list[tuple[int, str, int, int, float]] = []
     handled: dict[bytes, float] = {}
 
+    port = pick_free_port()
     sidecar = SidecarProcess(kafka_bootstrap, group, [topic], extra=[
         "--retry", "2s,4s", "--max-attempts", "4", "--dead-letter-topic", dlq,
-        "--create-topics"])
+        "--create-topics", "--metrics-listen", f"127.0.0.1:{port}"])
     end_of_topic = {p: sum(1 for r in records if r.partition == p) for p in (0, 1)}
     committed_at_third: dict[int, int] = {}
 
@@ -167,7 +181,10 @@ async def test_a_retry_waits_in_a_retry_topic_while_its_partition_flows_and_comm
                 await _until(lambda: {p: o or 0 for p, o in committed_offsets(
                     kafka_bootstrap, group, retry_topic).items()} == end,  # noqa: B023
                     f"{retry_topic} committed to its end")
+        counted = handed_off(await asyncio.to_thread(scrape, port))
         assert sidecar.stop() == 0, sidecar.log()
+    # Both retries count under the subscription, the one from the first retry topic too.
+    assert counted == {"expired": {topic: 0}, "retried": {topic: 2}, "dead_lettered": {topic: 0}}
     assert [(a, t, p, o) for a, t, p, o, _ in deliveries] == [
         (attempt, topic, *origin) for attempt in (1, 2, 3)]  # the original coordinates
     first, second, third = (at for *_, at in deliveries)

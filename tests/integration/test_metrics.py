@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 import lowwater
 from coordinator.embedded import SidecarProcess
@@ -21,25 +18,9 @@ from tests.integration.workload import (
 )
 from tests.support.aio import async_test
 from tests.support.broker import TopicFactory, unique_name
+from tests.support.metrics import Samples, scrape, total
 
 N = 2000
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return out
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(v for got, v in samples.get(name, []) if labels.items() <= got.items())
 
 
 def caught_up(samples: Samples) -> bool:
@@ -93,3 +74,5 @@ async def test_metrics_follow_a_run_from_fetch_to_commit(
         assert total(samples, "lowwater_partition_committed_offset", **labels) == offset
         assert total(samples, "lowwater_partition_pending_records", **labels) == 0
     assert total(samples, "lowwater_worker_streams_opened_total") == 1
+    for handed_off in ("expired", "retried", "dead_lettered"):  # there from the start, at 0
+        assert samples[f"lowwater_records_{handed_off}_total"] == [({"subscription": topic}, 0.0)]

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from coordinator.core.model import Outcome, SettleStatus, TopicPartition
+from coordinator.core.records import HandoffKind
 from coordinator.runtime.engine import HolderView, PartitionView, StatusView
 from coordinator.runtime.metrics import Snapshot, families
 from coordinator.runtime.pendingstore import StoreState
@@ -17,9 +18,14 @@ from coordinator.runtime.pendingstore import StoreState
 TP = TopicPartition("sms.verification", 3)
 COUNTERS = dict.fromkeys(
     ("fetched", "ignored", "delivered", "redelivered", "settled", "rejected", "lapsed",
-     "dead_lettered", "expired", "dropped_dead_letters", "retried", "streams_opened",
-     "streams_closed", "assigned", "revoked", "lost", "commits_ok", "commits_failed",
-     "skipped", "sought"), 0)
+     "dropped_dead_letters", "streams_opened", "streams_closed", "assigned", "revoked", "lost",
+     "commits_ok", "commits_failed", "skipped", "sought"), 0)
+HANDED_OFF = {(HandoffKind.EXPIRED, "sms.verification"): 7,
+              (HandoffKind.EXPIRED, "^push\\..*"): 0,
+              (HandoffKind.DEAD_LETTER, "sms.verification"): 2,
+              (HandoffKind.DEAD_LETTER, "^push\\..*"): 5,
+              (HandoffKind.RETRY, "sms.verification"): 11,
+              (HandoffKind.RETRY, "^push\\..*"): 0}
 
 
 class Static(Collector):
@@ -49,7 +55,7 @@ def snapshot(store: tuple[StoreState, int, int] | None = None) -> Snapshot:
     counters = COUNTERS | {"fetched": 1220, "delivered": 1200, "redelivered": 9,
                            "commits_ok": 31, "commits_failed": 1, "assigned": 4, "lapsed": 2}
     return Snapshot(status, counters, {Outcome.ACK: 1170, Outcome.RETRY: 6, None: 1},
-                    {SettleStatus.STALE: 3}, {TP: 250}, 1, store)
+                    {SettleStatus.STALE: 3}, {TP: 250}, 1, store, HANDED_OFF)
 
 
 def test_partition_gauges_carry_topic_and_partition_only() -> None:
@@ -63,7 +69,7 @@ def test_partition_gauges_carry_topic_and_partition_only() -> None:
     assert samples["lowwater_partition_lag_records"] == [(labels, 250.0)]
     assert samples["lowwater_buffered_records"] == [({}, 28.0)]
     assert samples["lowwater_worker_streams"] == [({}, 1.0)]
-    allowed = {"topic", "partition", "outcome", "status", "result", "event"}
+    allowed = {"topic", "partition", "subscription", "outcome", "status", "result", "event"}
     assert all(set(labels) <= allowed for values in samples.values() for labels, _ in values)
 
 
@@ -80,6 +86,21 @@ def test_counters_by_outcome_status_result_and_event() -> None:
         ({"result": "failed"}, 1.0), ({"result": "ok"}, 31.0)]
     assert ({"event": "assigned"}, 4.0) in samples["lowwater_rebalance_partitions_total"]
     assert "lowwater_pending_store_up" not in samples  # no Redis configured
+
+
+def test_expired_retried_and_dead_lettered_records_are_counted_per_subscription() -> None:
+    samples = scrape(snapshot())
+    by_subscription = {
+        name: sorted(samples[f"lowwater_records_{name}_total"], key=str)
+        for name in ("expired", "retried", "dead_lettered")}
+    assert by_subscription == {
+        "expired": [({"subscription": "^push\\..*"}, 0.0),
+                    ({"subscription": "sms.verification"}, 7.0)],
+        "retried": [({"subscription": "^push\\..*"}, 0.0),
+                    ({"subscription": "sms.verification"}, 11.0)],
+        "dead_lettered": [({"subscription": "^push\\..*"}, 5.0),
+                          ({"subscription": "sms.verification"}, 2.0)],
+    }
 
 
 def test_the_pending_store_shows_up_when_configured() -> None:
