@@ -162,7 +162,9 @@ class Settings(BaseModel):
     delivered. Unset: no TTL."""
     expiry_header: _NonBlank | None = None
     """Name of a record header holding an absolute expiry time, decimal milliseconds since the Unix
-    epoch; a record that has it expires then, whatever `ttl` says."""
+    epoch; a record that has it expires then, whatever `ttl` says. A value that is no integer
+    (empty, `1767225600000.5`, a date) is ignored: the record expires by `ttl`, or never without
+    one."""
     retry: RetryTiers = ()
     """Delay tiers of retry topics for records of `topics`, e.g. `["1s", "10s", "60s"]` (a flag
     takes `1s,10s,60s`). A RETRY answer sends the record to the retry topic of the first tier at

@@ -138,6 +138,50 @@ async def test_codes_past_their_ttl_never_reach_a_worker(private_tansu: TansuBro
 
 
 @async_test
+async def test_an_expiry_header_wins_over_the_ttl_and_a_bad_one_falls_back_to_it(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    """The header holds decimal milliseconds since the epoch (docs/configuration.md)."""
+    topic, expired_topic, group = new_topic(1), new_topic(1), unique_name("g")
+    now = int(time.time() * 1000)
+    hour_ago, hour_on = now - 3_600_000, now + 3_600_000
+
+    def code(name: str, header: bytes | None, timestamp_ms: int) -> OutRecord:
+        headers = None if header is None else [("trace", b"t"), ("expires-at", header)]
+        return OutRecord(value=name.encode(), partition=0, headers=headers,
+                         timestamp_ms=timestamp_ms)
+
+    records = [
+        code("past-header", str(now - 1000).encode(), now),  # the TTL would keep it
+        code("future-header", str(hour_on).encode(), hour_ago),  # the TTL would drop it
+        code("bad-header-old", b"in 5 minutes", hour_ago),  # falls back to the TTL: expired
+        code("bad-header-new", b"1767225600000.0", now),  # falls back to the TTL: delivered
+        code("no-header-old", None, hour_ago),
+        code("no-header-new", None, now),
+    ]
+    await asyncio.to_thread(produce, kafka_bootstrap, topic, records)
+    seen: list[bytes] = []
+
+    async def handle(msg: lowwater.Message) -> None:
+        seen.append(msg.value)
+
+    port = pick_free_port()
+    with SidecarProcess(kafka_bootstrap, group, [topic], extra=[
+            "--ttl", "30m", "--expiry-header", "expires-at", "--expired-topic", expired_topic,
+            "--metrics-listen", f"127.0.0.1:{port}"]) as sidecar:
+        async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=10):
+            # Committed to the end: every record delivered and acked, or expired and handed off.
+            await asyncio.to_thread(wait_committed_to_end, kafka_bootstrap, group, topic)
+        counted = handed_off(await asyncio.to_thread(scrape, port))
+        assert sidecar.stop() == 0, sidecar.log()
+    assert sorted(seen) == [b"bad-header-new", b"future-header", b"no-header-new"]
+    dropped = await asyncio.to_thread(read_all, kafka_bootstrap, expired_topic)
+    assert sorted(r.value or b"" for r in dropped) == [
+        b"bad-header-old", b"no-header-old", b"past-header"]
+    assert counted["expired"] == {topic: 3}
+
+
+@async_test
 async def test_a_retry_waits_in_a_retry_topic_while_its_partition_flows_and_commits(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
