@@ -24,9 +24,13 @@ HEADER_KIND = HEADER_PREFIX + "handoff"
 HEADER_GROUP = HEADER_PREFIX + "group"
 HEADER_DUE = HEADER_PREFIX + "due"
 HEADER_FIRST_SEEN = HEADER_PREFIX + "first.seen"
+HEADER_TIMESTAMP = HEADER_PREFIX + "timestamp"
 """Headers added to a handed-off record, after its own: where it was first consumed, how many
 deliveries it had, why it left (``dead_letter``, ``expired`` or ``retry``), the consumer group;
-for a retry also when it is due and when it was first fetched (milliseconds since the epoch)."""
+for a retry also when it is due, when it was first fetched and, if it has one, the original's
+timestamp (milliseconds since the epoch). The hand-off is produced with that timestamp too, but
+a retry topic with ``message.timestamp.type=LogAppendTime`` replaces it, and a TTL must not
+start again."""
 
 
 Headers = list[tuple[str, bytes | None]]
@@ -61,8 +65,9 @@ class Retried(NamedTuple):
     payload, like :data:`Fetched`."""
 
     record: Fetched
-    """Key, value and timestamp of the retry record (copied from the original); the original's
-    headers, without the ``lowwater.*`` ones."""
+    """Key and value of the retry record (copied from the original); the original's headers,
+    without the ``lowwater.*`` ones; the original's timestamp (``lowwater.timestamp``, else the
+    retry record's own)."""
     topic: str
     """Where the original was consumed: its topic, partition and offset."""
     partition: int
@@ -222,6 +227,9 @@ def retried(record: Fetched) -> Retried | None:
         else:
             own.append((name, content))
     try:
+        original_ms = ours.get(HEADER_TIMESTAMP)
+        if original_ms is not None:
+            timestamp_ms = int(original_ms)
         return Retried(
             (key, value, own or None, timestamp_ms),
             (ours[HEADER_TOPIC] or b"").decode(), int(ours[HEADER_PARTITION] or b""),

@@ -37,6 +37,7 @@ from coordinator.kafka.fetcher import Assignment, Commit, Pause, Resubscribe, Se
 from coordinator.kafka.records import (
     HEADER_DUE,
     HEADER_FIRST_SEEN,
+    HEADER_TIMESTAMP,
     Fetched,
     Payload,
     Retried,
@@ -860,15 +861,20 @@ class Engine:
                             report=report, extra=self._retry_headers(handoff))
 
     def _retry_headers(self, handoff: Handoff) -> list[tuple[str, bytes]]:
-        """When a retry is due and when its record was first fetched, in epoch milliseconds."""
+        """When a retry is due, when its record was first fetched and the record's timestamp
+        (the TTL counts from it when the retry comes back), in epoch milliseconds."""
         if handoff.kind is not HandoffKind.RETRY:
             return []
         rec, wall, now = handoff.record, self._wall(), self._clock()
         payload = rec.payload
         first_seen = (payload.first_seen_ms if isinstance(payload, Retried)
                       and payload.first_seen_ms else (wall - (now - rec.fetched_at)) * 1000.0)
-        return [(HEADER_DUE, str(int((wall + handoff.delay) * 1000.0)).encode()),
-                (HEADER_FIRST_SEEN, str(int(first_seen)).encode())]
+        headers = [(HEADER_DUE, str(int((wall + handoff.delay) * 1000.0)).encode()),
+                   (HEADER_FIRST_SEEN, str(int(first_seen)).encode())]
+        timestamp_ms = contents(payload)[3]  # type: ignore[arg-type]  # what intake put there
+        if timestamp_ms is not None:
+            headers.append((HEADER_TIMESTAMP, str(timestamp_ms).encode()))
+        return headers
 
     def _apply_gates(self, changes: list[tuple[TopicPartition, GateChange]]) -> None:
         last = dict(changes)  # a partition that paused and resumed in one batch ends resumed

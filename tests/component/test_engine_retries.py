@@ -1,5 +1,7 @@
-"""The engine's retry topics: a RETRY is handed off with its due time; a record back from a
-retry topic waits, with its retry partition paused, and returns as the original record."""
+"""The engine's hand-offs: a RETRY is handed off with its due time; a record back from a retry
+topic waits, with its retry partition paused, and returns as the original record, unless its
+TTL ran out meanwhile; expired, retried and dead-lettered records are counted per
+subscription."""
 
 from __future__ import annotations
 
@@ -12,7 +14,14 @@ from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import Ledger
 from coordinator.core.model import Outcome, TopicPartition
 from coordinator.core.records import HandoffKind, Run
-from coordinator.kafka.records import HEADER_DUE, HEADER_FIRST_SEEN, Fetched, Retried, segments
+from coordinator.kafka.records import (
+    HEADER_DUE,
+    HEADER_FIRST_SEEN,
+    HEADER_TIMESTAMP,
+    Fetched,
+    Retried,
+    segments,
+)
 from coordinator.runtime.engine import Engine
 from coordinator.runtime.subscriptions import Router
 from tests.support.aio import async_test
@@ -74,6 +83,7 @@ async def test_a_retry_goes_to_its_tier_topic_and_finishes_its_record_there() ->
     assert info["reason"].endswith("busy")
     assert int(before * 1000) + 1000 <= int(info[HEADER_DUE]) <= time.time() * 1000 + 1000
     assert int(info[HEADER_FIRST_SEEN]) <= time.time() * 1000
+    assert info[HEADER_TIMESTAMP] == b"1700000000000"  # the TTL counts from it when it is back
     assert e.ledger.partitions[MAIN].offsets.commit_offset == 7  # pending until confirmed
     assert handed_off(e) == {("retry", "orders"): 1}
     report(None)  # the retry topic has it: the original is finished
@@ -144,5 +154,53 @@ async def test_a_record_back_from_a_retry_topic_waits_paused_then_comes_back_as_
         assert back.record == (None, b"v", [("trace", b"x")], 1_700_000_000_000)
         assert back.first_seen_ms == 1
         assert lease.record.offset == 0  # the retry partition's own offset is what commits
+    finally:
+        run.cancel()
+
+
+def _retry_message(offset: int, *, due_ms: int, original_ms: int, own_ms: int) -> FakeMessage:
+    """A record of orders.retry.1s standing for orders[2]@41+offset, first produced at
+    ``original_ms``; ``own_ms`` is the retry record's own timestamp (a retry topic with
+    LogAppendTime gives it the time it was appended)."""
+    return FakeMessage("orders.retry.1s", 0, offset, _value=f"code-{offset}".encode(),
+                       _timestamp_ms=own_ms, _headers=[
+        ("lowwater.topic", b"orders"), ("lowwater.partition", b"2"),
+        ("lowwater.offset", str(41 + offset).encode()), ("lowwater.attempts", b"1"),
+        ("lowwater.reason", b"r"), ("lowwater.due", str(due_ms).encode()),
+        ("lowwater.timestamp", str(original_ms).encode())])
+
+
+@async_test
+async def test_a_retry_that_falls_due_past_its_ttl_is_expired_not_delivered() -> None:
+    """The TTL counts from the original record's timestamp, not from the retry record's own:
+    a code that expires while its retry waits is never delivered, and is counted and handed
+    to the expired topic when its retry falls due."""
+    sent, sink = Sent(), RecordingSink()
+    codes = SubscriptionPolicy("orders", "at_least_once", "unordered", 5, "dlq", "orders.expired",
+                               60.0, None, retry=(1.0,))
+    e = engine(sent, sink, codes)
+    e.assigned([(RETRY, 3, None, None)])
+    run = asyncio.create_task(e.run())
+    try:
+        now = int(time.time() * 1000)
+        due = now + 1500
+        e.intake(segments([
+            # Its TTL ends a second from now: after it is fetched, before it is due.
+            _retry_message(0, due_ms=due, original_ms=now - 60_000 + 1000, own_ms=now),
+            _retry_message(1, due_ms=due, original_ms=now, own_ms=now)]))  # fresh
+        holder = e.open_session("w", 10, 0).holder
+        assert e.lease(holder) == [] and sent.sent == []  # neither is due, nor yet expired
+        await _until(lambda: e.ledger.ready_count >= 1, "the retries due")
+        [lease] = e.lease(holder)
+        assert not isinstance(lease, Run) and lease.record.offset == 1  # only the fresh one
+        await _until(lambda: bool(sent.sent), "the expired one handed off (on the next tick)")
+        [(topic, record, info, report)] = sent.sent
+        assert (topic, info["kind"], info["origin"]) == ("orders.expired", "expired",
+                                                         ("orders", 2, 41))
+        assert record[1] == b"code-0" and record[3] == now - 60_000 + 1000  # the original's
+        assert handed_off(e) == {("expired", "orders"): 1}
+        assert e.ledger.partitions[RETRY].offsets.commit_offset == 0
+        report(None)  # the expired topic has it: the retry record is finished
+        assert e.ledger.partitions[RETRY].offsets.commit_offset == 1  # 1 is leased
     finally:
         run.cancel()

@@ -88,6 +88,19 @@ def test_a_retried_record_without_first_seen_or_own_headers() -> None:
     assert back is not None and (back.record[2], back.first_seen_ms) == (None, 0)
 
 
+def test_a_retried_record_has_its_original_timestamp_whatever_its_own() -> None:
+    """A retry topic with LogAppendTime stamps the retry record anew: lowwater.timestamp keeps
+    the original's, which TTLs count from. Without it (an older lowwater) the record's own
+    timestamp stands, which the hand-off copied from the original."""
+    headers = [*RETRY_HEADERS, ("lowwater.timestamp", b"1600000000000")]
+    back = retried(fetched(message(headers, (TIMESTAMP_LOG_APPEND_TIME, 1_700_000_000_000))))
+    assert back is not None and back.record[3] == 1_600_000_000_000
+    back = retried(fetched(message(RETRY_HEADERS)))
+    assert back is not None and back.record[3] == 1_700_000_000_000
+    bad = [*RETRY_HEADERS, ("lowwater.timestamp", b"yesterday")]
+    assert retried(fetched(message(bad))) is None  # malformed, as any other lowwater.* header
+
+
 def test_a_record_without_valid_retry_headers_is_not_a_retry() -> None:
     assert retried(fetched(message())) is None
     broken = [(k, b"x" if k == "lowwater.offset" else v) for k, v in RETRY_HEADERS]
