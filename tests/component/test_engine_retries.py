@@ -204,3 +204,53 @@ async def test_a_retry_that_falls_due_past_its_ttl_is_expired_not_delivered() ->
         assert e.ledger.partitions[RETRY].offsets.commit_offset == 1  # 1 is leased
     finally:
         run.cancel()
+
+
+class Flaky(Sent):
+    """A producer whose first ``failures`` delivery reports are errors; it posts each report
+    to the event loop, as the real one does from its thread."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.reported: list[str | None] = []
+        """The reports the engine has been given, in order."""
+
+    def send(self, topic: str, record: Fetched, *, origin: tuple[str, int, int], kind: str,
+             reason: str, attempts: int, report: Callable[[str | None], None],
+             extra: Sequence[tuple[str, bytes]] = ()) -> None:
+        super().send(topic, record, origin=origin, kind=kind, reason=reason, attempts=attempts,
+                     report=report, extra=extra)
+        error = "Local: Message timed out" if len(self.sent) <= self.failures else None
+
+        def post() -> None:
+            self.reported.append(error)
+            report(error)
+
+        asyncio.get_running_loop().call_soon(post)
+
+
+@async_test
+async def test_a_hand_off_whose_delivery_failed_is_produced_again_and_commits_only_then() -> None:
+    flaky, sink = Flaky(failures=1), RecordingSink()
+    e = engine(flaky, sink)
+    e.assigned([(MAIN, 1, None, None)])
+    e.intake(segments([FakeMessage("orders", 0, 7)]))
+    holder = e.open_session("w", 10, 0).holder
+    [lease] = e.lease(holder)
+    assert e.settle(holder, [(lease.msg_id, Outcome.DEAD_LETTER, None, "bad number")]) == []
+    await _until(lambda: flaky.reported == ["Local: Message timed out"],
+                 "the first produce's report, an error")
+    e.commit()
+    assert e.ledger.partitions[MAIN].offsets.commit_offset == 7  # still pending
+    assert sink.committed_offsets().get(MAIN, 7) == 7  # no commit passes it
+    assert e.handoffs_in_flight == 1  # a drain waits for it
+    await _until(lambda: flaky.reported == ["Local: Message timed out", None],
+                 "the second produce, delivered")  # HANDOFF_RETRY_S later
+    assert e.handoffs_in_flight == 0
+    [(topic, record, info, _), again] = flaky.sent
+    assert again[0] == topic == "dlq" and again[1] == record and again[2] == info
+    assert info["origin"] == ("orders", 0, 7) and info["kind"] == "dead_letter"
+    e.commit()
+    assert sink.committed_offsets()[MAIN] == 8
+    assert handed_off(e) == {("dead_letter", "orders"): 1}  # one record, however many produces
