@@ -2,8 +2,9 @@
 
 A record that keeps failing goes to the dead-letter topic after max_attempts, with the reason
 and its origin in headers, while the rest of its partition flows and commits. Records past
-their TTL never reach a worker, after a broker outage as in the seed's case of 5-minute
-verification codes; they are produced to the expired topic instead.
+their TTL (or the time in their expiry header) never reach a worker, after a broker outage as
+in the seed's case of 5-minute verification codes; they are produced to the expired topic
+instead. What is expired, retried and dead-lettered is counted per subscription (/metrics).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import asyncio
 import time
 from collections import defaultdict
 
+from confluent_kafka import KafkaError, Message, Producer
+
 import lowwater
 from coordinator.embedded import SidecarProcess, TansuBroker
 from coordinator.embedded.tansu import pick_free_port
 from tests.integration.workload import wait_committed_to_end
 from tests.support.aio import async_test
 from tests.support.broker import (
+    PRODUCER_CONFIG,
     OutRecord,
     TopicFactory,
     committed_offsets,
@@ -91,50 +95,88 @@ def handed_off(samples: Samples) -> dict[str, dict[str, float]]:
             for kind in ("expired", "retried", "dead_lettered")}
 
 
-async def _codes(bootstrap: str, topic: str, prefix: str, n: int, *,
-                 timestamp_ms: int | None = None) -> set[bytes]:
-    records = [OutRecord(value=f"{prefix}-{i}".encode(), partition=i % 2,
-                         timestamp_ms=timestamp_ms) for i in range(n)]
-    await asyncio.to_thread(produce, bootstrap, topic, records)
-    return {r.value for r in records if r.value}
+TTL_S = 3
+"""The codes' TTL in the seed's case. It stands for the 5-minute validity of a verification
+code: seconds instead of minutes keep the test short, and the broker outage that outlasts it."""
+OUTAGE_MARGIN_S = 1.0
+"""How much longer than the TTL the broker stays frozen after the last late code is produced.
+The outage stays well under the group's 6 s session timeout (FAST_GROUP_SETTINGS), so Tansu
+does not also rebalance the group when it wakes up."""
+CODES = 20
+
+
+def _codes(producer: Producer, topic: str, prefix: str) -> set[bytes]:
+    """Queues CODES codes over 2 partitions with producer.produce(): librdkafka stamps their
+    CreateTime now, whether or not the broker answers."""
+    values = [f"{prefix}-{i}".encode() for i in range(CODES)]
+    for i, value in enumerate(values):
+        producer.produce(topic, value, partition=i % 2)
+    return set(values)
+
+
+def _flush(producer: Producer) -> None:
+    undelivered = producer.flush(WAIT_S)
+    assert undelivered == 0, f"{undelivered} code(s) not delivered in {WAIT_S:g}s"
 
 
 @async_test
 async def test_codes_past_their_ttl_never_reach_a_worker(private_tansu: TansuBroker) -> None:
-    """The seed's case: verification codes that wait out a broker outage come back late."""
+    """The seed's case: verification codes sent while the broker is down arrive when it is
+    back, late; none may reach a worker, and the codes sent after the outage all do."""
     bootstrap = private_tansu.bootstrap_servers
     topic, expired_topic, group = unique_name("codes"), unique_name("expired"), unique_name("g")
     create_topic(bootstrap, topic, 2)
     create_topic(bootstrap, expired_topic, 1)
+    failed: list[str] = []
+
+    def delivered(err: KafkaError | None, _: Message) -> None:
+        if err is not None:
+            failed.append(err.str())
+
+    # The producer keeps what it could not send for up to a minute, far longer than the outage.
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG,
+                         "message.timeout.ms": 60_000, "on_delivery": delivered})
     seen: list[bytes] = []
 
     async def handle(msg: lowwater.Message) -> None:
         seen.append(msg.value)
 
+    port = pick_free_port()
     with SidecarProcess(bootstrap, group, [topic], extra=[
-            "--ttl", "3s", "--expired-topic", expired_topic]) as sidecar:
+            "--ttl", f"{TTL_S}s", "--expired-topic", expired_topic,
+            "--metrics-listen", f"127.0.0.1:{port}"]) as sidecar:
+        await asyncio.to_thread(sidecar.wait_assigned, 2)
         async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=10):
-            fresh = await _codes(bootstrap, topic, "fresh", 20)
-            await _until(lambda: fresh <= set(seen), "the fresh codes")
-        stale = await _codes(bootstrap, topic, "old", 20,  # produced 10 minutes ago
-                             timestamp_ms=int(time.time() * 1000) - 600_000)
-        late = await _codes(bootstrap, topic, "late", 20)
-        # The sidecar fetches the late codes now, but no worker is there to take them.
-        await _until(lambda: sum(p.pending_count for p in sidecar.status().partitions) == 20,
-                     "the late codes fetched and waiting")
-        private_tansu.freeze()  # an outage longer than the codes' TTL
-        await asyncio.sleep(4)
-        private_tansu.thaw()
-        async with lowwater.AsyncWorker(sidecar.target, handle, max_in_flight=10):
-            after = await _codes(bootstrap, topic, "after", 20)
-            await _until(lambda: after <= set(seen), "the codes produced after the outage")
+            fresh = _codes(producer, topic, "fresh")
+            await asyncio.to_thread(_flush, producer)
+            await _until(lambda: fresh <= set(seen), "the codes sent before the outage")
+
+            private_tansu.freeze()  # the outage: the sidecar and the worker keep running
+            try:
+                late = _codes(producer, topic, "late")
+                stamped = time.time()  # the late codes' CreateTime is at most this
+                # Not a wait for an event: the outage lasts past the late codes' TTL.
+                await asyncio.sleep(stamped + TTL_S + OUTAGE_MARGIN_S - time.time())
+                assert len(producer) == CODES, "the broker took late codes while frozen"
+            finally:
+                private_tansu.thaw()
+            await asyncio.to_thread(_flush, producer)  # the late codes arrive, past their TTL
+
+            after = _codes(producer, topic, "after")
+            await asyncio.to_thread(_flush, producer)
+            await _until(lambda: after <= set(seen), "the codes sent after the outage")
+            # Every code finished: delivered and acked, or expired and handed off.
             await asyncio.to_thread(wait_committed_to_end, bootstrap, group, topic)
+        counted = handed_off(await asyncio.to_thread(scrape, port))
         assert sidecar.stop() == 0, sidecar.log()
-    assert not (stale | late) & set(seen), "an expired code reached a worker"
-    assert set(seen) == fresh | after
+    assert failed == []
+    assert not late & set(seen), "a code past its TTL reached a worker"
+    assert sorted(seen) == sorted(fresh | after)  # each once: none expired, none redelivered
     dropped = await asyncio.to_thread(read_all, bootstrap, expired_topic)
-    assert {r.value for r in dropped} == stale | late  # counted, and kept for inspection
+    assert sorted(r.value or b"" for r in dropped) == sorted(late)  # kept for inspection
     assert all((r.headers or {}).get("lowwater.handoff") == b"expired" for r in dropped)
+    assert counted == {"expired": {topic: CODES}, "retried": {topic: 0},
+                       "dead_lettered": {topic: 0}}
 
 
 @async_test
