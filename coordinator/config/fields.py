@@ -70,7 +70,12 @@ def _is_topic_name(topic: str) -> bool:
 
 def _check_topic(topic: str) -> str:
     """A topic to consume: a Kafka topic name, or ``^regex`` for a pattern subscription."""
-    if not _is_pattern(topic) and not _is_topic_name(topic):
+    if _is_pattern(topic):
+        try:
+            re.compile(topic)
+        except re.error as exc:
+            raise ValueError(f"invalid pattern {topic!r}: {exc}") from None
+    elif not _is_topic_name(topic):
         raise ValueError(
             f"invalid topic name {topic!r}: {_TOPIC_NAME_RULE} (or '^regex' for a pattern"
             " subscription)"

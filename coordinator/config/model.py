@@ -55,7 +55,13 @@ from coordinator.config.fields import (
     is_sensitive_property,
     redact_url,
 )
-from coordinator.config.subscriptions import RetryTiers, Subscription, SubscriptionPolicy
+from coordinator.config.subscriptions import (
+    INHERIT,
+    RetryTiers,
+    Subscription,
+    SubscriptionPolicy,
+    consumes,
+)
 
 DEFAULT_AUTO_OFFSET_RESET: Final = "earliest"
 """``auto.offset.reset`` unless passed through: a new group loses nothing produced before it."""
@@ -360,6 +366,7 @@ class Settings(BaseModel):
             )
         self._check_dead_letter_topics()
         self._check_retry_tiers()
+        self._check_handoff_loops()
         return self
 
     def _check_security(self) -> None:
@@ -393,6 +400,53 @@ class Settings(BaseModel):
             if policy.topic.startswith("^"):
                 raise _setting_error(where, f"{policy.topic!r} is a pattern: name its topics to"
                                      " give them retry topics")
+
+    def _check_handoff_loops(self) -> None:
+        """No topic that records are handed off to may be consumed as a main topic, by name or by
+        pattern, nor be a retry topic: the sidecar would take its own dead letters, expired
+        records or retries back as new records. A pattern may match a retry topic, which is
+        routed by its name to the subscription it retries (see :func:`consumes`)."""
+        policies = self.subscription_policies()
+        retry_topics = {self.retry_topic(p.topic, tier): index
+                        for index, p in enumerate(policies) for tier in p.retry}
+        for index, policy in enumerate(policies):
+            handoffs = [(key, getattr(policy, key)) for key in ("dead_letter_topic", "expired_topic")]
+            handoffs += [("retry", self.retry_topic(policy.topic, tier)) for tier in policy.retry]
+            for key, topic in handoffs:
+                if topic is None:
+                    continue
+                consumer = next((i for i, p in enumerate(policies) if consumes(p.topic, topic)
+                                 and not (key == "retry" and p.topic.startswith("^"))), None)
+                if consumer is not None:
+                    how = "is consumed by" if policies[consumer].topic == topic \
+                        else "matches the pattern of"
+                    clash = f"{how} {self._entry(consumer)}"
+                elif key != "retry" and topic in retry_topics:
+                    clash = f"is a retry topic of {self._entry(retry_topics[topic])}"
+                else:
+                    continue
+                what = "a retry topic" if key == "retry" else f"the {key}"
+                fix = ("rename the topic or change retry_topic_format" if key == "retry"
+                       else "name a topic that no subscription consumes")
+                raise _setting_error(
+                    self._policy_setting(index, key),
+                    f"{topic!r}, {what} of {self._entry(index)}, {clash}: the sidecar would"
+                    f" take the records it hands off there back as new records ({fix})")
+
+    def _entry(self, index: int) -> str:
+        """Policy ``index`` as the settings declare it, for messages: ``topics ('a')`` or
+        ``subscriptions[0] ('^b.*')``."""
+        policy = self.subscription_policies()[index]
+        where = "topics" if index < len(self.topics) else f"subscriptions[{index - len(self.topics)}]"
+        return f"{where} ({policy.topic!r})"
+
+    def _policy_setting(self, index: int, key: str) -> str:
+        """The setting that gives policy ``index`` its ``key``: its subscription's own, or the
+        global one it inherits."""
+        own = index - len(self.topics)
+        if own >= 0 and getattr(self.subscriptions[own], key) is not INHERIT:
+            return f"subscriptions[{own}].{key}"
+        return key
 
     def _check_dead_letter_topics(self) -> None:
         """Every policy with a limit on attempts needs somewhere to put the records past it."""

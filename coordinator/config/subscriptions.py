@@ -9,6 +9,7 @@ the runtime.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Final, TypeVar
@@ -134,6 +135,15 @@ class Subscription(BaseModel):
             retry=defaults.retry if isinstance(self.retry, Inherit) else tuple(
                 tier.total_seconds() for tier in self.retry),
         )
+
+
+def consumes(subscribed: str, topic: str) -> bool:
+    """Whether a subscription's ``topic`` setting (a name, or ``^regex``) consumes ``topic``:
+    the same name, or a pattern that :func:`re.search` finds in it. The runtime's router
+    resolves a fetched record's subscription by the same rule (exact names first)."""
+    if subscribed.startswith("^"):
+        return re.search(subscribed, topic) is not None
+    return subscribed == topic
 
 
 def _pick(value: _T | Inherit, inherited: _T) -> _T:

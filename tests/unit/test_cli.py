@@ -231,6 +231,7 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("bootstrap_servers", [*REQUIRED_ARGS, "--bootstrap-servers", " "], {}),
     ("group", [*REQUIRED_ARGS, "--group", " "], {}),
     ("topics", [*REQUIRED_ARGS, "--topic", "has space"], {}),
+    ("topics", [*REQUIRED_ARGS, "--topic", "^t("], {}),
     ("listen", [*REQUIRED_ARGS, "--listen", "50051"], {}),
     ("allow_remote_listen", REQUIRED_ARGS, {"LOWWATER_ALLOW_REMOTE_LISTEN": "maybe"}),
     ("lease", [*REQUIRED_ARGS, "--lease=-5s"], {}),
@@ -263,10 +264,13 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("redis_interval", [*REQUIRED_ARGS, "--redis-interval", "0s"], {}),
     ("redis_key_ttl", [*REQUIRED_ARGS, "--redis-key-ttl", "soon"], {}),
     ("retry", [*REQUIRED_ARGS, "--retry", "10s,1s"], {}),
+    ("retry", [*REQUIRED_ARGS, "--topic", "t.retry.1s", "--retry", "1s"], {}),  # consumed
     ("retry_topic_format", [*REQUIRED_ARGS, "--retry-topic-format", "{topic}-retry"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--dead-letter-topic", "^dlq"], {}),
     ("dead_letter_topic", [*REQUIRED_ARGS, "--max-attempts", "3"], {}),  # none to dead-letter to
+    ("dead_letter_topic", [*REQUIRED_ARGS, "--dead-letter-topic", "t"], {}),  # consumed
     ("expired_topic", [*REQUIRED_ARGS, "--expired-topic", ".."], {}),
+    ("expired_topic", [*REQUIRED_ARGS, "--topic", "^t", "--expired-topic", "t.expired"], {}),
     ("ttl", [*REQUIRED_ARGS, "--ttl", "0s"], {}),
     ("expiry_header", [*REQUIRED_ARGS, "--expiry-header", " "], {}),
     ("create_topics", REQUIRED_ARGS, {"LOWWATER_CREATE_TOPICS": "sometimes"}),
@@ -335,6 +339,11 @@ INVALID_SUBSCRIPTIONS: list[tuple[str, str]] = [
     ("subscriptions[0].retry", '[[subscriptions]]\ntopic = "a"\nretry = ["1s", "soon"]'),
     ("subscriptions[0].retry", '[[subscriptions]]\ntopic = "a"\nordering = "key"\nretry = ["1s"]'),
     ("subscriptions[0].retry", '[[subscriptions]]\ntopic = "^a.*"\nretry = ["1s"]'),
+    ("subscriptions[0].topic", '[[subscriptions]]\ntopic = "^a["'),
+    ("subscriptions[0].dead_letter_topic",
+     '[[subscriptions]]\ntopic = "^a.*"\ndead_letter_topic = "a.dlq"'),
+    ("subscriptions[0].retry",
+     '[[subscriptions]]\ntopic = "a"\nretry = ["1s"]\n[[subscriptions]]\ntopic = "a.retry.1s"'),
     ("subscriptions[0].unknown", '[[subscriptions]]\ntopic = "a"\nunknown = "key"'),
 ]
 """(setting named, config file) for the file-only settings."""
@@ -532,6 +541,13 @@ topic = "app-push"
 ttl = "5 minutes"
 """
 """``subscriptions.toml`` of the docs' example: its second table has a bad ``ttl``."""
+DOC_LOOP_TOML = """
+[[subscriptions]]
+topic = "^orders.*"
+max_attempts = 5
+dead_letter_topic = "orders.dlq"
+"""
+"""``loop.toml`` of the docs' example: its pattern matches its dead-letter topic."""
 
 
 @pytest.mark.usefixtures("fake_sidecar", "restore_logging")
@@ -545,6 +561,7 @@ def test_docs_console_examples_are_current(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "subscriptions.toml").write_text(DOC_SUBSCRIPTIONS_TOML)
+    (tmp_path / "loop.toml").write_text(DOC_LOOP_TOML)
     assert cli.main(shlex.split(command)) == 2
     assert capsys.readouterr().err == message + "\n"
 

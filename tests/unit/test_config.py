@@ -676,12 +676,14 @@ def test_policy_settings_from_the_environment() -> None:
 
 
 _names = st.from_regex(r"[a-z][a-z0-9._-]{0,10}", fullmatch=True)
+_handoff_names = _names.map(lambda name: f"{name}.out")
+"""Topics to hand records off to: never a topic consumed here (`t`, `s0`, ...)."""
 _POLICY_VALUES = {
     "guarantee": st.sampled_from(["at_least_once", "at_most_once"]),
     "ordering": st.sampled_from(["unordered", "key", "partition"]),
     "max_attempts": st.one_of(st.integers(1, 10), st.just("unlimited")),
-    "dead_letter_topic": _names,
-    "expired_topic": _names,
+    "dead_letter_topic": _handoff_names,
+    "expired_topic": _handoff_names,
     "ttl": st.integers(1, 10**6).map(lambda ms: f"{ms}ms"),
     "expiry_header": _names,
 }
@@ -1088,6 +1090,67 @@ def test_ordered_or_pattern_subscriptions_get_no_retry_topics() -> None:
         with pytest.raises(ConfigError) as info:
             resolve_settings(flags={**REQUIRED, **flags, "retry": "1s"})
         assert info.value.problems[0].setting == "retry"
+
+
+LOOPS: list[tuple[str, str, str]] = [
+    ('topics = ["a"]\ndead_letter_topic = "a"',
+     "dead_letter_topic",
+     "'a', the dead_letter_topic of topics ('a'), is consumed by topics ('a')"),
+    ('[[subscriptions]]\ntopic = "a"\nexpired_topic = "a"',
+     "subscriptions[0].expired_topic",
+     "'a', the expired_topic of subscriptions[0] ('a'), is consumed by subscriptions[0]"),
+    ('[[subscriptions]]\ntopic = "^orders.*"\nmax_attempts = 3\ndead_letter_topic = "orders.dlq"',
+     "subscriptions[0].dead_letter_topic",
+     "matches the pattern of subscriptions[0] ('^orders.*')"),
+    # Subscription a inherits the global dead-letter topic, which subscription b consumes.
+    ('dead_letter_topic = "b"\n[[subscriptions]]\ntopic = "a"\nmax_attempts = 3\n'
+     + '[[subscriptions]]\ntopic = "b"\ndead_letter_topic = "b.dlq"',
+     "dead_letter_topic",
+     "the dead_letter_topic of subscriptions[0] ('a'), is consumed by subscriptions[1] ('b')"),
+    ('[[subscriptions]]\ntopic = "a"\nretry = ["1s"]\n[[subscriptions]]\ntopic = "a.retry.1s"',
+     "subscriptions[0].retry",
+     "'a.retry.1s', a retry topic of subscriptions[0] ('a'), is consumed by subscriptions[1]"),
+    ('retry = ["1s"]\ntopics = ["a"]\n'
+     + '[[subscriptions]]\ntopic = "b"\nretry = []\ndead_letter_topic = "a.retry.1s"',
+     "subscriptions[0].dead_letter_topic",
+     "is a retry topic of topics ('a')"),
+]
+"""(config file, setting named, what it clashes with): hand-off topics the sidecar consumes."""
+
+
+@pytest.mark.parametrize(("toml", "setting", "clash"), LOOPS)
+def test_a_topic_records_are_handed_off_to_is_not_consumed_as_a_main_topic(
+    toml: str, setting: str, clash: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(flags={"bootstrap_servers": "k:1", "group": "g"}, toml=toml, tmp_path=tmp_path)
+    [problem] = info.value.problems
+    assert problem.setting == setting
+    assert clash in problem.reason
+    assert "the sidecar would take the records it hands off there back" in problem.reason
+
+
+def test_a_pattern_may_match_retry_topics_and_hand_off_topics_may_be_shared(
+    tmp_path: Path
+) -> None:
+    """Retry topics are consumed, but as retries: the router finds them by name first."""
+    toml = (
+        'dead_letter_topic = "dlq"\n'
+        '[[subscriptions]]\ntopic = "orders"\nretry = ["1s"]\nmax_attempts = 3\n'
+        '[[subscriptions]]\ntopic = "^orders.*"\nmax_attempts = 1\n'
+        '[[subscriptions]]\ntopic = "^payments-.*"\nexpired_topic = "dlq"\n'
+    )
+    settings = resolve(flags={"bootstrap_servers": "k:1", "group": "g"}, toml=toml,
+                       tmp_path=tmp_path)
+    assert settings.all_topics() == ("orders", "^orders.*", "^payments-.*", "orders.retry.1s")
+    assert settings.handoff_topics() == ("dlq", "orders.retry.1s")
+
+
+def test_a_pattern_must_compile(tmp_path: Path) -> None:
+    assert config_error(topics=["^sms-(.*"]).setting == "topics"
+    toml = '[[subscriptions]]\ntopic = "^push-[a-z"\n'
+    with pytest.raises(ConfigError, match=r"'subscriptions\[0\]\.topic': invalid pattern"):
+        resolve(flags=REQUIRED, toml=toml, tmp_path=tmp_path)
 
 
 def test_guarantee_is_case_and_dash_insensitive() -> None:
