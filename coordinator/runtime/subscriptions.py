@@ -7,6 +7,7 @@ order they were declared). The answer is cached per topic.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from coordinator.config import SubscriptionPolicy
 from coordinator.core.ledger import NEVER
 from coordinator.core.policy import RetryPolicy
 from coordinator.kafka.records import Fetched
+
+log = logging.getLogger("coordinator.config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +90,20 @@ class Router:
         return [lane.subscription.topic for lane in self._lanes]
 
     def lane(self, topic: str) -> Lane:
-        """The lane of ``topic``; the first subscription's when none matches (the broker only
-        sends subscribed topics, so that is a pattern librdkafka and ``re`` disagree on)."""
+        """The lane of ``topic``: its subscription by name (a retry topic's is the subscription
+        it retries), else the first pattern subscription whose pattern ``re.search`` finds in it.
+
+        The broker only sends subscribed topics, so a topic that matches nothing was matched by
+        librdkafka's regex engine and not by ``re``: it came through a pattern subscription,
+        and the first pattern subscription takes it, with a warning (once per topic)."""
         lane = self._cache.get(topic)
         if lane is None:
             lane = self._exact.get(topic) or next(
-                (lane for pattern, lane in self._patterns if pattern.search(topic)),
-                self._lanes[0])
+                (lane for pattern, lane in self._patterns if pattern.search(topic)), None)
+            if lane is None:
+                lane = self._patterns[0][1] if self._patterns else self._lanes[0]
+                log.warning("topic %s matches no subscription by Python's re; handling it as %s",
+                            topic, lane.subscription.topic)
             self._cache[topic] = lane
         return lane
 
