@@ -143,8 +143,9 @@ class StopFetching:
 
 @dataclass
 class Resubscribe:
-    """Subscribe again to the same topics: some were just created, and librdkafka would only
-    notice at its next periodic metadata refresh (5 minutes by default)."""
+    """Subscribe to the topics now, after refreshing the metadata: the first subscription of a
+    fetcher started with ``subscribe=False``, or again when some topics were just created, which
+    librdkafka would only notice at its next periodic metadata refresh (5 minutes by default)."""
 
 
 Command = Commit | Pause | Seek | StopFetching | Resubscribe
@@ -165,9 +166,14 @@ class Fetcher:
         sink: FetchSink,
         *,
         batch_size: int = 500,
+        subscribe: bool = True,
     ) -> None:
+        """``subscribe=False`` starts the consumer without a subscription: it probes the broker
+        (and reports health) but joins no group and fetches nothing until a
+        :class:`Resubscribe` command."""
         self._config = dict(config)
         self._topics = list(topics)
+        self._subscribe_at_start = subscribe
         self._only_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") \
             else None
         """The one topic every fetched message is from, when the subscription is one topic
@@ -249,7 +255,8 @@ class Fetcher:
         finally:
             self._created.set()
         try:
-            self._subscribe(consumer)
+            if self._subscribe_at_start:
+                self._subscribe(consumer)
             self._probe(consumer)
             while not self._closing.is_set():
                 self._serve_commands(consumer)
@@ -533,9 +540,9 @@ class Fetcher:
             return
         self._serving = serving
         if serving:
-            log.info("health: SERVING (%s)", reason)
+            log.info("Kafka: %s", reason)
         else:
-            log.warning("health: NOT_SERVING (%s); retrying every %.0fs", reason, PROBE_INTERVAL)
+            log.warning("Kafka: %s; retrying every %.0fs", reason, PROBE_INTERVAL)
         self._sink.on_health(serving, reason)
 
     def _close(self, consumer: Consumer) -> None:

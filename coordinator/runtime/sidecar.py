@@ -134,7 +134,7 @@ class Bridge:
         self._post(self._sidecar.engine.lags, lags)
 
     def on_health(self, serving: bool, reason: str) -> None:
-        self._post(self._sidecar.broker_health, serving)
+        self._post(self._sidecar.broker_health, serving, reason)
 
     def on_stopped(self, error: BaseException | None) -> None:
         self._post(self._sidecar.fetcher_stopped, error)
@@ -182,11 +182,19 @@ class Sidecar:
         self._timers: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._broker_up = False
+        self._broker_news = "waiting for the first answer from the broker"
+        """What the consumer last said about the broker."""
         self._health_update: asyncio.Future[None] | None = None
+        self._health_logged: bool | None = None
+        """The overall health last logged; None before the first report."""
         self.failure: str | None = None
         """Why the sidecar shut itself down, if it did (the exit code is then 1)."""
         self.producer: HandoffProducer | None = None
         self._topics_checked = not settings.handoff_topics()
+        """Whether the hand-off topics check has started (or there is nothing to check)."""
+        self._topics_ready = self._topics_checked
+        """Whether the hand-off topics exist: until then the consumer is not subscribed and
+        health is NOT_SERVING."""
         self._tasks: set[asyncio.Future[None]] = set()
         """Background tasks, referenced until they end."""
         self.store: PendingStore | None = None
@@ -218,7 +226,7 @@ class Sidecar:
             consumer_config.setdefault("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         self.fetcher = Fetcher(
             consumer_config, settings.all_topics(), Bridge(loop, self),
-            batch_size=settings.fetch_batch_size,
+            batch_size=settings.fetch_batch_size, subscribe=self._topics_ready,
         )
         if settings.handoff_topics():
             self.producer = HandoffProducer(settings.producer_config(), settings.group,
@@ -335,11 +343,25 @@ class Sidecar:
         return "SERVING" if self._serving() else "NOT_SERVING"
 
     def _serving(self) -> bool:
-        return self._broker_up and not self.engine.draining
+        return self._broker_up and self._topics_ready and not self.engine.draining
 
-    def broker_health(self, up: bool) -> None:
+    def _update_health(self) -> None:
+        serving = self._serving()
+        if serving is not self._health_logged:
+            self._health_logged = serving
+            if serving:
+                log.info("health: SERVING")
+            elif not self._broker_up:
+                log.warning("health: NOT_SERVING (%s)", self._broker_news)
+            else:
+                log.info("health: NOT_SERVING (checking the hand-off topics before subscribing)")
+        self._health_update = asyncio.ensure_future(self._set_health(serving))
+
+    def broker_health(self, up: bool, news: str = "") -> None:
+        """The consumer reached the broker (``up``) or lost it; ``news`` says how."""
         self._broker_up = up
-        self._health_update = asyncio.ensure_future(self._set_health(self._serving()))
+        self._broker_news = news
+        self._update_health()
         if up and not self._topics_checked:
             self._topics_checked = True
             self._spawn(self._check_handoff_topics())
@@ -356,15 +378,18 @@ class Sidecar:
         task.add_done_callback(self._tasks.discard)
 
     async def _check_handoff_topics(self) -> None:
-        """Once the broker answers: every dead-letter and expired topic must exist, or be
-        created (``create_topics``). Otherwise the sidecar shuts down with exit code 1."""
+        """Once the broker answers: every dead-letter, expired and retry topic must exist, or
+        be created (``create_topics``); then the consumer subscribes and health may turn
+        SERVING. Otherwise the sidecar shuts down with exit code 1, having fetched nothing."""
         settings = self.settings
         try:
             created = await asyncio.to_thread(
                 ensure_topics, settings.producer_config(), settings.handoff_topics(),
                 create=settings.create_topics)
         except TopicCheckError as exc:
-            if exc.retriable and self._closing is None:
+            if self._closing is not None:
+                return
+            if exc.retriable:
                 log.warning("%s; checking the hand-off topics again in %.0fs", exc,
                             TOPIC_CHECK_RETRY)
                 asyncio.get_running_loop().call_later(
@@ -376,8 +401,12 @@ class Sidecar:
             return
         for topic in created:
             log.info("created hand-off topic %s (create_topics = true)", topic)
-        if created:
-            self.fetcher.submit(Resubscribe())  # the consumer may have seen them missing
+        if self._closing is not None:
+            return
+        log.info("hand-off topics present (%s); subscribing", ", ".join(settings.handoff_topics()))
+        self._topics_ready = True
+        self.fetcher.submit(Resubscribe())  # refreshes the metadata: it may miss created topics
+        self._update_health()
 
     def fetcher_stopped(self, error: BaseException | None) -> None:
         if error is not None and self._closing is None:

@@ -22,9 +22,12 @@ HEALTH_TIMEOUT_S = 30.0
 """Seconds for a log line or a result to show up."""
 
 
-def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str) -> None:
+@pytest.mark.parametrize("extra", [[], ["--dead-letter-topic", "t.dlq", "--create-topics"]],
+                         ids=["no hand-off topics", "hand-off topics checked once it answers"])
+def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str, extra: list[str]) -> None:
     port = pick_free_port()  # nothing listens here yet
-    sidecar = SidecarProcess(f"127.0.0.1:{port}", "g", ["t"]).start(wait_serving=False)
+    sidecar = SidecarProcess(f"127.0.0.1:{port}", "g", ["t"], extra=extra).start(
+        wait_serving=False)
     try:
         sidecar.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
@@ -34,6 +37,8 @@ def test_an_unreachable_broker_is_retried_and_reported(tansu_bin: str) -> None:
         with TansuBroker(binary=tansu_bin, port=port):
             sidecar.wait_serving()
             assert "health: SERVING" in sidecar.log()
+            if extra:
+                assert "created hand-off topic t.dlq" in sidecar.log()
             assert sidecar.stop() == 0, sidecar.log()
     finally:
         sidecar.kill()
@@ -138,24 +143,44 @@ def test_a_missing_topic_is_waited_for_and_consumed_once_created(tansu_bin: str)
     assert sorted(got) == sorted(r.value or b"" for r in id_records(10))
 
 
+@pytest.mark.parametrize("kind", ["dead_letter", "retry"])
 def test_a_missing_hand_off_topic_exits_1_naming_it_unless_created(
-    kafka_bootstrap: str, new_topic: TopicFactory
+    kind: str, kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
-    topic, dlq = new_topic(1), unique_name("dlq")
+    """Without the topic, the sidecar exits 1 before it subscribes: it never reports SERVING
+    and fetches nothing. With create_topics, it creates the topic and then consumes."""
+    topic = new_topic(1)
+    if kind == "dead_letter":
+        handoff = unique_name("dlq")
+        flags = ["--dead-letter-topic", handoff]
+    else:
+        handoff = f"{topic}.retry.1s"
+        flags = ["--retry", "1s"]
     missing = SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
-                             extra=["--dead-letter-topic", dlq]).start(wait_serving=False)
+                             extra=flags).start(wait_serving=False)
     try:
         assert missing.proc is not None
         assert missing.proc.wait(HEALTH_TIMEOUT_S) == 1, missing.log()
-        assert f"hand-off topic(s) {dlq} do not exist" in missing.log()
+        log = missing.log()
+        assert f"hand-off topic(s) {handoff} do not exist" in log
+        assert "health: SERVING" not in log and "; subscribing" not in log, log
     finally:
         missing.kill()
+    produce(kafka_bootstrap, topic, id_records(3))
+    got: list[bytes] = []
+
+    def handle(msg: lowwater.Message) -> None:
+        got.append(msg.value)
+
     with SidecarProcess(kafka_bootstrap, unique_name("g"), [topic],
-                        extra=["--dead-letter-topic", dlq, "--create-topics"]) as created:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while f"created hand-off topic {dlq}" not in created.log():
-            assert time.monotonic() < deadline, created.log()
-            time.sleep(0.1)
+                        extra=[*flags, "--create-topics"]) as created:
+        assert f"created hand-off topic {handoff}" in created.log()  # before SERVING
+        with lowwater.Worker(created.target, handle, max_in_flight=5):
+            deadline = time.monotonic() + HEALTH_TIMEOUT_S
+            while len(got) < 3:
+                assert time.monotonic() < deadline, created.log()
+                time.sleep(0.05)
         assert created.stop() == 0, created.log()
+    assert sorted(got) == sorted(r.value or b"" for r in id_records(3))
     listed = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
-    assert dlq in listed
+    assert handoff in listed
