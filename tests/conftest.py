@@ -153,7 +153,8 @@ def private_tansu(tansu_bin: str, tmp_path: Path) -> Iterator[TansuBroker]:
 def new_topic(
     request: pytest.FixtureRequest, kafka_bootstrap: str, session_mock: MockCluster | None
 ) -> Iterator[TopicFactory]:
-    """A factory: `new_topic(partitions=4)` creates a uniquely named topic and returns its name.
+    """A factory: `new_topic(partitions=4)` creates a uniquely named topic and returns its name;
+    `new_topic(partitions, name=...)` creates one of that name.
 
     The topics are deleted after the test (best effort). On the mock cluster, which cannot
     create or delete topics, a metadata request auto-creates it with 4 partitions.
@@ -161,8 +162,8 @@ def new_topic(
     created: list[str] = []
     stem = re.sub(r"[^a-zA-Z0-9._-]+", "-", request.node.name)[:TOPIC_NAME_CHARS].strip("-")
 
-    def make(partitions: int = 4) -> str:
-        name = unique_name(f"lw-{stem}")
+    def make(partitions: int = 4, *, name: str | None = None) -> str:
+        name = name or unique_name(f"lw-{stem}")
         if session_mock is not None:
             session_mock.create_topic(name, partitions)  # ValueError unless 4 partitions
             return name

@@ -223,9 +223,11 @@ class MockCluster:
 
 
 class TopicFactory(Protocol):
-    """Creates a uniquely named topic and returns its name (the `new_topic` fixture)."""
+    """Creates a uniquely named topic and returns its name (the `new_topic` fixture); `name`
+    names it instead, for a test that needs a name to follow a pattern (make it unique, with
+    `unique_name`)."""
 
-    def __call__(self, partitions: int = 4) -> str: ...
+    def __call__(self, partitions: int = 4, *, name: str | None = None) -> str: ...
 
 
 def delete_topic(bootstrap: str, name: str, *, timeout: float = METADATA_TIMEOUT_S) -> None:
