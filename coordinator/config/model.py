@@ -181,7 +181,8 @@ class Settings(BaseModel):
         DEFAULT_RETRY_TOPIC_FORMAT)
     """How retry topics are named, from `{topic}` and `{delay}` (a duration such as `10s`)."""
     create_topics: Annotated[bool, BeforeValidator(_to_bool)] = False
-    """Create missing dead-letter and expired topics at start-up instead of failing."""
+    """Create missing dead-letter, expired and retry topics at start-up (with the broker's
+    default partitions and replication) instead of exiting with code 1."""
     commit_interval: PositiveDuration = timedelta(seconds=1)
     """How often the low-water marks are committed to Kafka."""
     offset_map: Annotated[bool, BeforeValidator(_to_bool)] = True
@@ -309,11 +310,12 @@ class Settings(BaseModel):
     ] = Field(default_factory=dict, validate_default=True)
     """librdkafka consumer properties, passed through unchanged, e.g. `"fetch.wait.max.ms" = 50`;
     not the ones lowwater sets itself. Connection, security and logging ones also configure the
-    producer of dead-letter and expired records."""
+    producer of dead-letter, expired and retry records."""
     subscriptions: tuple[Subscription, ...] = Field(default=(), validate_default=True)
-    """Per-topic policies: each table names a `topic` (or `^regex`) and may set `max_attempts`,
-    `dead_letter_topic`, `expired_topic`, `ttl` and `expiry_header`; what it leaves out is
-    inherited from the global setting. TOML only: no flag, no environment variable."""
+    """Per-topic policies: each table names a `topic` (or `^regex`) and may set `guarantee`,
+    `ordering`, `max_attempts`, `dead_letter_topic`, `expired_topic`, `ttl`, `expiry_header` and
+    `retry`; what it leaves out is inherited from the global setting. TOML only: no flag, no
+    environment variable."""
 
     @field_validator("subscriptions", mode="after")
     @classmethod
@@ -531,8 +533,8 @@ class Settings(BaseModel):
         return config
 
     def producer_config(self) -> dict[str, KafkaValue]:
-        """The librdkafka configuration of the producer that hands records off to dead-letter
-        and expired topics.
+        """The librdkafka configuration of the producer that hands records off to dead-letter,
+        expired and retry topics.
 
         Idempotent, acknowledged by all in-sync replicas, and connected like the consumer: it
         shares the passthrough properties that :func:`is_producer_property` selects (security,

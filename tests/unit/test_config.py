@@ -1170,6 +1170,13 @@ def test_docs_mention_every_subscription_key() -> None:
         assert f"`{name}`" in section
 
 
+def test_the_subscriptions_setting_lists_every_subscription_key() -> None:
+    """Its docstring is the settings table's row, which must not fall behind the model."""
+    doc = Settings.model_fields["subscriptions"].description or ""
+    for name in Subscription.model_fields:
+        assert f"`{name}`" in doc
+
+
 def test_docs_subscriptions_example_gives_the_policies_in_its_table(tmp_path: Path) -> None:
     section = DOC.read_text().split("## Subscriptions")[1].split("\n## ")[0]
     [example] = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
