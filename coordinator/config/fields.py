@@ -7,6 +7,7 @@ the model itself.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -310,6 +311,27 @@ def _check_socket_mode(value: object) -> object:
 
 
 _SocketMode = Annotated[str, BeforeValidator(_check_socket_mode)]
+MAX_GID: Final = 2**32 - 2
+"""Largest group id; 2**32 - 1 is ``(gid_t) -1``, which ``chown`` takes for "unchanged"."""
+
+
+def _check_socket_group(value: str) -> str:
+    """A group of this host, by name, or any group id (a gid needs no name in ``/etc/group``,
+    as in a container that shares a volume with another by number)."""
+    group = value.strip()
+    if group.isdigit():
+        if int(group) > MAX_GID:
+            raise ValueError(f"group id {group} is out of range 0-{MAX_GID}")
+        return group
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise ValueError(f"no group named {group!r} on this host; give its number instead"
+                         " if it has no name here") from None
+    return group
+
+
+_SocketGroup = Annotated[str, AfterValidator(_not_blank), AfterValidator(_check_socket_group)]
 _TopicOrPattern = Annotated[str, AfterValidator(_check_topic)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]

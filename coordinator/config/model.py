@@ -44,6 +44,7 @@ from coordinator.config.fields import (
     _MaxAttempts,
     _NonBlank,
     _RedisUrl,
+    _SocketGroup,
     _SocketMode,
     _TcpListen,
     _to_bool,
@@ -102,7 +103,7 @@ class Settings(BaseModel):
     """File mode of the Unix socket when `listen` is one: `0600` (only the sidecar's user)
     or `0660` with `socket_group`, for a worker that runs as another user. Other users never
     get access."""
-    socket_group: _NonBlank | None = None
+    socket_group: _SocketGroup | None = None
     """Group (name or number) the Unix socket belongs to, for `socket_mode = "0660"`. Unset:
     the sidecar's own group."""
     allow_remote_listen: Annotated[bool, BeforeValidator(_to_bool)] = False

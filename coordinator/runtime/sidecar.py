@@ -280,10 +280,10 @@ class Sidecar:
             try:
                 _secure_socket(_socket_path(settings.listen), settings.socket_mode,
                                settings.socket_group)
-            except (OSError, KeyError) as exc:
+            except (OSError, KeyError) as exc:  # KeyError: the group went since validation
                 await self.server.stop(None)
-                raise StartupError(f"cannot set the mode or group of {settings.listen}: {exc}"
-                                   ) from exc
+                raise StartupError(f"cannot set the mode or group of {settings.listen}"
+                                   f" (socket_mode, socket_group): {exc}") from exc
         if settings.health_listen is not None:
             self.health_server = grpc.aio.server(
                 options=self.limits.server_options(), maximum_concurrent_rpcs=HEALTH_MAX_RPCS)

@@ -248,6 +248,8 @@ INVALID_SETTINGS: list[tuple[str, list[str], dict[str, str]]] = [
     ("log_format", [*REQUIRED_ARGS, "--log-format", "xml"], {}),
     ("socket_mode", [*REQUIRED_ARGS, "--socket-mode", "0666"], {}),
     ("socket_group", [*REQUIRED_ARGS, "--socket-group", " "], {}),
+    ("socket_group", [*REQUIRED_ARGS, "--socket-group", "no-such-group"], {}),
+    ("socket_group", [*REQUIRED_ARGS, "--socket-group", "4294967295"], {}),  # (gid_t) -1
     ("admin_operator_actions", REQUIRED_ARGS, {"LOWWATER_ADMIN_OPERATOR_ACTIONS": "sometimes"}),
     ("token_file", [*REQUIRED_ARGS, "--token-file", "/nonexistent/token"], {}),
     ("token_env", [*REQUIRED_ARGS, "--token-env", "NOT A NAME"], {}),
