@@ -149,10 +149,12 @@ class Sidecar:
     """
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-        """Reads the tokens (from ``environ``, default :data:`os.environ`, for ``*_token_env``).
+        """Reads the tokens (from ``environ``, default :data:`os.environ`, for ``*_token_env``)
+        and checks the TLS files: before anything connects to Kafka or binds a port.
 
         Raises:
-            ConfigError: a token cannot be read, or both APIs have the same one.
+            ConfigError: a token cannot be read, or both APIs have the same one; a TLS file
+                cannot be read or does not parse.
         """
         self.settings = settings
         self.ledger = Ledger(
@@ -173,6 +175,11 @@ class Sidecar:
                                       interceptors=[self._guard(environ or os.environ)])
         self.tls: CertificateFiles | None = None
         """The certificate files, when ``tls_cert_file`` is set."""
+        self._credentials: grpc.ServerCredentials | None = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.tls = CertificateFiles(settings.tls_cert_file, settings.tls_key_file,
+                                        settings.tls_client_ca_file)
+            self._credentials = self.tls.credentials()
         self.health_server: grpc.aio.Server | None = None
         """With ``health_listen``: a server of grpc.health.v1 alone, for probes."""
         self.port: int | None = None
@@ -262,17 +269,13 @@ class Sidecar:
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)
         await self.health.set(LIVENESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
-        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-            self.tls = CertificateFiles(settings.tls_cert_file, settings.tls_key_file,
-                                        settings.tls_client_ca_file)
-            credentials = self.tls.credentials()
-        elif not is_loopback_listen(settings.listen):
+        if self._credentials is None and not is_loopback_listen(settings.listen):
             log.warning("serving on %s without TLS: records, and any token, cross the network"
                         " in clear (set tls_cert_file and tls_key_file)", settings.listen)
         try:
             address = _bind_address(settings.listen)
-            port = (self.server.add_insecure_port(address) if self.tls is None
-                    else self.server.add_secure_port(address, credentials))
+            port = (self.server.add_insecure_port(address) if self._credentials is None
+                    else self.server.add_secure_port(address, self._credentials))
         except RuntimeError as exc:  # grpc's only signal for a taken or invalid address
             raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
         self.port = None if settings.listen.startswith("unix:") else port

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import types
@@ -17,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import trustme
 
 from coordinator import cli
 from coordinator.config import (
@@ -29,6 +31,7 @@ from coordinator.config import (
     log_levels,
     resolve_settings,
 )
+from tests.support.certs import write_server_files
 
 REQUIRED_ARGS = ["--bootstrap-servers", "kafka:9092", "--group", "g", "--topic", "t"]
 LOWWATER_BIN = Path(sys.executable).parent / "lowwater"
@@ -527,6 +530,74 @@ def test_console_script_exits_2_naming_the_missing_setting(tmp_path: Path) -> No
     assert result.stderr.startswith("lowwater: invalid setting 'bootstrap_servers': not set")
     assert "'topics'" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def _without_file_permissions() -> list[str]:
+    """A command prefix under which a mode 000 file cannot be read: none for a normal user;
+    for root, setpriv dropping the capabilities that let root read any file."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root reads any file, and setpriv (util-linux) is not here to stop that")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+def _files_read_at_start_up(directory: Path, case: str) -> list[str]:
+    """Flags naming files that are valid settings (they exist) with bad contents."""
+    ca = trustme.CA()
+    write_server_files(ca, directory)
+    tls = ["--tls-cert-file", str(directory / "tls.crt"), "--tls-key-file",
+           str(directory / "tls.key")]
+    token = directory / "token"
+    if case == "cert not PEM":
+        (directory / "tls.crt").write_text("not a certificate\n")
+        return tls
+    if case == "key of another certificate":
+        (directory / "tls.key").write_bytes(ca.issue_cert("other").private_key_pem.bytes())
+        return tls
+    if case == "client CA not PEM":
+        return [*tls, "--tls-client-ca-file", str(directory / "tls.key")]
+    if case == "empty token":
+        token.write_text(" \n")
+        return ["--token-file", str(token)]
+    token.write_text("secret\n")
+    token.chmod(0)
+    return ["--token-file", str(token)]
+
+
+FILES_READ_AT_START_UP = [
+    ("cert not PEM", "'tls_cert_file': {dir}/tls.crt holds no PEM certificate"),
+    ("key of another certificate",
+     "'tls_key_file': {dir}/tls.key is not the private key of the certificate in {dir}/tls.crt"),
+    ("client CA not PEM", "'tls_client_ca_file': {dir}/tls.key holds no PEM certificate"),
+    ("empty token", "'token_file': cannot read a token: {dir}/token holds no token"),
+    ("unreadable token",
+     "'token_file': cannot read a token: [Errno 13] Permission denied: '{dir}/token'"),
+]
+"""(case of :func:`_files_read_at_start_up`, the start of the message after "invalid
+setting")."""
+
+
+@pytest.mark.parametrize(("case", "message"), FILES_READ_AT_START_UP,
+                         ids=[case for case, _ in FILES_READ_AT_START_UP])
+def test_console_script_exits_2_naming_a_file_read_at_start_up(
+    case: str, message: str, tmp_path: Path
+) -> None:
+    """Files are read when the sidecar starts, before it connects to Kafka or binds: a bad
+    one is a bad setting like any other (gRPC would report a bad certificate as a failure to
+    bind, exit 1)."""
+    prefix = _without_file_permissions() if case == "unreadable token" else []
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOWWATER_")}
+    result = subprocess.run(
+        [*prefix, str(LOWWATER_BIN), "serve", *REQUIRED_ARGS, "--listen", "127.0.0.1:0",
+         *_files_read_at_start_up(tmp_path, case)],
+        capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"lowwater: invalid setting {message.format(dir=tmp_path)}")
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
