@@ -298,10 +298,23 @@ class Sidecar:
                 await self.server.stop(None)
                 raise StartupError(f"cannot serve health on {settings.health_listen}: {exc}"
                                    ) from exc
+        if self.metrics is not None and settings.metrics_listen is not None:
+            # Bound before Kafka is called: a sidecar that cannot start must not join the group.
+            self.metrics.watch(EngineCollector(self.engine, loop, self.store))
+            try:
+                port = self.metrics.serve(settings.metrics_listen)
+            except OSError as exc:
+                await self.server.stop(None)
+                raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}"
+                                   ) from exc
+            log.info("metrics on http://%s:%d/metrics",
+                     tcp_address(settings.metrics_listen).rpartition(":")[0], port)
         try:
             self.fetcher.start()  # librdkafka checks its configuration here
         except ConfigError:
             await self.server.stop(None)
+            if self.metrics is not None:
+                self.metrics.close()
             raise
         if self.producer is not None:
             self.producer.start()
@@ -310,17 +323,6 @@ class Sidecar:
             await self.health_server.start()
             log.info("health (grpc.health.v1 only) on %s, port %d", settings.health_listen,
                      self.health_port)
-        if self.metrics is not None and settings.metrics_listen is not None:
-            self.metrics.watch(EngineCollector(self.engine, loop, self.store))
-            try:
-                port = self.metrics.serve(settings.metrics_listen)
-            except OSError as exc:
-                await self.server.stop(None)
-                self.fetcher.close()
-                raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}"
-                                   ) from exc
-            log.info("metrics on http://%s:%d/metrics",
-                     tcp_address(settings.metrics_listen).rpartition(":")[0], port)
         log.info("serving on %s%s", settings.listen if self.port is None
                  else f"{settings.listen.rpartition(':')[0]}:{self.port}", _security(settings))
         self._timers = asyncio.create_task(self.engine.run(), name="lowwater-timers")
