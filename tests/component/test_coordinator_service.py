@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -122,8 +124,23 @@ async def test_first_request_must_open_the_stream() -> None:
         assert bad.field_violations[0].field == "open"
 
 
+D = TypeVar("D", bound=Message)
+
+
+def only_detail(error: grpc.aio.AioRpcError, kind: type[D]) -> D:
+    """The one ``google.rpc.Status`` detail of ``error``, which must be a ``kind``."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status details"
+    assert status.code == error.code().value[0]
+    assert len(status.details) == 1, status.details
+    detail = kind()
+    assert status.details[0].Unpack(detail), status.details[0].type_url
+    return detail
+
+
 @async_test
 async def test_zero_in_flight_is_refused() -> None:
+    """As docs/operations.md lists it: INVALID_ARGUMENT, a BadRequest naming the field."""
     async with harness() as h:
         call = h.coordinator.Stream()
         await call.write(pb.StreamRequest(open=pb.OpenStream(worker_id="w")))
@@ -131,6 +148,30 @@ async def test_zero_in_flight_is_refused() -> None:
             await call.read()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "max_in_flight_messages" in (info.value.details() or "")
+        bad = only_detail(info.value, error_details_pb2.BadRequest)
+        assert [v.field for v in bad.field_violations] == ["open.flow_control"]
+        assert "max_in_flight_messages" in bad.field_violations[0].description
+        assert h.engine.ledger.holders == {}
+
+
+@async_test
+async def test_an_open_while_draining_is_unavailable() -> None:
+    """As docs/operations.md lists it: UNAVAILABLE with an ErrorInfo of reason DRAINING, so
+    that a worker retries (on the next sidecar); the stream gets nothing to hold."""
+    async with harness() as h:
+        h.assign("t", 1)
+        h.feed("t", 0, [0])
+        assert await asyncio.wait_for(h.engine.drain(5.0), READ_TIMEOUT)  # nothing leased
+        call = h.coordinator.Stream()
+        await call.write(pb.StreamRequest(open=pb.OpenStream(
+            worker_id="late", flow_control=pb.FlowControl(max_in_flight_messages=10))))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "the sidecar is draining"
+        error = only_detail(info.value, error_details_pb2.ErrorInfo)
+        assert (error.reason, error.domain) == ("DRAINING", "lowwater")
+        assert h.engine.ledger.leased == 0
 
 
 @async_test
