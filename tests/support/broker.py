@@ -254,7 +254,7 @@ class OutRecord(NamedTuple):
 
     value: bytes | None
     key: bytes | None = None
-    headers: Sequence[tuple[str, bytes]] | None = None
+    headers: Sequence[tuple[str, bytes | None]] | None = None
     partition: int | None = None
     timestamp_ms: int | None = None
 
