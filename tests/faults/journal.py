@@ -6,7 +6,9 @@ are ``seq partition offset t_ns worker``, with ``t_ns`` taken just before the
 write. After each fsync the journal appends ``synced t_ns``, taken once the
 fsync returned: the rows above it were durable from then on. The marker is not
 fsynced itself; it only has to outlive a ``kill -9`` of the worker, which the
-page cache does. Times are ``time.monotonic_ns()``: CLOCK_MONOTONIC is one clock
+page cache does. A worker restarted under the same name appends to the same
+file, after an ``opened t_ns`` line: a marker never covers the rows of an
+earlier process. Times are ``time.monotonic_ns()``: CLOCK_MONOTONIC is one clock
 for every process on the machine, so the checker can compare them with its own
 samples.
 """
@@ -21,6 +23,8 @@ from pathlib import Path
 
 SYNCED = "synced"
 """The first word of the marker line written after each fsync."""
+OPENED = "opened"
+"""The first word of the line a journal writes when it is opened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(self._fd, f"{OPENED} {time.monotonic_ns()}\n".encode())
         self._lines: list[str] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -116,6 +121,9 @@ class Tail:
                 if fields[0] == SYNCED:
                     for i in unsynced:
                         self.rows[i] = replace(self.rows[i], t_ns=int(fields[1]))
+                    unsynced.clear()
+                    continue
+                if fields[0] == OPENED:  # the rows before were another process's
                     unsynced.clear()
                     continue
                 seq, partition, offset, t_ns, worker = fields

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.faults.journal import SYNCED, Journal, Tail, line
+from tests.faults.journal import OPENED, SYNCED, Journal, Tail, line
 
 
 def test_rows_take_the_time_of_the_fsync_that_covered_them(tmp_path: Path) -> None:
@@ -43,3 +43,15 @@ def test_a_row_with_no_marker_after_it_keeps_its_own_time(tmp_path: Path) -> Non
         f.write(f"{SYNCED} 250\n")
     assert tail.poll() == 0
     assert [(r.seq, r.t_ns) for r in tail.rows] == [(1, 150), (2, 250)]
+
+
+def test_a_restarted_workers_marker_does_not_cover_the_rows_of_the_one_killed(
+    tmp_path: Path
+) -> None:
+    # w1 was killed between its fsync and its marker, then started again on the same file.
+    path = tmp_path / "w1.journal"
+    path.write_text(f"{OPENED} 50\n" + line(1, 0, 10, 100, "w1")
+                    + f"{OPENED} 300\n" + line(2, 0, 11, 400, "w1") + f"{SYNCED} 450\n")
+    tail = Tail(tmp_path)
+    assert tail.poll() == 2
+    assert [(r.seq, r.t_ns) for r in tail.rows] == [(1, 100), (2, 450)]
