@@ -31,6 +31,7 @@ from coordinator.config import (
     log_levels,
     resolve_settings,
 )
+from tests.conftest import unavailable
 from tests.support.certs import write_server_files
 
 REQUIRED_ARGS = ["--bootstrap-servers", "kafka:9092", "--group", "g", "--topic", "t"]
@@ -539,7 +540,7 @@ def _without_file_permissions() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("root reads any file, and setpriv (util-linux) is not here to stop that")
+        unavailable("root reads any file, and setpriv (util-linux) is not here to stop that")
     caps = "-dac_override,-dac_read_search"
     return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
 
