@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -19,7 +20,7 @@ import lowwater
 from coordinator.embedded import SidecarProcess, TansuBroker
 from coordinator.embedded.tansu import pick_free_port
 from tests.integration.workload import wait_committed_to_end
-from tests.support.aio import async_test
+from tests.support.aio import async_test, until
 from tests.support.broker import (
     PRODUCER_CONFIG,
     OutRecord,
@@ -37,11 +38,8 @@ N = 200
 WAIT_S = 60.0
 
 
-async def _until(predicate: object, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
-        await asyncio.sleep(0.05)
+async def _until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+    await until(predicate, timeout, what=what, every=0.05)
 
 
 @async_test

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import lowwater
 from coordinator.embedded import SidecarProcess
 from tests.integration.workload import wait_committed_to_end
-from tests.support.aio import async_test
+from tests.support.aio import async_test, until
 from tests.support.broker import (
     ConsumedRecord,
     OutRecord,
@@ -44,11 +45,8 @@ class Delivery(NamedTuple):
     at: float
 
 
-async def _until(predicate: object, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
-        await asyncio.sleep(0.05)
+async def _until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+    await until(predicate, timeout, what=what, every=0.05)
 
 
 def _by_value(records: list[ConsumedRecord]) -> dict[bytes, dict[str, bytes | None]]:

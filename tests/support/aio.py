@@ -18,12 +18,13 @@ def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., No
     return run
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Returns once ``cond()`` holds, looked at every 10 ms; fails the test after ``timeout``
-    seconds. For what another task or thread brings about (a settlement the server has not
-    applied yet), never a fixed sleep."""
+async def until(cond: Callable[[], object], timeout: float = 10.0, *,
+                what: str = "condition", every: float = 0.01) -> None:
+    """Returns once ``cond()`` holds, looked at every ``every`` seconds; fails the test after
+    ``timeout`` seconds, naming ``what``. For what another task or thread brings about (a
+    settlement the server has not applied yet), never a fixed sleep."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met in {timeout:g}s")
-        await asyncio.sleep(0.01)
+            raise AssertionError(f"{what}: not met in {timeout:g}s")
+        await asyncio.sleep(every)
