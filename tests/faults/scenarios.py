@@ -176,7 +176,28 @@ def rebalance_storm(ctx: Context) -> Outcome:
                     live.discard(slot)
                     if code != 0:
                         raise AssertionError(f"sidecar {slot} exited {code}\n{run.logs()}")
+            # Tansu bend: a member that leaves while a rebalance is under way can leave
+            # partitions unassigned for minutes (docs/faults.md), so the next change waits
+            # for the group to settle.
+            run.wait_for("the group to settle", partial(_settled, run))
         return run.outcome("rebalance storm", run.finish(timeout=300))
+
+
+def _settled(run: FaultRun) -> bool:
+    """Whether every live sidecar's latest rebalance event is an assignment, and their
+    assignments (Admin/GetStatus) cover every partition."""
+    owned: set[int] = set()
+    for target in run.live_targets():
+        try:
+            with grpc.insecure_channel(target) as channel:
+                status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                    admin_pb2.GetStatusRequest(), timeout=5)
+        except grpc.RpcError:
+            return False
+        if not status.rebalances or status.rebalances[-1].event != "assigned":
+            return False
+        owned |= {p.partition for p in status.partitions if p.topic == run.topic}
+    return owned == set(range(PARTITIONS))
 
 
 def cut_streams(ctx: Context) -> Outcome:
