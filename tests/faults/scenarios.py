@@ -243,10 +243,11 @@ COMPARE_STEADY_S = 8.0
 5 s auto-commit, as a crash in the middle of a working day would be."""
 
 
-def seed_vs_lowwater(ctx: Context) -> list[Outcome]:
+def seed_vs_lowwater(ctx: Context, delay_ms: tuple[float, float] = COMPARE_DELAY_MS
+                     ) -> list[Outcome]:
     """The seed's auto-commit consumer and lowwater under the same kill -9 schedule.
 
-    Both handle records alike (COMPARE_DELAY_MS, COMPARE_CONCURRENCY at once),
+    Both handle records alike (``delay_ms`` each, COMPARE_CONCURRENCY at once),
     with traffic near their capacity, as at the platform's peak. A kill takes
     the whole application: the seed's one process, or lowwater's sidecar and
     its two workers together; it restarts at once. Kills come COMPARE_STEADY_S
@@ -254,7 +255,7 @@ def seed_vs_lowwater(ctx: Context) -> list[Outcome]:
     """
     with _run(ctx, workdir=ctx.workdir / "seed", name="seed") as run:
         def start_seed() -> None:
-            run.start_seed_consumer(threads=COMPARE_CONCURRENCY, delay_ms=COMPARE_DELAY_MS)
+            run.start_seed_consumer(threads=COMPARE_CONCURRENCY, delay_ms=delay_ms)
         start_seed()
         run.wait_progress("at the start")
         for _ in range(ctx.scale.faults):
@@ -269,7 +270,7 @@ def seed_vs_lowwater(ctx: Context) -> list[Outcome]:
         def start_workers() -> None:
             for name in ("w1", "w2"):
                 run.start_worker(name, sidecar.target, max_in_flight=COMPARE_CONCURRENCY // 2,
-                                 delay_ms=COMPARE_DELAY_MS)
+                                 delay_ms=delay_ms)
         start_workers()
         run.wait_progress("at the start")
         for _ in range(ctx.scale.faults):
