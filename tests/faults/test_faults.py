@@ -23,8 +23,12 @@ COMPARE_SHORT_DELAY_MS = (40.0, 60.0)
 second, so the 5 s between its auto-commits cover at most 8,000 of the 10,000 records its
 full queue held at the last commit. The first kill (8 s in, with the burst not yet worked
 off) therefore loses at least 2,000, whatever the commit's phase: a loss, not a chance of one."""
+RUN_TIMEOUT_S = 600
+"""Above the longest wait of a run (finish(timeout=300) after the faults), so that a stuck run
+fails with RunFailed and the processes' logs, not with pytest-timeout's traceback."""
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S)
 @pytest.mark.parametrize("name", sorted(set(SCENARIOS) - {"broker-outage"}))
 def test_scenario(name: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     outcome = SCENARIOS[name](Context(kafka_bootstrap, tmp_path, SHORT, random.Random(name)))
@@ -33,6 +37,7 @@ def test_scenario(name: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     assert outcome.faults >= SHORT.faults
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S)
 def test_broker_outage(private_tansu: TansuBroker, tmp_path: Path) -> None:
     ctx = Context(private_tansu.bootstrap_servers, tmp_path, SHORT, random.Random("outage"),
                   broker=private_tansu)
@@ -42,6 +47,7 @@ def test_broker_outage(private_tansu: TansuBroker, tmp_path: Path) -> None:
     assert outcome.faults == SHORT.faults
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S)
 def test_the_seeds_consumer_loses_records_where_lowwater_loses_none(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
