@@ -866,12 +866,12 @@ class Engine:
         if handoff.kind is not HandoffKind.RETRY:
             return []
         rec, wall, now = handoff.record, self._wall(), self._clock()
-        payload = rec.payload
+        payload: Payload = rec.payload  # type: ignore[assignment]  # what intake put there
         first_seen = (payload.first_seen_ms if isinstance(payload, Retried)
                       and payload.first_seen_ms else (wall - (now - rec.fetched_at)) * 1000.0)
         headers = [(HEADER_DUE, str(int((wall + handoff.delay) * 1000.0)).encode()),
                    (HEADER_FIRST_SEEN, str(int(first_seen)).encode())]
-        timestamp_ms = contents(payload)[3]  # type: ignore[arg-type]  # what intake put there
+        timestamp_ms = contents(payload)[3]
         if timestamp_ms is not None:
             headers.append((HEADER_TIMESTAMP, str(timestamp_ms).encode()))
         return headers
