@@ -49,6 +49,18 @@ async def _until(predicate: Callable[[], object], what: str, timeout: float = WA
     await until(predicate, timeout, what=what, every=0.05)
 
 
+def _check_handoff(headers: dict[str, bytes | None], origin: tuple[str, int, int],
+                   attempts: int, kind: bytes) -> None:
+    """A handed-off record's headers name its origin (topic, partition, offset), its attempts
+    and the kind of hand-off."""
+    topic, partition, offset = origin
+    assert headers["lowwater.topic"] == topic.encode()
+    assert headers["lowwater.partition"] == str(partition).encode()
+    assert headers["lowwater.offset"] == str(offset).encode()
+    assert headers["lowwater.attempts"] == str(attempts).encode()
+    assert headers["lowwater.handoff"] == kind
+
+
 def _by_value(records: list[ConsumedRecord]) -> dict[bytes, dict[str, bytes | None]]:
     assert len({r.value for r in records}) == len(records), "a record was handed off twice"
     return {r.value or b"": r.headers or {} for r in records}
@@ -131,11 +143,7 @@ dead_letter_topic = "{dlq[prefix]}"
     for value, (topic, partition, offset) in produced.items():
         headers = letters[owner[topic]][value]
         attempts = policy_attempts[topic]
-        assert headers["lowwater.topic"] == topic.encode()
-        assert headers["lowwater.partition"] == str(partition).encode()
-        assert headers["lowwater.offset"] == str(offset).encode()
-        assert headers["lowwater.attempts"] == str(attempts).encode()
-        assert headers["lowwater.handoff"] == b"dead_letter"
+        _check_handoff(headers, (topic, partition, offset), attempts, b"dead_letter")
         assert headers["lowwater.reason"] == (
             f"worker asked for a retry; {attempts} of {attempts} attempts used:"
             f" gateway 503 on attempt {attempts}").encode()
@@ -148,12 +156,7 @@ dead_letter_topic = "{dlq[prefix]}"
     for attempt, (handed, delay_ms) in enumerate(zip(retried, (1000, 2000), strict=True), 1):
         assert set(handed) == tiered_values
         for value, headers in handed.items():
-            _, partition, offset = produced[value]
-            assert headers["lowwater.topic"] == tiered.encode()
-            assert headers["lowwater.partition"] == str(partition).encode()
-            assert headers["lowwater.offset"] == str(offset).encode()
-            assert headers["lowwater.attempts"] == str(attempt).encode()
-            assert headers["lowwater.handoff"] == b"retry"
+            _check_handoff(headers, produced[value], attempt, b"retry")
             assert headers["lowwater.reason"] == (
                 f"worker asked for a retry: gateway 503 on attempt {attempt}").encode()
             first_seen = int(headers["lowwater.first.seen"] or b"")

@@ -50,3 +50,10 @@ def test_a_topic_no_pattern_matches_goes_to_the_first_pattern_subscription_with_
         assert lanes.lane("push-EU").retry.max_attempts == 1
     assert [r.getMessage() for r in caplog.records] == [
         "topic push-EU matches no subscription by Python's re; handling it as ^push-[a-z]+$"]
+
+
+def test_subscriptions_are_named_as_written_and_retry_topics_map_to_theirs() -> None:
+    routed = router({"topic": "orders", "retry": ["1s"]}, {"topic": "^sms\\..*"})
+    assert routed.subscriptions == ["orders", "^sms\\..*"]
+    assert routed.lane("orders.retry.1s").subscription.topic == "orders"
+    assert routed.lane("sms.login").subscription.topic == "^sms\\..*"

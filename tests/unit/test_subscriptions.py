@@ -1,5 +1,5 @@
-"""When a record expires (a subscription's TTL or its expiry header), and which subscription a
-topic belongs to (pure: no broker, no loop)."""
+"""When a record expires: a subscription's TTL or its expiry header (pure: no broker, no loop).
+Which subscription a topic belongs to: tests/unit/test_router.py."""
 
 from __future__ import annotations
 
@@ -83,14 +83,3 @@ def test_a_header_of_another_name_or_case_is_not_the_expiry_header() -> None:
 def test_a_lane_expires_with_a_ttl_or_an_expiry_header_only() -> None:
     assert lane(None).expires and lane(5.0, None).expires and lane(5.0).expires
     assert not lane(None, None).expires
-
-
-def test_subscriptions_are_named_as_written_and_retry_topics_map_to_theirs() -> None:
-    policies = [SubscriptionPolicy(topic, "at_least_once", "unordered", None, None, None, None,
-                                   None, retry=retry)
-                for topic, retry in (("orders", (1.0,)), ("^sms\\..*", ()))]
-    router = Router(policies, default_delay=0.0, max_delay=60.0,
-                    retry_topic=lambda topic, delay: f"{topic}.retry.{delay:g}s")
-    assert router.subscriptions == ["orders", "^sms\\..*"]
-    assert router.lane("orders.retry.1s").subscription.topic == "orders"
-    assert router.lane("sms.login").subscription.topic == "^sms\\..*"
